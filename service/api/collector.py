@@ -1,0 +1,232 @@
+"""/api/v1/data-collector: start collections, watch and cancel tasks, status and latest prices."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+
+from service.api.deps import JobsDep, PoolDep, RegistryDep, RuntimeDep
+from service.api.schemas import Schema, ms_to_datetime
+from service.collection.jobs import DATA_COLLECTION
+from service.collection.registry import TaskView
+from service.db import klines as klines_db
+from service.db import symbols as symbols_db
+from service.settings import TIMEFRAMES
+
+__all__ = ["DataCollectorController"]
+
+DEFAULT_TIMEFRAMES = ["1m", "5m", "15m", "1h", "4h", "1d"]
+
+
+class StartCollection(Schema):
+    symbols: list[str]
+    """Symbols as the exchange names them (BTCUSDT) or as BASE/QUOTE (BTC/USDT)."""
+    timeframes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
+    """Any of Binance's intervals: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M."""
+
+
+class Submitted(Schema):
+    task_id: uuid.UUID
+    status: str
+    message: str
+
+
+class TaskOut(Schema):
+    task_id: uuid.UUID
+    task_type: str
+    status: str
+    progress: int
+    message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    result: dict[str, Any] | None
+    params: dict[str, Any]
+
+
+class TaskList(Schema):
+    tasks: list[TaskOut]
+    count: int
+
+
+class Cancelled(Schema):
+    task_id: uuid.UUID
+    status: str
+    message: str
+
+
+class CollectorStatus(Schema):
+    symbols_count: int
+    timeframes: list[str]
+    available_symbols: list[str]
+
+
+class TaskStats(Schema):
+    task_counts: dict[str, int]
+    active_tasks_count: int
+    data_collector_status: CollectorStatus
+
+
+class SchedulerStatus(Schema):
+    is_running: bool
+    collection_interval: int | None
+    symbol_refresh_interval: int
+    data_collection_running: bool
+    active_tasks_count: int
+    scheduler_task_types: list[str]
+
+
+class LimiterOut(Schema):
+    weight_limit: int | None
+    weight_budget: int | None
+    weight_used_this_minute: int
+    paused_until: float | None
+    paused_reason: str | None
+
+
+class ServiceStatus(Schema):
+    is_running: bool
+    exchange: str
+    symbols_count: int
+    active_tasks: int
+    collection_interval: int | None
+    symbols: list[str]
+    scheduler_status: SchedulerStatus
+    rate_limiter: LimiterOut
+
+
+class LatestPrice(Schema):
+    exchange: str
+    symbol: str
+    price: str
+    timeframe: str
+    open_time: datetime
+    close_time: datetime
+    is_closed: bool
+
+
+class LatestPrices(Schema):
+    prices: list[LatestPrice]
+    count: int
+
+
+def _task_out(view: TaskView) -> TaskOut:
+    return TaskOut(
+        task_id=view.task_id, task_type=view.task_type, status=view.status, progress=view.progress,
+        message=view.message, created_at=view.created_at, started_at=view.started_at,
+        completed_at=view.completed_at, error=view.error, result=view.result, params=view.params,
+    )
+
+
+class DataCollectorController(Controller):
+    path = "/api/v1/data-collector"
+    tags = ["data-collector"]
+
+    @post(
+        "/start", operation_id="startCollection", status_code=202,
+        summary="Start collecting candles of symbols × timeframes; returns the task id at once",
+        raises=[],
+    )
+    async def start(self, data: JSONBody[StartCollection], jobs: JobsDep) -> Submitted:
+        view = await jobs.start_collection(data.symbols, data.timeframes, task_type=DATA_COLLECTION)
+        return Submitted(
+            task_id=view.task_id, status="submitted",
+            message="Data collection task submitted successfully. Use the task_id to check status.",
+        )
+
+    @get("/task/{task_id:uuid}", operation_id="getTask", summary="One task's status, progress and result")
+    async def get_task(self, task_id: FromPath[uuid.UUID], registry: RegistryDep) -> TaskOut:
+        return _task_out(await registry.get(task_id))
+
+    @get("/tasks", operation_id="listTasks", summary="Tasks, newest first")
+    async def list_tasks(
+        self,
+        registry: RegistryDep,
+        task_type: FromQuery[str | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    ) -> TaskList:
+        views = await registry.list(task_type=task_type, limit=limit)
+        return TaskList(tasks=[_task_out(v) for v in views], count=len(views))
+
+    @get("/tasks/active", operation_id="listActiveTasks", summary="Pending and running tasks")
+    async def active_tasks(self, registry: RegistryDep) -> TaskList:
+        views = await registry.list(active_only=True, limit=1000)
+        return TaskList(tasks=[_task_out(v) for v in views], count=len(views))
+
+    @post(
+        "/task/{task_id:uuid}/cancel", operation_id="cancelTask", status_code=200,
+        summary="Cancel a pending or running task; candles already written stay",
+    )
+    async def cancel(self, task_id: FromPath[uuid.UUID], registry: RegistryDep) -> Cancelled:
+        view = await registry.cancel(task_id)
+        return Cancelled(task_id=view.task_id, status=view.status, message=view.message or "Cancelled")
+
+    @get("/tasks/stats", operation_id="taskStats", summary="Task counts by status and collector overview")
+    async def stats(self, registry: RegistryDep, jobs: JobsDep, pool: PoolDep) -> TaskStats:
+        counts = await registry.counts()
+        async with pool.acquire() as conn:
+            symbols = await symbols_db.list_symbols(conn, jobs.exchange)
+        return TaskStats(
+            task_counts=counts,
+            active_tasks_count=counts["pending"] + counts["running"],
+            data_collector_status=CollectorStatus(
+                symbols_count=len(symbols), timeframes=list(TIMEFRAMES), available_symbols=symbols
+            ),
+        )
+
+    @post(
+        "/refresh-symbols", operation_id="refreshSymbols", status_code=202,
+        summary="Reload the exchange's symbol list (and weight limit) as a task",
+    )
+    async def refresh_symbols(self, jobs: JobsDep) -> Submitted:
+        view = await jobs.start_symbol_refresh()
+        return Submitted(task_id=view.task_id, status="submitted", message="Symbol refresh task submitted.")
+
+    @get("/status", operation_id="collectorStatus", summary="Collector, scheduler and rate-limiter state")
+    async def status(self, runtime: RuntimeDep) -> ServiceStatus:
+        active = await runtime.registry.list(active_only=True, limit=1000)
+        async with runtime.pool.acquire() as conn:
+            symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
+        limiter = runtime.client.limiter.state
+        collecting = any(v.task_type != "symbol_refresh" for v in active)
+        return ServiceStatus(
+            is_running=True,
+            exchange=runtime.jobs.exchange,
+            symbols_count=len(symbols),
+            active_tasks=len(active),
+            collection_interval=None,
+            symbols=symbols,
+            scheduler_status=SchedulerStatus(
+                is_running=False,
+                collection_interval=None,
+                symbol_refresh_interval=int(runtime.settings.symbol_refresh_interval),
+                data_collection_running=collecting,
+                active_tasks_count=len(active),
+                scheduler_task_types=[],
+            ),
+            rate_limiter=LimiterOut(
+                weight_limit=limiter.limit, weight_budget=limiter.budget,
+                weight_used_this_minute=limiter.used_in_window,
+                paused_until=limiter.paused_until, paused_reason=limiter.paused_reason,
+            ),
+        )
+
+    @get("/latest-prices", operation_id="latestPrices", summary="Latest stored close per collected symbol")
+    async def latest_prices(self, pool: PoolDep) -> LatestPrices:
+        async with pool.acquire() as conn:
+            rows = await klines_db.latest_prices(conn)
+        prices = [
+            LatestPrice(
+                exchange=r["exchange"], symbol=r["symbol"], price=r["price"], timeframe=r["timeframe"],
+                open_time=ms_to_datetime(r["open_time"]), close_time=ms_to_datetime(r["close_time"]),
+                is_closed=r["is_closed"],
+            )
+            for r in rows
+        ]
+        return LatestPrices(prices=prices, count=len(prices))

@@ -1,0 +1,48 @@
+"""Dependency providers: the runtime's parts, taken from app state."""
+
+from __future__ import annotations
+
+from litestar.datastructures import State
+from litestar.di import NamedDependency, Provide
+
+from service.collection.jobs import CollectionJobs
+from service.collection.registry import TaskRegistry
+from service.collection.runtime import Runtime
+from service.db.pool import Pool
+
+__all__ = ["JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies"]
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def provide_pool(state: State) -> Pool:
+    return _runtime(state).pool
+
+
+def provide_registry(state: State) -> TaskRegistry:
+    return _runtime(state).registry
+
+
+def provide_jobs(state: State) -> CollectionJobs:
+    return _runtime(state).jobs
+
+
+def provide_runtime(state: State) -> Runtime:
+    return _runtime(state)
+
+
+dependencies = {
+    "pool": Provide(provide_pool, sync_to_thread=False),
+    "registry": Provide(provide_registry, sync_to_thread=False),
+    "jobs": Provide(provide_jobs, sync_to_thread=False),
+    "runtime": Provide(provide_runtime, sync_to_thread=False),
+}
+
+# Handler parameter types: the parameter's name picks the provider above.
+PoolDep = NamedDependency[Pool]
+RegistryDep = NamedDependency[TaskRegistry]
+JobsDep = NamedDependency[CollectionJobs]
+RuntimeDep = NamedDependency[Runtime]

@@ -1,0 +1,85 @@
+"""GET /api/v1/klines: stored candles, oldest first, values exactly as stored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.params import QueryParameter
+
+from service.api.deps import JobsDep, PoolDep
+from service.api.schemas import Schema, datetime_to_ms, ms_to_datetime
+from service.collection.jobs import validate_timeframes
+from service.db import klines as klines_db
+from service.db import symbols as symbols_db
+from service.errors import InvalidInputError
+
+__all__ = ["KlinesController"]
+
+
+class Candle(Schema):
+    open_time: datetime
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    close_time: datetime
+    quote_volume: str | None
+    trades: int | None
+    taker_buy_base_volume: str | None
+    taker_buy_quote_volume: str | None
+    is_closed: bool
+
+
+class Candles(Schema):
+    exchange: str
+    symbol: str
+    timeframe: str
+    count: int
+    klines: list[Candle]
+
+
+class KlinesController(Controller):
+    path = "/api/v1/klines"
+    tags = ["klines"]
+
+    @get(operation_id="getKlines", summary="Stored candles of one series, oldest first")
+    async def klines(
+        self,
+        pool: PoolDep,
+        jobs: JobsDep,
+        symbol: Annotated[str, QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40)],
+        timeframe: Annotated[str, QueryParameter(description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")],
+        exchange: Annotated[str, QueryParameter(description="Only binance for now")] = "binance",
+        start: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
+        end: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
+    ) -> Candles:
+        if exchange != jobs.exchange:
+            raise InvalidInputError(f"unknown exchange {exchange!r}; supported: {jobs.exchange}")
+        validate_timeframes([timeframe])
+        start_ms = None if start is None else datetime_to_ms(start)
+        end_ms = None if end is None else datetime_to_ms(end)
+        if start_ms is not None and end_ms is not None and end_ms < start_ms:
+            raise InvalidInputError("end must not be before start")
+        async with pool.acquire() as conn:
+            found = await symbols_db.find_symbol(conn, exchange, symbol)
+            name = found["symbol"] if found is not None else symbol.strip().upper()
+            if found is None and not await klines_db.series_exists(conn, exchange, name):
+                raise InvalidInputError(f"unknown symbol {symbol!r} on {exchange}", unknown_symbols=[symbol])
+            rows = await klines_db.fetch_klines(
+                conn, exchange, name, timeframe, start_ms=start_ms, end_ms=end_ms, limit=limit
+            )
+        candles = [
+            Candle(
+                open_time=ms_to_datetime(r["open_time"]), open=r["open"], high=r["high"], low=r["low"],
+                close=r["close"], volume=r["volume"], close_time=ms_to_datetime(r["close_time"]),
+                quote_volume=r["quote_volume"], trades=r["trades"],
+                taker_buy_base_volume=r["taker_buy_base_volume"],
+                taker_buy_quote_volume=r["taker_buy_quote_volume"], is_closed=r["is_closed"],
+            )
+            for r in rows
+        ]
+        return Candles(exchange=exchange, symbol=name, timeframe=timeframe, count=len(candles), klines=candles)

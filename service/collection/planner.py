@@ -1,0 +1,75 @@
+"""Pure planning: which time windows to fetch for a series, given what is stored and what time it is."""
+
+from __future__ import annotations
+
+import calendar
+from datetime import UTC, datetime
+
+import msgspec
+
+from service.settings import TIMEFRAMES
+
+__all__ = ["Window", "history_start", "interval_ms", "plan_windows", "resume_start"]
+
+_SECOND = 1000
+_MINUTE = 60 * _SECOND
+_HOUR = 60 * _MINUTE
+_DAY = 24 * _HOUR
+
+_FIXED_MS: dict[str, int] = {
+    "1s": _SECOND, "1m": _MINUTE, "3m": 3 * _MINUTE, "5m": 5 * _MINUTE, "15m": 15 * _MINUTE,
+    "30m": 30 * _MINUTE, "1h": _HOUR, "2h": 2 * _HOUR, "4h": 4 * _HOUR, "6h": 6 * _HOUR,
+    "8h": 8 * _HOUR, "12h": 12 * _HOUR, "1d": _DAY, "3d": 3 * _DAY, "1w": 7 * _DAY,
+}
+# A month is not a fixed length; for sizing pages the longest one is the safe bound.
+_MONTH_MAX_MS = 31 * _DAY
+assert set(_FIXED_MS) | {"1M"} == set(TIMEFRAMES)
+
+
+class Window(msgspec.Struct, frozen=True):
+    """Fetch candles with start_ms <= open_time <= end_ms; end_ms None: up to the present."""
+
+    start_ms: int
+    end_ms: int | None
+
+
+def interval_ms(timeframe: str) -> int:
+    """Length of one candle (for 1M, the longest month)."""
+    return _MONTH_MAX_MS if timeframe == "1M" else _FIXED_MS[timeframe]
+
+
+def history_start(timeframe: str, now_ms: int, candles: int) -> int:
+    """Open time of the candle `candles - 1` periods before the current one, so `candles` are fetched."""
+    if timeframe == "1M":
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        months = now.year * 12 + (now.month - 1) - (candles - 1)
+        year, month = divmod(months, 12)
+        return calendar.timegm((year, month + 1, 1, 0, 0, 0)) * 1000
+    step = _FIXED_MS[timeframe]
+    # Binance aligns weeks on Monday; the epoch was a Thursday.
+    offset = 4 * _DAY if timeframe == "1w" else 0
+    current_open = (now_ms - offset) // step * step + offset
+    return current_open - (candles - 1) * step
+
+
+def resume_start(last_open_ms: int | None, timeframe: str, now_ms: int, history_candles: int) -> int:
+    """Where a run starts: the last stored candle again (it may have been open), else history."""
+    if last_open_ms is not None:
+        return last_open_ms
+    return history_start(timeframe, now_ms, history_candles)
+
+
+def plan_windows(start_ms: int, now_ms: int, timeframe: str, page: int) -> list[Window]:
+    """Split [start_ms, now] into windows of at most `page` candles; the last one is open-ended.
+
+    Windows can be fetched concurrently; each is exact (endTime), and the open-ended last window
+    also takes whatever the exchange has beyond our clock.
+    """
+    span = page * interval_ms(timeframe)
+    windows: list[Window] = []
+    start = start_ms
+    while start + span <= now_ms:
+        windows.append(Window(start, start + span - 1))
+        start += span
+    windows.append(Window(start, None))
+    return windows

@@ -1,0 +1,261 @@
+"""Task registry: runs collection tasks in this process, bounded, cancellable, persisted.
+
+The database is the record: every task is a row from submission on, overlap between active tasks is
+checked there under an advisory lock, and a task's end is written there. Memory holds the tasks this
+process runs (their asyncio task and live progress) and finished ones for TASK_CLEANUP_DELAY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import asyncpg
+import msgspec
+import structlog
+
+from service.db import tasks as tasks_db
+from service.db.pool import Pool
+from service.errors import ConflictError, NotFoundError
+from service.logging import get_logger
+
+__all__ = ["TaskBody", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskView"]
+
+log = get_logger(__name__)
+
+TaskStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+ACTIVE: frozenset[str] = frozenset({"pending", "running"})
+# Progress is written to the database at most this often per task (and always at the end).
+_PERSIST_EVERY = 1.0
+
+
+class TaskView(msgspec.Struct, kw_only=True):
+    """A task as the API shows it."""
+
+    task_id: uuid.UUID
+    task_type: str
+    status: TaskStatus
+    progress: int
+    message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    error: str | None
+    result: dict[str, Any] | None
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, row: asyncpg.Record) -> TaskView:
+        return cls(
+            task_id=row["id"], task_type=row["task_type"], status=row["status"], progress=row["progress"],
+            message=row["message"], created_at=row["created_at"], started_at=row["started_at"],
+            completed_at=row["completed_at"], error=row["error"], result=row["result"], params=row["params"],
+        )
+
+
+class TaskOutcome(msgspec.Struct, kw_only=True):
+    """What a task body returns: how it ended."""
+
+    status: Literal["completed", "failed"]
+    message: str
+    result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class TaskHandle:
+    """Given to a task body: its id, and where it reports progress."""
+
+    def __init__(self, registry: TaskRegistry, view: TaskView) -> None:
+        self._registry = registry
+        self.view = view
+        self._persisted_at = 0.0
+
+    @property
+    def task_id(self) -> uuid.UUID:
+        return self.view.task_id
+
+    async def report(self, progress: int, message: str) -> None:
+        """Update live progress; written through to the database at most once a second."""
+        self.view.progress = max(self.view.progress, min(progress, 100))
+        if message:
+            self.view.message = message
+        now = time.monotonic()
+        if now - self._persisted_at >= _PERSIST_EVERY:
+            self._persisted_at = now
+            async with self._registry.pool.acquire() as conn:
+                await tasks_db.update_progress(conn, self.task_id, self.view.progress, self.view.message or "")
+
+    def waiting(self, reason: str, until: float) -> None:
+        """The exchange made us wait (rate limit or ban): say so in the task's message."""
+        when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        what = "IP banned by the exchange" if reason == "banned" else "Rate limited by the exchange"
+        self.view.message = f"{what}: paused until {when}"
+
+
+TaskBody = Callable[[TaskHandle], Awaitable[TaskOutcome]]
+
+
+class _Entry:
+    __slots__ = ("cancel_reason", "handle", "task")
+
+    def __init__(self, handle: TaskHandle) -> None:
+        self.handle = handle
+        self.task: asyncio.Task[None] | None = None
+        self.cancel_reason: str | None = None
+
+
+class TaskRegistry:
+    def __init__(self, pool: Pool, *, max_concurrent: int, cleanup_delay: float) -> None:
+        self.pool = pool
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._cleanup_delay = cleanup_delay
+        self._entries: dict[uuid.UUID, _Entry] = {}
+        self._closing = False
+
+    async def recover(self) -> list[uuid.UUID]:
+        """Close tasks a dead process left active (run once at start-up)."""
+        async with self.pool.acquire() as conn:
+            ids = await tasks_db.fail_interrupted(conn)
+        if ids:
+            log.warning("tasks_interrupted", count=len(ids), task_ids=[str(i) for i in ids])
+        return ids
+
+    async def submit(
+        self,
+        task_type: str,
+        body: TaskBody,
+        *,
+        params: dict[str, Any],
+        series: Sequence[str] = (),
+        message: str = "Waiting for a free slot",
+    ) -> TaskView:
+        """Record and start a task; ConflictError if an active task collects one of `series`."""
+        if self._closing:
+            raise ConflictError("the service is shutting down; no new tasks are accepted")
+        task_id = uuid.uuid4()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await tasks_db.lock_submissions(conn)
+            if series:
+                conflict = await tasks_db.active_conflict(conn, series)
+                if conflict is not None:
+                    shared = sorted(conflict["shared"])
+                    raise ConflictError(
+                        f"task {conflict['id']} is already collecting {', '.join(shared[:5])}"
+                        + (f" and {len(shared) - 5} more series" if len(shared) > 5 else ""),
+                        active_task_id=str(conflict["id"]),
+                        series=shared,
+                    )
+            row = await tasks_db.insert_task(conn, task_id, task_type, params, series, message)
+        entry = _Entry(TaskHandle(self, TaskView.from_record(row)))
+        self._entries[task_id] = entry
+        entry.task = asyncio.create_task(self._run(entry, body), name=f"{task_type}:{task_id}")
+        log.info("task_submitted", task_id=str(task_id), task_type=task_type)
+        return entry.handle.view
+
+    async def _run(self, entry: _Entry, body: TaskBody) -> None:
+        view = entry.handle.view
+        structlog.contextvars.bind_contextvars(task_id=str(view.task_id), task_type=view.task_type)
+        outcome: TaskOutcome
+        try:
+            async with self._slots:
+                view.status, view.started_at = "running", datetime.now(UTC)
+                view.message = "Started"
+                async with self.pool.acquire() as conn:
+                    await tasks_db.mark_running(conn, view.task_id, view.message)
+                log.info("task_started")
+                outcome = await body(entry.handle)
+        except asyncio.CancelledError:
+            reason = entry.cancel_reason or "cancelled"
+            outcome = TaskOutcome(status="completed", message=f"Cancelled: {reason}")
+            await self._finish(view, "cancelled", outcome)
+            log.info("task_cancelled", reason=reason)
+            return
+        except Exception as exc:
+            log.exception("task_crashed")
+            outcome = TaskOutcome(status="failed", message="Failed", error=f"{exc.__class__.__name__}: {exc}")
+        await self._finish(view, outcome.status, outcome)
+        log.info("task_finished", status=outcome.status, message=outcome.message)
+
+    async def _finish(self, view: TaskView, status: TaskStatus, outcome: TaskOutcome) -> None:
+        view.status = status
+        view.completed_at = datetime.now(UTC)
+        view.message, view.result, view.error = outcome.message, outcome.result, outcome.error
+        if status == "completed":
+            view.progress = 100
+        if status == "cancelled" and view.error is None:
+            view.error = outcome.message
+        try:
+            async with self.pool.acquire() as conn:
+                await tasks_db.finish_task(
+                    conn, view.task_id, status=status, progress=view.progress, message=view.message,
+                    result=view.result, error=view.error,
+                )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # The row stays active; the next start closes it as interrupted.
+            log.exception("task_finish_not_recorded")
+        asyncio.get_running_loop().call_later(self._cleanup_delay, self._entries.pop, view.task_id, None)
+
+    async def get(self, task_id: uuid.UUID) -> TaskView:
+        """Live view from memory, else the stored record; NotFoundError if neither."""
+        entry = self._entries.get(task_id)
+        if entry is not None:
+            return entry.handle.view
+        async with self.pool.acquire() as conn:
+            row = await tasks_db.get_task(conn, task_id)
+        if row is None:
+            raise NotFoundError(f"no task with id {task_id}")
+        return TaskView.from_record(row)
+
+    async def list(
+        self, *, task_type: str | None = None, active_only: bool = False, limit: int = 100
+    ) -> builtins.list[TaskView]:
+        """Tasks newest first (live views for the ones this process runs)."""
+        async with self.pool.acquire() as conn:
+            rows = await tasks_db.list_tasks(conn, task_type=task_type, active_only=active_only, limit=limit)
+        views = []
+        for row in rows:
+            entry = self._entries.get(row["id"])
+            views.append(entry.handle.view if entry is not None else TaskView.from_record(row))
+        return views
+
+    async def counts(self) -> dict[str, int]:
+        async with self.pool.acquire() as conn:
+            counts = await tasks_db.count_by_status(conn)
+        return {status: counts.get(status, 0) for status in ("pending", "running", "completed", "failed", "cancelled")}
+
+    def active_in_process(self) -> builtins.list[TaskView]:
+        return [e.handle.view for e in self._entries.values() if e.handle.view.status in ACTIVE]
+
+    async def cancel(self, task_id: uuid.UUID, reason: str = "cancelled by request") -> TaskView:
+        """Stop a pending or running task promptly; ConflictError if it has already ended."""
+        entry = self._entries.get(task_id)
+        if entry is None or entry.task is None:
+            view = await self.get(task_id)  # NotFoundError for unknown ids
+            if view.status in ACTIVE:
+                raise ConflictError(f"task {task_id} is not run by this process and cannot be cancelled here")
+            raise ConflictError(f"task {task_id} has already ended ({view.status})", status=view.status)
+        if entry.task.done() or entry.handle.view.status not in ACTIVE:
+            raise ConflictError(
+                f"task {task_id} has already ended ({entry.handle.view.status})", status=entry.handle.view.status
+            )
+        entry.cancel_reason = reason
+        entry.task.cancel()
+        await asyncio.wait([entry.task])
+        return entry.handle.view
+
+    async def shutdown(self, timeout: float = 5.0) -> None:
+        """Cancel every task this process runs and wait (bounded) until each has recorded its end."""
+        self._closing = True
+        running = [e for e in self._entries.values() if e.task is not None and not e.task.done()]
+        for entry in running:
+            entry.cancel_reason = "the service is shutting down"
+            assert entry.task is not None
+            entry.task.cancel()
+        if running:
+            await asyncio.wait([e.task for e in running if e.task is not None], timeout=timeout)
+            log.info("tasks_cancelled_on_shutdown", count=len(running))

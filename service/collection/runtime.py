@@ -1,0 +1,89 @@
+"""Everything the running service holds, opened together and closed in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from service.collection.collector import Collector
+from service.collection.jobs import CollectionJobs
+from service.collection.registry import TaskRegistry
+from service.db.pool import Pool, create_pool
+from service.exchanges.binance import BinanceClient
+from service.exchanges.limiter import WeightLimiter
+from service.logging import get_logger
+from service.settings import Settings
+
+__all__ = ["Runtime", "open_runtime"]
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    pool: Pool
+    client: BinanceClient
+    registry: TaskRegistry
+    collector: Collector
+    jobs: CollectionJobs
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    dsn: str,
+    *,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> AsyncIterator[Runtime]:
+    """Pool, HTTP session, exchange client, registry; recovers interrupted tasks, loads symbols.
+
+    `clock` (epoch seconds) and `sleep` drive every time decision (weight windows, history, open
+    candles); tests pass a faster or fixed clock.
+    """
+    pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    try:
+        # One session for the app's life; the limiter, not the connector, bounds concurrency.
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=settings.binance_max_concurrency),
+            headers={"User-Agent": "kline-collector"},
+        ) as session:
+            limiter = WeightLimiter(
+                limit=settings.binance_weight_limit or settings.binance_weight_fallback,
+                margin=settings.binance_weight_margin,
+                max_concurrency=settings.binance_max_concurrency,
+                clock=clock,
+                sleep=sleep,
+            )
+            client = BinanceClient(
+                session, limiter,
+                base_url=settings.binance_api_url,
+                timeout=settings.binance_timeout,
+                retry_attempts=settings.binance_retry_attempts,
+                retry_wait_initial=settings.binance_retry_wait,
+                weight_limit_override=settings.binance_weight_limit,
+            )
+            registry = TaskRegistry(
+                pool, max_concurrent=settings.max_concurrent_tasks, cleanup_delay=settings.task_cleanup_delay
+            )
+            collector = Collector(
+                pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
+                clock=clock,
+            )
+            jobs = CollectionJobs(pool, client, registry, collector)
+            await registry.recover()
+            runtime = Runtime(settings, pool, client, registry, collector, jobs)
+            # Learn the exchange's symbols and weight limit without holding up start-up.
+            await jobs.start_symbol_refresh()
+            try:
+                yield runtime
+            finally:
+                await registry.shutdown()
+    finally:
+        await asyncio.wait_for(pool.close(), timeout=5)

@@ -1,0 +1,217 @@
+"""Klines storage: series ids, the write path (COPY, staged upsert) and the reads behind the API.
+
+Write path, per page of candles of one series, in one transaction:
+- candles past the series' last stored open_time cannot conflict while one writer owns the series,
+  so they go straight into `klines` with COPY (inside a savepoint);
+- candles at or before it (the re-read last candle, a corrected open candle), and everything if the
+  direct COPY meets a unique violation, go through COPY into the connection's staging table and one
+  INSERT … ON CONFLICT DO UPDATE that rewrites only rows whose values changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from service.db.pool import Connection
+from service.exchanges.base import Kline
+
+__all__ = [
+    "encode_copy_rows",
+    "fetch_klines",
+    "get_or_create_series",
+    "last_open_time",
+    "latest_prices",
+    "series_exists",
+    "store_klines",
+]
+
+_COLUMNS = (
+    "series_id", "open_time", "open", "high", "low", "close", "volume", "close_time",
+    "quote_volume", "trades", "taker_buy_base_volume", "taker_buy_quote_volume", "is_closed",
+)
+_VALUE_COLUMNS = _COLUMNS[2:]
+
+_UPSERT_FROM_STAGING = f"""
+INSERT INTO klines ({", ".join(_COLUMNS)})
+SELECT {", ".join(_COLUMNS)} FROM klines_staging
+ON CONFLICT (series_id, open_time) DO UPDATE
+   SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)}
+ WHERE ({", ".join(f"klines.{c}" for c in _VALUE_COLUMNS)})
+       IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _VALUE_COLUMNS)})
+"""
+
+# COPY text format: tab-separated, \N for NULL. The exchange's strings go in as they came;
+# the client has already refused bodies with a backslash, so no value can carry a tab or newline.
+_ROW = "%d\t%d\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n"
+
+
+def _text(value: str | int | None) -> str:
+    return "\\N" if value is None else str(value)
+
+
+def encode_copy_rows(series_id: int, klines: Sequence[Kline], now_ms: int) -> bytes:
+    """Candles as COPY text rows; a candle is closed once its close_time has passed."""
+    lines = [
+        _ROW % (
+            series_id, k.open_time, k.open, k.high, k.low, k.close, k.volume, k.close_time,
+            _text(k.quote_volume), _text(k.trades), _text(k.taker_buy_base_volume),
+            _text(k.taker_buy_quote_volume), "t" if k.close_time < now_ms else "f",
+        )
+        for k in klines
+    ]
+    return "".join(lines).encode()
+
+
+async def get_or_create_series(conn: Connection, exchange: str, symbol: str, timeframe: str) -> int:
+    """The id of a series, created on first use."""
+    series_id: int | None = await conn.fetchval(
+        """
+        INSERT INTO series (exchange, symbol, timeframe) VALUES ($1, $2, $3)
+        ON CONFLICT (exchange, symbol, timeframe) DO NOTHING
+        RETURNING id
+        """,
+        exchange, symbol, timeframe,
+    )
+    if series_id is None:
+        series_id = await conn.fetchval(
+            "SELECT id FROM series WHERE exchange = $1 AND symbol = $2 AND timeframe = $3",
+            exchange, symbol, timeframe,
+        )
+    assert series_id is not None
+    return series_id
+
+
+async def last_open_time(conn: Connection, series_id: int) -> int | None:
+    """Open time (ms) of the newest stored candle of a series."""
+    value: int | None = await conn.fetchval(
+        "SELECT open_time FROM klines WHERE series_id = $1 ORDER BY open_time DESC LIMIT 1", series_id
+    )
+    return value
+
+
+def _count(status: str) -> int:
+    # "COPY 42" / "INSERT 0 42"
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def _copy(conn: Connection, table: str, rows: bytes) -> int:
+    # A memoryview is sent as it is. (bytes would be taken for a file name, and a file-like source
+    # is read through run_in_executor, a thread pool.) The stubs do not know this form.
+    status = await conn.copy_to_table(
+        table, source=memoryview(rows), columns=_COLUMNS, format="text"  # type: ignore[arg-type]
+    )
+    return _count(status)
+
+
+async def _upsert(conn: Connection, rows: bytes) -> int:
+    await _copy(conn, "klines_staging", rows)
+    return _count(await conn.execute(_UPSERT_FROM_STAGING))
+
+
+async def store_klines(
+    conn: Connection,
+    series_id: int,
+    klines: Sequence[Kline],
+    *,
+    stored_until: int | None,
+    now_ms: int,
+) -> int:
+    """Write one page of candles; returns how many rows were inserted or changed.
+
+    `stored_until` is the open_time of the newest candle already stored for the series (None if
+    none): candles after it take the direct COPY.
+    """
+    if not klines:
+        return 0
+    split = 0
+    if stored_until is not None:
+        while split < len(klines) and klines[split].open_time <= stored_until:
+            split += 1
+    overlap, fresh = klines[:split], klines[split:]
+    written = 0
+    async with conn.transaction():
+        if overlap:
+            written += await _upsert(conn, encode_copy_rows(series_id, overlap, now_ms))
+        if fresh:
+            rows = encode_copy_rows(series_id, fresh, now_ms)
+            try:
+                async with conn.transaction():
+                    written += await _copy(conn, "klines", rows)
+            except asyncpg.UniqueViolationError:
+                # Someone stored these candles after we read `stored_until`: merge instead.
+                written += await _upsert(conn, rows)
+    return written
+
+
+async def fetch_klines(
+    conn: Connection,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Stored candles oldest first: from `start_ms` on if given, else the newest `limit` up to `end_ms`."""
+    columns = """k.open_time, k.open::text AS open, k.high::text AS high, k.low::text AS low,
+                 k.close::text AS close, k.volume::text AS volume, k.close_time,
+                 k.quote_volume::text AS quote_volume, k.trades,
+                 k.taker_buy_base_volume::text AS taker_buy_base_volume,
+                 k.taker_buy_quote_volume::text AS taker_buy_quote_volume, k.is_closed"""
+    if start_ms is not None:
+        rows: list[asyncpg.Record] = await conn.fetch(
+            f"""
+            SELECT {columns}
+              FROM klines k JOIN series s ON s.id = k.series_id
+             WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3
+               AND k.open_time >= $4 AND ($5::bigint IS NULL OR k.open_time <= $5)
+             ORDER BY k.open_time
+             LIMIT $6
+            """,
+            exchange, symbol, timeframe, start_ms, end_ms, limit,
+        )
+        return rows
+    rows = await conn.fetch(
+        f"""
+        SELECT * FROM (
+            SELECT {columns}
+              FROM klines k JOIN series s ON s.id = k.series_id
+             WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3
+               AND ($4::bigint IS NULL OR k.open_time <= $4)
+             ORDER BY k.open_time DESC
+             LIMIT $5
+        ) newest ORDER BY open_time
+        """,
+        exchange, symbol, timeframe, end_ms, limit,
+    )
+    return rows
+
+
+async def series_exists(conn: Connection, exchange: str, symbol: str) -> bool:
+    """Whether any series of this symbol has ever been collected."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM series WHERE exchange = $1 AND symbol = $2)", exchange, symbol
+    )
+    return found
+
+
+async def latest_prices(conn: Connection) -> list[asyncpg.Record]:
+    """Per collected symbol, the newest candle of its finest timeframe that has data."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT DISTINCT ON (s.exchange, s.symbol)
+               s.exchange, s.symbol, s.timeframe, last.open_time, last.close_time,
+               last.close::text AS price, last.is_closed
+          FROM series s
+          CROSS JOIN LATERAL (
+                SELECT k.open_time, k.close_time, k.close, k.is_closed
+                  FROM klines k WHERE k.series_id = s.id
+                 ORDER BY k.open_time DESC LIMIT 1
+          ) last
+         ORDER BY s.exchange, s.symbol, last.close_time - last.open_time, last.open_time DESC
+        """
+    )
+    return rows

@@ -1,0 +1,38 @@
+"""Domain errors. They say what is wrong in words a user understands; api/errors.py maps them to HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ConflictError",
+    "DomainError",
+    "InvalidInputError",
+    "NotFoundError",
+    "ServiceUnavailableError",
+]
+
+
+class DomainError(Exception):
+    """Base of errors a caller can act on."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class InvalidInputError(DomainError):
+    """The request names something that does not exist or is not allowed (unknown symbol, bad timeframe)."""
+
+
+class NotFoundError(DomainError):
+    """The addressed resource does not exist."""
+
+
+class ConflictError(DomainError):
+    """The request collides with work already under way (overlapping collection)."""
+
+
+class ServiceUnavailableError(DomainError):
+    """A dependency (database, exchange) cannot answer right now."""

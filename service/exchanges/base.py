@@ -1,0 +1,104 @@
+"""What the collection needs from an exchange: a small protocol, neutral records, and the errors."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+__all__ = [
+    "ExchangeClient",
+    "ExchangeError",
+    "InvalidRequestError",
+    "Kline",
+    "SymbolInfo",
+    "TickerPrice",
+    "TransientExchangeError",
+    "WaitCallback",
+]
+
+
+class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One candle, in Binance's row order (extra trailing fields are ignored when decoding).
+
+    Prices and volumes stay the exchange's decimal strings: they go to PostgreSQL `numeric` untouched.
+    """
+
+    open_time: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    close_time: int
+    quote_volume: str | None = None
+    trades: int | None = None
+    taker_buy_base_volume: str | None = None
+    taker_buy_quote_volume: str | None = None
+
+
+class SymbolInfo(msgspec.Struct, frozen=True):
+    symbol: str
+    base_asset: str
+    quote_asset: str
+    status: str
+
+
+class TickerPrice(msgspec.Struct, frozen=True):
+    symbol: str
+    price: str
+
+
+class ExchangeError(Exception):
+    """A request to the exchange failed; the message says how."""
+
+
+class InvalidRequestError(ExchangeError):
+    """The exchange refused the request itself (4xx such as -1121 Invalid symbol): retrying cannot help."""
+
+    def __init__(self, message: str, *, code: int | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class TransientExchangeError(ExchangeError):
+    """A timeout, dropped connection, 5xx or garbled body: worth retrying."""
+
+
+class WaitCallback(Protocol):
+    """Told when a request must wait for the exchange (rate limit or ban) and until when (epoch s)."""
+
+    def __call__(self, reason: str, until: float) -> None: ...
+
+
+class ExchangeClient(Protocol):
+    """Everything exchange-specific stays behind this protocol."""
+
+    name: str
+
+    async def fetch_klines(
+        self,
+        symbol: str,
+        timeframe: str,
+        *,
+        start_ms: int,
+        end_ms: int | None,
+        limit: int,
+        on_wait: WaitCallback | None = None,
+    ) -> list[Kline]:
+        """Candles with start_ms <= open_time (<= end_ms), oldest first, at most `limit`."""
+        ...
+
+    async def fetch_symbols(self) -> list[SymbolInfo]:
+        """Every listed symbol. Also refreshes what the client knows of the exchange's limits."""
+        ...
+
+    async def fetch_prices(self, symbols: list[str] | None = None) -> list[TickerPrice]:
+        """Last traded prices."""
+        ...
+
+    @property
+    def max_page(self) -> int:
+        """Most candles one fetch_klines call returns."""
+        ...

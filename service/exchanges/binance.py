@@ -1,0 +1,239 @@
+"""Binance spot REST client: klines, exchangeInfo, ticker prices.
+
+Every request passes the weight limiter, carries a timeout, and is retried with capped exponential
+backoff and jitter (stamina) on timeouts, dropped connections, 5xx and garbled bodies; never on
+other 4xx. 429 and 418 are not failures of the request but orders to wait: the limiter pauses every
+caller, then the request is sent again.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import aiohttp
+import msgspec
+import stamina
+
+from service.exchanges.base import (
+    ExchangeError,
+    InvalidRequestError,
+    Kline,
+    SymbolInfo,
+    TickerPrice,
+    TransientExchangeError,
+    WaitCallback,
+)
+from service.exchanges.limiter import WINDOW_SECONDS, WeightLimiter
+from service.logging import get_logger
+
+__all__ = ["EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient"]
+
+log = get_logger(__name__)
+
+KLINES_WEIGHT = 2
+EXCHANGE_INFO_WEIGHT = 20
+TICKER_PRICE_WEIGHT_ONE = 2
+TICKER_PRICE_WEIGHT_ALL = 4
+# Consecutive 429s on one request before it is given up as an error.
+_MAX_RATE_LIMITED = 10
+_BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
+
+
+class _RateLimit(msgspec.Struct):
+    rateLimitType: str  # noqa: N815 - Binance's field names
+    interval: str
+    intervalNum: int  # noqa: N815
+    limit: int
+
+
+class _Symbol(msgspec.Struct):
+    symbol: str
+    status: str
+    baseAsset: str  # noqa: N815
+    quoteAsset: str  # noqa: N815
+
+
+class _ExchangeInfo(msgspec.Struct):
+    symbols: list[_Symbol]
+    rateLimits: list[_RateLimit] = []  # noqa: N815 - msgspec copies defaults
+
+
+class _ErrorBody(msgspec.Struct):
+    code: int
+    msg: str
+
+
+_klines_decoder = msgspec.json.Decoder(list[Kline])
+_info_decoder = msgspec.json.Decoder(_ExchangeInfo)
+_error_decoder = msgspec.json.Decoder(_ErrorBody)
+_prices_decoder = msgspec.json.Decoder(list[TickerPrice])
+_price_decoder = msgspec.json.Decoder(TickerPrice)
+
+
+class BinanceClient:
+    """The Binance implementation of `ExchangeClient`."""
+
+    name = "binance"
+    max_page = 1000
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        limiter: WeightLimiter,
+        *,
+        base_url: str,
+        timeout: float,
+        retry_attempts: int,
+        retry_wait_initial: float,
+        weight_limit_override: int | None = None,
+    ) -> None:
+        self._session = session
+        self._limiter = limiter
+        self._base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retry_attempts = retry_attempts
+        self._retry_wait_initial = retry_wait_initial
+        self._weight_limit_override = weight_limit_override
+
+    @property
+    def limiter(self) -> WeightLimiter:
+        return self._limiter
+
+    async def fetch_klines(
+        self,
+        symbol: str,
+        timeframe: str,
+        *,
+        start_ms: int,
+        end_ms: int | None,
+        limit: int,
+        on_wait: WaitCallback | None = None,
+    ) -> list[Kline]:
+        params: dict[str, str] = {
+            "symbol": symbol, "interval": timeframe, "startTime": str(start_ms), "limit": str(limit),
+        }
+        if end_ms is not None:
+            params["endTime"] = str(end_ms)
+        body = await self._get("/api/v3/klines", params, KLINES_WEIGHT, on_wait)
+        # Binance's numbers are plain decimals; a backslash could only smuggle a tab or newline
+        # into the COPY stream, so such a body is refused before decoding.
+        if b"\\" in body:
+            raise TransientExchangeError(f"klines {symbol} {timeframe}: unexpected escape in response body")
+        klines: list[Kline] = self._decode(_klines_decoder, body, f"klines {symbol} {timeframe}")
+        return klines
+
+    async def fetch_symbols(self) -> list[SymbolInfo]:
+        body = await self._get("/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None)
+        info = self._decode(_info_decoder, body, "exchangeInfo")
+        self._adopt_weight_limit(info.rateLimits)
+        return [
+            SymbolInfo(symbol=s.symbol, base_asset=s.baseAsset, quote_asset=s.quoteAsset, status=s.status)
+            for s in info.symbols
+        ]
+
+    async def fetch_prices(self, symbols: list[str] | None = None) -> list[TickerPrice]:
+        if symbols is not None and len(symbols) == 1:
+            body = await self._get("/api/v3/ticker/price", {"symbol": symbols[0]}, TICKER_PRICE_WEIGHT_ONE, None)
+            return [self._decode(_price_decoder, body, "ticker/price")]
+        body = await self._get("/api/v3/ticker/price", {}, TICKER_PRICE_WEIGHT_ALL, None)
+        prices: list[TickerPrice] = self._decode(_prices_decoder, body, "ticker/price")
+        if symbols is not None:
+            wanted = set(symbols)
+            prices = [p for p in prices if p.symbol in wanted]
+        return prices
+
+    def _adopt_weight_limit(self, limits: list[_RateLimit]) -> None:
+        if self._weight_limit_override is not None:
+            self._limiter.set_limit(self._weight_limit_override)
+            return
+        for rl in limits:
+            if rl.rateLimitType == "REQUEST_WEIGHT" and rl.interval == "MINUTE" and rl.intervalNum == 1:
+                if rl.limit != self._limiter.limit:
+                    log.info("weight_limit_learnt", limit=rl.limit, previous=self._limiter.limit)
+                self._limiter.set_limit(rl.limit)
+                return
+
+    @staticmethod
+    def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
+        try:
+            return decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise TransientExchangeError(f"{what}: malformed response ({exc})") from None
+
+    async def _get(self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None) -> bytes:
+        async for attempt in stamina.retry_context(
+            on=TransientExchangeError,
+            attempts=self._retry_attempts,
+            timeout=None,
+            wait_initial=self._retry_wait_initial,
+            wait_max=30 * self._retry_wait_initial,
+            wait_jitter=self._retry_wait_initial,
+        ):
+            with attempt:
+                return await self._get_once(path, params, weight, on_wait)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _get_once(self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None) -> bytes:
+        url = self._base_url + path
+        rate_limited = 0
+        while True:
+            async with self._limiter.slot(weight, on_wait):
+                try:
+                    async with self._session.get(url, params=params, timeout=self._timeout) as resp:
+                        used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
+                        if used is not None and used.isdigit():
+                            self._limiter.observe_used(int(used))
+                        status, retry_after = resp.status, resp.headers.get("Retry-After")
+                        body = await resp.read()
+                except TimeoutError:
+                    raise TransientExchangeError(f"{path}: no answer within {self._timeout.total} s") from None
+                except aiohttp.ClientError as exc:
+                    what = f"{exc.__class__.__name__}: {exc}"
+                    raise TransientExchangeError(f"{path}: connection failed ({what})") from None
+            if status == 429:
+                rate_limited += 1
+                if rate_limited > _MAX_RATE_LIMITED:
+                    raise ExchangeError(f"{path}: rate limited {rate_limited} times in a row")
+                self._limiter.pause(_seconds(retry_after, default=self._seconds_to_next_window()), "rate_limited")
+                continue
+            if status == 418:
+                self._limiter.pause(self._ban_seconds(retry_after, body), "banned")
+                continue
+            if status >= 500:
+                raise TransientExchangeError(f"{path}: HTTP {status} from the exchange")
+            if status >= 400:
+                raise _invalid_request(path, status, body)
+            return body
+
+    def _seconds_to_next_window(self) -> float:
+        # The limiter's clock, so tests that drive time drive this too.
+        now = self._limiter.clock()
+        return (int(now // WINDOW_SECONDS) + 1) * WINDOW_SECONDS - now
+
+    def _ban_seconds(self, retry_after: str | None, body: bytes) -> float:
+        if retry_after is not None:
+            return _seconds(retry_after, default=60.0)
+        try:
+            message = _error_decoder.decode(body).msg
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return 60.0
+        match = _BANNED_UNTIL.search(message)
+        if match is None:
+            return 60.0
+        return max(int(match.group(1)) / 1000 - self._limiter.clock(), 0.0)
+
+
+def _seconds(header: str | None, *, default: float) -> float:
+    try:
+        return max(float(header), 0.0) if header is not None else default
+    except ValueError:
+        return default
+
+
+def _invalid_request(path: str, status: int, body: bytes) -> InvalidRequestError:
+    try:
+        error = _error_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return InvalidRequestError(f"{path}: HTTP {status} from the exchange", status=status)
+    return InvalidRequestError(f"{error.msg} (Binance code {error.code})", code=error.code, status=status)

@@ -1,0 +1,207 @@
+"""Shared fixtures: one real PostgreSQL per session, a migrated template database cloned per test,
+the fake Binance the tests own, and the app served in the test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from service.app import create_app
+from service.db.embedded import start_embedded_postgres
+from service.settings import Settings
+from tests.fakes.binance import FakeBinance
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE_DB = "kc_template"
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real PostgreSQL: TEST_DATABASE_URL if set, else an embedded server for the session."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    try:
+        yield server.dsn
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+async def template_dsn(pg_dsn: str) -> str:
+    """A database migrated once through the real CLI (`python -m service migrate`)."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    dsn = with_database(pg_dsn, TEMPLATE_DB)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "migrate",
+        env={**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "console"},
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out.decode()
+    return dsn
+
+
+@pytest.fixture
+async def db_dsn(pg_dsn: str, template_dsn: str) -> AsyncIterator[str]:
+    """A fresh migrated database for one test."""
+    name = f"kc_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    finally:
+        await conn.close()
+    yield with_database(pg_dsn, name)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(db_dsn: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A plain connection to the test's database, for asserting what was stored."""
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBinance]:
+    """The fake Binance, listing BTCUSDT, ETHUSDT and XRPETH."""
+    async with FakeBinance() as exchange:
+        exchange.add_symbol("BTCUSDT", "BTC", "USDT")
+        exchange.add_symbol("ETHUSDT", "ETH", "USDT")
+        exchange.add_symbol("XRPETH", "XRP", "ETH")
+        yield exchange
+
+
+@pytest.fixture
+def make_settings(db_dsn: str, fake: FakeBinance) -> Callable[..., Settings]:
+    """Settings pointing at the test database and the fake; keyword overrides by field name."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "database_url": db_dsn,
+            "binance_api_url": fake.url,
+            "binance_retry_wait": 0.01,
+            "binance_timeout": 2.0,
+            "task_cleanup_delay": 300.0,
+            "log_level": "WARNING",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    return make_settings()
+
+
+class Api:
+    """The app in this event loop, over httpx's ASGI transport, plus a few waiting helpers."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def start(self, symbols: list[str], timeframes: list[str]) -> str:
+        response = await self.http.post("/api/v1/data-collector/start", json={"symbols": symbols, "timeframes": timeframes})
+        assert response.status_code == 202, response.text
+        task_id: str = response.json()["task_id"]
+        return task_id
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/api/v1/data-collector/task/{task_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def wait(self, task_id: str, timeout: float = 15.0, until: frozenset[str] = frozenset(
+        {"completed", "failed", "cancelled"})) -> dict[str, Any]:
+        """Poll a task until it reaches one of `until`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                body = await self.task(task_id)
+                if body["status"] in until:
+                    return body
+                await asyncio.sleep(0.02)
+
+    async def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until no task is pending or running (e.g. the start-up symbol refresh)."""
+        async with asyncio.timeout(timeout):
+            while (await self.http.get("/api/v1/data-collector/tasks/active")).json()["count"]:
+                await asyncio.sleep(0.02)
+
+
+class Clock:
+    """Epoch time that starts at `start` (s) and runs `speed` times faster than the wall clock.
+
+    Handed to both the service (its weight windows, history, open candles) and the fake exchange,
+    so that tests can place "now" anywhere and live through minute windows in a second.
+    """
+
+    def __init__(self, start: float | None = None, speed: float = 1.0) -> None:
+        self._t0 = time.monotonic()
+        self.start = time.time() if start is None else start
+        self.speed = speed
+
+    def __call__(self) -> float:
+        return self.start + (time.monotonic() - self._t0) * self.speed
+
+    def ms(self) -> int:
+        return int(self() * 1000)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / self.speed)
+
+
+@asynccontextmanager
+async def serve_app(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Api]:
+    """Run the app's lifespan and talk to it in-process (clock: shared with the fake, if given)."""
+    assert settings.database_url is not None
+    if clock is None:
+        app = create_app(settings, settings.database_url)
+    else:
+        app = create_app(settings, settings.database_url, clock=clock, sleep=clock.sleep)
+    async with app.lifespan():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://kline-collector") as http:
+            yield Api(http)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    """The app with default test settings, start-up symbol refresh done."""
+    async with serve_app(settings) as client:
+        await client.wait_idle()
+        yield client

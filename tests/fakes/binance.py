@@ -1,0 +1,947 @@
+"""A fake Binance spot REST API: a real aiohttp server that tests own and script.
+
+Why: the collector must be exercised against the exact bodies, headers and rate-limit behaviour of
+Binance without touching the network, and the benchmark needs a server cheap enough that it measures
+the service, not the fake. Use it in-process (``async with FakeBinance() as fake: ...``) or as its own
+process (``python -m tests.fakes.binance --port 0 --symbols 10 --candles 1000``), which prints its
+base URL as the first stdout line and serves until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import math
+import random
+import re
+import resource
+import signal
+import sys
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final, Literal, get_args
+
+from aiohttp import web
+
+JSON_CONTENT_TYPE: Final = "application/json;charset=UTF-8"
+HTML_CONTENT_TYPE: Final = "text/html"
+WINDOW_MS: Final = 60_000
+
+# Binance's 16 spot kline intervals, in its own order.
+INTERVALS: Final[tuple[str, ...]] = (
+    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
+)  # fmt: skip
+_S: Final = 1_000
+_M: Final = 60 * _S
+_H: Final = 60 * _M
+_D: Final = 24 * _H
+# Fixed-length intervals; "1M" is a calendar month and handled apart.
+INTERVAL_MS: Final[dict[str, int]] = {
+    "1s": _S, "1m": _M, "3m": 3 * _M, "5m": 5 * _M, "15m": 15 * _M, "30m": 30 * _M,
+    "1h": _H, "2h": 2 * _H, "4h": 4 * _H, "6h": 6 * _H, "8h": 8 * _H, "12h": 12 * _H,
+    "1d": _D, "3d": 3 * _D, "1w": 7 * _D,
+}  # fmt: skip
+_MONDAY_OFFSET_MS: Final = 4 * _D  # 1970-01-01 was a Thursday; weeks open on Monday 00:00 UTC.
+
+# Field names of the 12-field kline row, for update_kline().
+KLINE_FIELDS: Final[tuple[str, ...]] = (
+    "open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
+    "taker_buy_base_volume", "taker_buy_quote_volume", "ignore",
+)  # fmt: skip
+_INT_FIELDS: Final = frozenset({0, 6, 8})
+
+_SYMBOL_RE: Final = re.compile(r"[A-Z0-9_.\-]{1,20}")
+_INT_RE: Final = re.compile(r"[0-9]{1,20}")
+_KNOWN_QUOTES: Final = ("FDUSD", "USDT", "USDC", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "DAI")
+
+FaultKind = Literal["500", "502", "503", "504", "drop", "bad_json", "timeout", "429", "418"]
+FAULT_KINDS: Final[frozenset[str]] = frozenset(get_args(FaultKind))
+
+KlineRow = list[Any]
+_Result = tuple[int, bytes]
+
+
+# ---------------------------------------------------------------------------------------------
+# Interval arithmetic
+# ---------------------------------------------------------------------------------------------
+
+
+def _month_start(ms: int, months_ahead: int = 0) -> int:
+    """Open time of the calendar month holding ``ms``, shifted by ``months_ahead`` months."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    index = dt.year * 12 + (dt.month - 1) + months_ahead
+    return int(datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC).timestamp()) * 1000
+
+
+def interval_open(interval: str, ms: int) -> int:
+    """Open time of the ``interval`` candle holding ``ms``, aligned as Binance aligns it."""
+    if interval == "1M":
+        return _month_start(ms)
+    step = INTERVAL_MS[interval]
+    if interval == "1w":
+        return (ms - _MONDAY_OFFSET_MS) // step * step + _MONDAY_OFFSET_MS
+    return ms // step * step
+
+
+def interval_shift(interval: str, open_ms: int, n: int) -> int:
+    """Open time ``n`` candles after (or before, if negative) the aligned ``open_ms``."""
+    if interval == "1M":
+        return _month_start(open_ms, n)
+    return open_ms + n * INTERVAL_MS[interval]
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and scripts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request the fake answered (or dropped), kept so tests can assert on traffic."""
+
+    time_ms: int
+    path: str
+    params: dict[str, str]
+    status: int  # 0: no HTTP response (dropped or hung)
+    weight_after: int
+    fault: str | None = None
+
+
+@dataclass(slots=True)
+class WindowStats:
+    """Per exchange-clock minute: weight used and how often the limit bit."""
+
+    used: int = 0
+    requests: int = 0
+    count_429: int = 0
+    count_418: int = 0
+    violations: int = 0  # real limit overruns only; these drive ban_after_429s
+
+
+@dataclass(slots=True)
+class Fault:
+    """A scripted failure; applies to matching requests until ``remaining`` reaches 0."""
+
+    kind: FaultKind
+    path: str | None = "/api/v3/klines"
+    remaining: int = 1
+    match: dict[str, str] | None = None
+    retry_after: float = 1.0
+    every: int = 1  # apply to every n-th matching request; the others pass through
+    body: bytes | None = None
+    seen: int = 0
+    applied: int = 0
+
+    def matches(self, path: str, params: Mapping[str, str]) -> bool:
+        """Whether this still-armed fault targets the request."""
+        if self.remaining <= 0 or (self.path is not None and self.path != path):
+            return False
+        return self.match is None or all(params.get(k) == v for k, v in self.match.items())
+
+
+@dataclass(slots=True)
+class _Symbol:
+    base: str
+    quote: str
+    status: str
+
+
+@dataclass(slots=True)
+class _Series:
+    """Rows of one symbol/interval, sorted, pre-encoded so a page is a bisect plus a join."""
+
+    open_times: list[int] = field(default_factory=list)
+    encoded: list[bytes] = field(default_factory=list)
+
+    def merge(self, pairs: list[tuple[int, bytes]]) -> None:
+        """Insert or replace rows by open time, keeping the order."""
+        pairs.sort(key=lambda p: p[0])
+        if not self.open_times or pairs[0][0] > self.open_times[-1]:
+            last = None
+            for t, blob in pairs:
+                if t == last:
+                    self.encoded[-1] = blob
+                    continue
+                self.open_times.append(t)
+                self.encoded.append(blob)
+                last = t
+            return
+        merged = dict(zip(self.open_times, self.encoded, strict=True))
+        merged.update(pairs)
+        self.open_times = sorted(merged)
+        self.encoded = [merged[t] for t in self.open_times]
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    path: str
+    weight: Callable[[Mapping[str, str]], int]
+    handler: Callable[[Mapping[str, str], int], _Result]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies
+# ---------------------------------------------------------------------------------------------
+
+
+def _dumps(obj: object) -> bytes:
+    """Compact JSON, as Binance writes it."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _error(code: int, msg: str, status: int = 400) -> _Result:
+    return status, _dumps({"code": code, "msg": msg})
+
+
+def _mandatory(name: str) -> _Result:
+    return _error(-1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.")
+
+
+def _illegal(name: str, legal: str) -> _Result:
+    return _error(-1100, f"Illegal characters found in parameter '{name}'; legal range is '{legal}'.")
+
+
+def _illegal_symbol() -> _Result:
+    return _illegal("symbol", "^[A-Z0-9-_.]{1,20}$")
+
+
+def _encode_row(row: Sequence[Any]) -> bytes:
+    return _dumps(list(row))
+
+
+def _check_row(row: Sequence[Any]) -> None:
+    """Refuse rows Binance would never send, so tests cannot feed the service impossible data."""
+    if len(row) != 12:
+        raise ValueError(f"a kline row has 12 fields, got {len(row)}: {row!r}")
+    for i, value in enumerate(row):
+        if i in _INT_FIELDS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"field {KLINE_FIELDS[i]} must be an int: {row!r}")
+        elif not isinstance(value, str):
+            raise ValueError(f"field {KLINE_FIELDS[i]} must be a string: {row!r}")
+
+
+def _guess_assets(symbol: str) -> tuple[str, str]:
+    for quote in _KNOWN_QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)], quote
+    return symbol, ""
+
+
+def _symbol_info(name: str, sym: _Symbol) -> dict[str, Any]:
+    """One exchangeInfo symbol object, with the keys of the real sample."""
+    return {
+        "symbol": name,
+        "status": sym.status,
+        "baseAsset": sym.base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": sym.quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": list(_ORDER_TYPES),
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "otoAllowed": True,
+        "opoAllowed": True,
+        "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": False,
+        "cancelReplaceAllowed": False,
+        "amendAllowed": False,
+        "pegInstructionsAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": True,
+        "filters": [],
+        "permissions": [],
+        "permissionSets": [["SPOT", "MARGIN"]],
+        "defaultSelfTradePreventionMode": "NONE",
+        "allowedSelfTradePreventionModes": ["NONE"],
+    }
+
+
+_ORDER_TYPES: Final = (
+    "LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT",
+)  # fmt: skip
+_UNKNOWN_ERROR: Final = _dumps({"code": -1000, "msg": "An unknown error occurred while processing the request."})
+_GATEWAY_HTML: Final[dict[int, bytes]] = {
+    502: b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
+    504: b"<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n"
+    b"<center><h1>504 Gateway Time-out</h1></center>\r\n</body>\r\n</html>\r\n",
+}
+_BAD_JSON_BODY: Final = b'[[1499040000000,"0.0163'
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, so the benchmark can subtract what the fake cost."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake
+# ---------------------------------------------------------------------------------------------
+
+
+class FakeBinance:
+    """Binance spot REST on 127.0.0.1 with a controllable clock, weight limit, bans and faults."""
+
+    def __init__(
+        self,
+        *,
+        weight_limit: int | None = 6000,
+        latency_ms: float = 0.0,
+        ban_after_429s: int | None = None,
+        ban_seconds: float = 120.0,
+        fault_timeout_s: float = 30.0,
+        now_ms: Callable[[], int] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record_requests: bool = True,
+        advertised_weight_limit: int | None = None,
+    ) -> None:
+        self.weight_limit = weight_limit
+        # What exchangeInfo announces; by default the enforced limit, or Binance's 6000 when unlimited.
+        self.advertised_weight_limit = advertised_weight_limit
+        self.latency_ms = latency_ms
+        self.ban_after_429s = ban_after_429s
+        self.ban_seconds = ban_seconds
+        self.fault_timeout_s = fault_timeout_s
+        self.now_ms: Callable[[], int] = now_ms or _wall_ms
+        self.host = host
+        self.port = port
+        self.record_requests = record_requests
+
+        self.ban_until_ms: int | None = None
+        self.faults: list[Fault] = []
+        self.requests: list[RequestRecord] = []
+        self.status_counts: dict[int, int] = {}
+        self.windows: dict[int, WindowStats] = {}
+        self.request_count = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+        self._symbols: dict[str, _Symbol] = {}
+        self._series: dict[str, dict[str, _Series]] = {}
+        self._symbols_json: bytes | None = None
+        self._runner: web.AppRunner | None = None
+        self._hanging: set[asyncio.Task[Any]] = set()
+        self._routes = {
+            r.path: r
+            for r in (
+                _Route("/api/v3/ping", lambda p: 1, lambda p, now: (200, b"{}")),
+                _Route("/api/v3/time", lambda p: 1, lambda p, now: (200, _dumps({"serverTime": now}))),
+                _Route("/api/v3/exchangeInfo", lambda p: 20, self._exchange_info),
+                _Route("/api/v3/klines", lambda p: 2, self._klines),
+                _Route("/api/v3/ticker/price", lambda p: 2 if "symbol" in p else 4, self._ticker_price),
+            )
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and serve; the port is ephemeral unless one was given."""
+        app = web.Application()
+        for path, route in self._routes.items():
+            app.router.add_get(path, self._make_handler(route))
+        app.router.add_get("/__stats", self._stats)
+        # handler_cancellation: a client that gives up (timeout) ends the handler, like a real peer.
+        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop serving; hung ("timeout") handlers are cancelled so stop is quick."""
+        for task in list(self._hanging):
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeBinance:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321``."""
+        return f"http://{self.host}:{self.port}"
+
+    # -- clock ----------------------------------------------------------------------------------
+
+    def set_time(self, ms: int) -> None:
+        """Freeze the exchange clock at ``ms``."""
+        self.now_ms = lambda: ms
+
+    def advance(self, ms: int) -> None:
+        """Move the exchange clock forward by ``ms`` (and freeze it there)."""
+        self.set_time(self.now_ms() + ms)
+
+    def use_wall_clock(self) -> None:
+        """Back to real time."""
+        self.now_ms = _wall_ms
+
+    # -- market data ----------------------------------------------------------------------------
+
+    def add_symbol(self, symbol: str, base: str, quote: str, status: str = "TRADING") -> None:
+        """List a symbol in exchangeInfo (replaces an earlier listing of the same name)."""
+        self._symbols[symbol] = _Symbol(base, quote, status)
+        self._symbols_json = None
+
+    def remove_symbol(self, symbol: str) -> None:
+        """Delist: gone from exchangeInfo, its klines answer -1121."""
+        self._symbols.pop(symbol, None)
+        self._symbols_json = None
+
+    @property
+    def symbols(self) -> list[str]:
+        """Listed symbols, in listing order."""
+        return list(self._symbols)
+
+    def _ensure_symbol(self, symbol: str) -> None:
+        if symbol not in self._symbols:
+            self.add_symbol(symbol, *_guess_assets(symbol))
+
+    def set_klines(self, symbol: str, interval: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Replace the stored candles of symbol/interval with raw 12-field Binance rows."""
+        self._check_interval(interval)
+        self._ensure_symbol(symbol)
+        series = _Series()
+        pairs = []
+        for row in rows:
+            _check_row(row)
+            pairs.append((int(row[0]), _encode_row(row)))
+        if pairs:
+            series.merge(pairs)
+        self._series.setdefault(symbol, {})[interval] = series
+
+    def add_klines(self, symbol: str, interval: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Insert raw rows, replacing stored ones with the same open time."""
+        self._check_interval(interval)
+        self._ensure_symbol(symbol)
+        pairs = []
+        for row in rows:
+            _check_row(row)
+            pairs.append((int(row[0]), _encode_row(row)))
+        if pairs:
+            self._series.setdefault(symbol, {}).setdefault(interval, _Series()).merge(pairs)
+
+    def get_klines(self, symbol: str, interval: str) -> list[KlineRow]:
+        """All stored rows (served or future), decoded; for assertions."""
+        series = self._series.get(symbol, {}).get(interval)
+        return [] if series is None else [json.loads(b) for b in series.encoded]
+
+    def generate_klines(
+        self,
+        symbol: str,
+        interval: str,
+        start_ms: int,
+        count: int,
+        seed: int | None = None,
+        start_price: float | None = None,
+    ) -> list[KlineRow]:
+        """Store ``count`` deterministic, plausible candles from ``start_ms`` (aligned down); return them.
+
+        Same arguments give the same rows; the default seed derives from symbol and interval.
+        """
+        self._check_interval(interval)
+        self._ensure_symbol(symbol)
+        rng = random.Random(zlib.crc32(f"{symbol}:{interval}".encode()) if seed is None else seed)
+        price = start_price if start_price is not None else 10 ** rng.uniform(-1, 4)
+        step = INTERVAL_MS.get(interval)
+        sigma = min(0.08, 0.001 * math.sqrt((step or 30 * _D) / _M))  # random-walk scale per candle
+        open_t = interval_open(interval, start_ms)
+        rows: list[KlineRow] = []
+        pairs: list[tuple[int, bytes]] = []
+        for _ in range(count):
+            next_t = open_t + step if step is not None else _month_start(open_t, 1)
+            o = price
+            c = o * math.exp(rng.gauss(0.0, sigma))
+            h = max(o, c) * (1 + abs(rng.gauss(0.0, sigma / 2)))
+            lo = min(o, c) * (1 - abs(rng.gauss(0.0, sigma / 2)))
+            vol = rng.uniform(0.5, 150.0)
+            taker = vol * rng.uniform(0.3, 0.7)
+            mid = (o + c) / 2
+            trades = rng.randint(5, 3000)
+            row: KlineRow = [
+                open_t, f"{o:.8f}", f"{h:.8f}", f"{lo:.8f}", f"{c:.8f}", f"{vol:.8f}", next_t - 1,
+                f"{vol * mid:.8f}", trades, f"{taker:.8f}", f"{taker * mid:.8f}", "0",
+            ]  # fmt: skip
+            rows.append(row)
+            pairs.append((open_t, _encode_row(row)))
+            price = float(row[4])
+            open_t = next_t
+        if pairs:
+            self._series.setdefault(symbol, {}).setdefault(interval, _Series()).merge(pairs)
+        return rows
+
+    def update_kline(self, symbol: str, interval: str, open_time: int, **fields: Any) -> KlineRow:
+        """Change a stored candle (e.g. the open candle moving on); numbers become 8-decimal strings."""
+        series = self._series.get(symbol, {}).get(interval)
+        i = -1 if series is None else bisect.bisect_left(series.open_times, open_time)
+        if series is None or i >= len(series.open_times) or series.open_times[i] != open_time:
+            raise KeyError(f"no {symbol} {interval} kline opening at {open_time}")
+        row: KlineRow = json.loads(series.encoded[i])
+        for name, value in fields.items():
+            if name not in KLINE_FIELDS or name == "open_time":
+                raise KeyError(f"cannot update kline field {name!r}")
+            idx = KLINE_FIELDS.index(name)
+            row[idx] = int(value) if idx in _INT_FIELDS else value if isinstance(value, str) else f"{value:.8f}"
+        _check_row(row)
+        series.encoded[i] = _encode_row(row)
+        return row
+
+    # -- faults, bans, stats --------------------------------------------------------------------
+
+    def add_fault(
+        self,
+        kind: FaultKind,
+        path: str | None = "/api/v3/klines",
+        count: int = 1,
+        match: Mapping[str, Any] | None = None,
+        *,
+        retry_after: float = 1.0,
+        every: int = 1,
+        body: bytes | None = None,
+    ) -> Fault:
+        """Script ``count`` failures of ``kind`` on ``path`` (None: any route), for requests whose
+        query has all of ``match``. Faults apply first-armed-first, before limits and bans.
+
+        Note: aiohttp clients retry an idempotent request once after a disconnect, so a "drop" the
+        client should actually see needs ``count=2``.
+        """
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(FAULT_KINDS)}")
+        if count < 1 or every < 1:
+            raise ValueError("count and every must be >= 1")
+        fault = Fault(
+            kind=kind,
+            path=path,
+            remaining=count,
+            match=None if match is None else {k: str(v) for k, v in match.items()},
+            retry_after=retry_after,
+            every=every,
+            body=body,
+        )
+        self.faults.append(fault)
+        return fault
+
+    def clear_faults(self) -> None:
+        """Disarm every scripted fault."""
+        self.faults.clear()
+
+    def ban(self, seconds: float) -> None:
+        """Start an IP ban now: every request answers 418 until it ends."""
+        self.ban_until_ms = self.now_ms() + int(seconds * 1000)
+
+    def unban(self) -> None:
+        """Lift the ban."""
+        self.ban_until_ms = None
+
+    @property
+    def weight_by_window(self) -> dict[int, int]:
+        """Weight used per minute window, keyed by window start (ms)."""
+        return {start: w.used for start, w in self.windows.items()}
+
+    def used_weight(self) -> int:
+        """Weight used in the current window."""
+        now = self.now_ms()
+        w = self.windows.get(now - now % WINDOW_MS)
+        return 0 if w is None else w.used
+
+    def reset_stats(self) -> None:
+        """Forget traffic (records, counts, windows) but keep data, faults and bans."""
+        self.requests.clear()
+        self.status_counts.clear()
+        self.windows.clear()
+        self.request_count = 0
+        self.max_in_flight = self.in_flight
+
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /__stats`` returns."""
+        return {
+            "cpu_seconds": cpu_seconds(),
+            "requests": self.request_count,
+            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
+            # minute_epoch = floor(ms / 60000)
+            "weight_by_minute": {str(start // WINDOW_MS): w.used for start, w in self.windows.items()},
+            "max_in_flight": self.max_in_flight,
+            "in_flight": self.in_flight,
+        }
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def _make_handler(self, route: _Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, route)
+
+        return handler
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=_dumps(self.stats()), headers={"Content-Type": JSON_CONTENT_TYPE})
+
+    async def _serve(self, request: web.Request, route: _Route) -> web.StreamResponse:
+        self.in_flight += 1
+        if self.in_flight > self.max_in_flight:
+            self.max_in_flight = self.in_flight
+        try:
+            if self.latency_ms > 0:
+                await asyncio.sleep(self.latency_ms / 1000)
+            now = self.now_ms()
+            params = dict(request.query)
+            start = now - now % WINDOW_MS
+            window = self.windows.get(start)
+            if window is None:
+                window = self.windows[start] = WindowStats()
+            window.requests += 1
+            self.request_count += 1
+
+            if self.faults:
+                fault = self._take_fault(route.path, params)
+                if fault is not None:
+                    return await self._fault_response(request, fault, route.path, params, now, window)
+
+            if self.ban_until_ms is not None:
+                if now < self.ban_until_ms:
+                    return self._ban_response(route.path, params, now, window, self.ban_until_ms, None)
+                self.ban_until_ms = None
+
+            weight = route.weight(params)
+            limit = self.weight_limit
+            if limit is not None and window.used + weight > limit:
+                window.violations += 1
+                if self.ban_after_429s is not None and window.violations >= self.ban_after_429s:
+                    self.ban_until_ms = now + int(self.ban_seconds * 1000)
+                retry = max(1, math.ceil((start + WINDOW_MS - now) / 1000))
+                return self._too_much(route.path, params, now, window, retry, None)
+
+            window.used += weight
+            status, body = route.handler(params, now)
+            return self._respond(route.path, params, now, window, status, body)
+        finally:
+            self.in_flight -= 1
+
+    def _take_fault(self, path: str, params: Mapping[str, str]) -> Fault | None:
+        for fault in self.faults:
+            if fault.matches(path, params):
+                fault.seen += 1
+                if fault.seen % fault.every:
+                    return None
+                fault.remaining -= 1
+                fault.applied += 1
+                return fault
+        return None
+
+    def _record(
+        self, path: str, params: dict[str, str], now: int, window: WindowStats, status: int, fault: str | None
+    ) -> None:
+        self.status_counts[status] = self.status_counts.get(status, 0) + 1
+        if status == 429:
+            window.count_429 += 1
+        elif status == 418:
+            window.count_418 += 1
+        if self.record_requests:
+            self.requests.append(RequestRecord(now, path, params, status, window.used, fault))
+
+    def _respond(
+        self,
+        path: str,
+        params: dict[str, str],
+        now: int,
+        window: WindowStats,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = JSON_CONTENT_TYPE,
+        weight_headers: bool = True,
+        extra: Mapping[str, str] | None = None,
+        fault: str | None = None,
+    ) -> web.Response:
+        self._record(path, params, now, window, status, fault)
+        headers = {"Content-Type": content_type}
+        if weight_headers:
+            used = str(window.used)
+            headers["X-MBX-USED-WEIGHT"] = used
+            headers["X-MBX-USED-WEIGHT-1M"] = used
+        if extra:
+            headers.update(extra)
+        return web.Response(status=status, body=body, headers=headers)
+
+    def _too_much(
+        self, path: str, params: dict[str, str], now: int, window: WindowStats, retry: float, fault: str | None
+    ) -> web.Response:
+        limit = self.weight_limit if self.weight_limit is not None else 6000
+        msg = (
+            f"Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
+            "Please use WebSocket Streams for live updates to avoid polling the API."
+        )
+        body = _dumps({"code": -1003, "msg": msg})
+        return self._respond(path, params, now, window, 429, body, extra={"Retry-After": _secs(retry)}, fault=fault)
+
+    def _ban_response(
+        self, path: str, params: dict[str, str], now: int, window: WindowStats, until: int, fault: str | None
+    ) -> web.Response:
+        msg = (
+            f"Way too much request weight used; IP banned until {until}. "
+            "Please use WebSocket Streams for live updates to avoid bans."
+        )
+        retry = max(1, math.ceil((until - now) / 1000))
+        body = _dumps({"code": -1003, "msg": msg})
+        return self._respond(path, params, now, window, 418, body, extra={"Retry-After": str(retry)}, fault=fault)
+
+    async def _fault_response(
+        self, request: web.Request, fault: Fault, path: str, params: dict[str, str], now: int, window: WindowStats
+    ) -> web.StreamResponse:
+        kind = fault.kind
+        if kind == "429":
+            return self._too_much(path, params, now, window, fault.retry_after, kind)
+        if kind == "418":
+            until = now + int(fault.retry_after * 1000)
+            return self._ban_response(path, params, now, window, until, kind)
+        if kind == "500":
+            return self._respond(path, params, now, window, 500, fault.body or _UNKNOWN_ERROR, fault=kind)
+        if kind == "503":
+            msg = "Server is currently overloaded with other requests. Please try again in a few minutes."
+            body = fault.body or _dumps({"code": -1008, "msg": msg})
+            return self._respond(path, params, now, window, 503, body, fault=kind)
+        if kind in ("502", "504"):
+            status = int(kind)
+            body = fault.body or _GATEWAY_HTML[status]
+            html = HTML_CONTENT_TYPE
+            return self._respond(
+                path, params, now, window, status, body, content_type=html, weight_headers=False, fault=kind
+            )
+        if kind == "bad_json":
+            return self._respond(path, params, now, window, 200, fault.body or _BAD_JSON_BODY, fault=kind)
+        # "drop" and "timeout": no HTTP response at all.
+        self._record(path, params, now, window, 0, kind)
+        if kind == "timeout":
+            task = asyncio.current_task()
+            if task is not None:
+                self._hanging.add(task)
+            try:
+                await asyncio.sleep(self.fault_timeout_s)
+            finally:
+                if task is not None:
+                    self._hanging.discard(task)
+        if request.transport is not None:
+            request.transport.close()
+        # Writing to the closed transport raises ConnectionError, which aiohttp swallows quietly.
+        return web.Response(status=500)
+
+    # -- routes ---------------------------------------------------------------------------------
+
+    def _exchange_info(self, params: Mapping[str, str], now: int) -> _Result:
+        if self._symbols_json is None:
+            self._symbols_json = _dumps([_symbol_info(n, s) for n, s in self._symbols.items()])
+        limit = self.advertised_weight_limit or self.weight_limit or 6000
+        rate_limits = [
+            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit},
+            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 1, "limit": 10},
+            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
+        ]
+        head = _dumps({"timezone": "UTC", "serverTime": now, "rateLimits": rate_limits, "exchangeFilters": []})
+        return 200, head[:-1] + b',"symbols":' + self._symbols_json + b"}"
+
+    def _klines(self, params: Mapping[str, str], now: int) -> _Result:
+        symbol = params.get("symbol")
+        if not symbol:
+            return _mandatory("symbol")
+        if not _SYMBOL_RE.fullmatch(symbol):
+            return _illegal_symbol()
+        interval = params.get("interval")
+        if not interval:
+            return _mandatory("interval")
+        numbers: dict[str, int] = {}
+        for name in ("startTime", "endTime", "limit"):
+            raw = params.get(name)
+            if raw is not None:
+                if not _INT_RE.fullmatch(raw):
+                    return _illegal(name, "^[0-9]{1,20}$")
+                numbers[name] = int(raw)
+        if interval not in INTERVAL_MS and interval != "1M":
+            return _error(-1120, "Invalid interval.")
+        limit = numbers.get("limit", 500)
+        if not 1 <= limit <= 1000:
+            return _error(-1130, "Data sent for parameter 'limit' is not valid.")
+        if symbol not in self._symbols:
+            return _error(-1121, "Invalid symbol.")
+        start, end = numbers.get("startTime"), numbers.get("endTime")
+        if start is not None and end is not None and start > end:
+            return _error(-1023, "Start time is greater than end time.")
+        series = self._series.get(symbol, {}).get(interval)
+        if series is None:
+            return 200, b"[]"
+        times = series.open_times
+        hi = bisect.bisect_right(times, now)  # the future does not exist yet
+        if end is not None:
+            hi = min(hi, bisect.bisect_right(times, end))
+        if start is not None:
+            lo = bisect.bisect_left(times, start)
+            hi = min(hi, lo + limit)
+        else:
+            lo = max(0, hi - limit)
+        if lo >= hi:
+            return 200, b"[]"
+        return 200, b"[" + b",".join(series.encoded[lo:hi]) + b"]"
+
+    def _latest_price(self, symbol: str, now: int) -> str:
+        by_interval = self._series.get(symbol, {})
+        candidates = [by_interval["1m"]] if "1m" in by_interval else list(by_interval.values())
+        best_t, best = -1, "0.00000000"
+        for series in candidates:
+            i = bisect.bisect_right(series.open_times, now) - 1
+            if i >= 0 and series.open_times[i] > best_t:
+                best_t, best = series.open_times[i], json.loads(series.encoded[i])[4]
+        return best
+
+    def _ticker_price(self, params: Mapping[str, str], now: int) -> _Result:
+        if "symbol" in params:
+            symbol = params["symbol"]
+            if not symbol:
+                return _mandatory("symbol")
+            if not _SYMBOL_RE.fullmatch(symbol):
+                return _illegal_symbol()
+            if symbol not in self._symbols:
+                return _error(-1121, "Invalid symbol.")
+            return 200, _dumps({"symbol": symbol, "price": self._latest_price(symbol, now)})
+        names: list[str] = list(self._symbols)
+        if "symbols" in params:
+            try:
+                asked = json.loads(params["symbols"])
+            except ValueError:
+                asked = None
+            if not isinstance(asked, list) or not all(isinstance(s, str) and _SYMBOL_RE.fullmatch(s) for s in asked):
+                return _illegal("symbols", '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$')
+            if any(s not in self._symbols for s in asked):
+                return _error(-1121, "Invalid symbol.")
+            names = asked
+        return 200, _dumps([{"symbol": s, "price": self._latest_price(s, now)} for s in names])
+
+    @staticmethod
+    def _check_interval(interval: str) -> None:
+        if interval not in INTERVAL_MS and interval != "1M":
+            raise ValueError(f"unknown Binance interval {interval!r}; one of {INTERVALS}")
+
+
+def _secs(seconds: float) -> str:
+    """Retry-After as Binance writes it: whole seconds."""
+    return str(max(0, math.ceil(seconds)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Own process, for benchmarks
+# ---------------------------------------------------------------------------------------------
+
+_BENCH_NAMES: Final = (
+    "BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "TRXUSDT", "LINKUSDT", "DOTUSDT",
+)  # fmt: skip
+
+
+def bench_symbols(n: int) -> list[str]:
+    """The symbols ``--symbols n`` lists: ten real names, then ``X0010USDT``, ``X0011USDT``, ..."""
+    return [_BENCH_NAMES[i] if i < len(_BENCH_NAMES) else f"X{i:04d}USDT" for i in range(n)]
+
+
+def _scenario_steady(fake: FakeBinance) -> None:
+    """No faults: the service should only meet the weight limit."""
+
+
+def _scenario_flaky(fake: FakeBinance) -> None:
+    """Every 25th klines request is a gateway 502."""
+    fake.add_fault("502", count=10**9, every=25)
+
+
+def _scenario_ban_prone(fake: FakeBinance) -> None:
+    """The first 429 in a minute turns into a 60 s ban: overrunning the limit is expensive."""
+    fake.ban_after_429s = 1
+    fake.ban_seconds = 60.0
+
+
+SCENARIOS: Final[dict[str, Callable[[FakeBinance], None]]] = {
+    "steady": _scenario_steady,
+    "flaky": _scenario_flaky,
+    "ban-prone": _scenario_ban_prone,
+}
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m tests.fakes.binance", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--weight-limit", type=int, default=6000)
+    parser.add_argument("--no-weight-limit", action="store_true", help="never answer 429")
+    parser.add_argument("--advertised-weight-limit", type=int, default=None, help="limit exchangeInfo announces")
+    parser.add_argument("--ban-after-429s", type=int, default=None)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
+    parser.add_argument("--symbols", type=int, default=0, help="list this many symbols (see bench_symbols)")
+    parser.add_argument("--timeframes", default="1m", help="comma-separated intervals to generate")
+    parser.add_argument("--candles", type=int, default=0, help="candles per symbol/timeframe, ending now")
+    parser.add_argument("--future-candles", type=int, default=0, help="extra candles served as time passes")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-record", action="store_true", help="keep no per-request records")
+    return parser.parse_args(argv)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    fake = FakeBinance(
+        weight_limit=None if args.no_weight_limit else args.weight_limit,
+        advertised_weight_limit=args.advertised_weight_limit,
+        latency_ms=args.latency_ms,
+        ban_after_429s=args.ban_after_429s,
+        host=args.host,
+        port=args.port,
+        record_requests=not args.no_record,
+    )
+    SCENARIOS[args.scenario](fake)
+    now = fake.now_ms()
+    timeframes = [tf.strip() for tf in args.timeframes.split(",") if tf.strip()]
+    for symbol in bench_symbols(args.symbols):
+        fake.add_symbol(symbol, *_guess_assets(symbol))
+        for tf in timeframes:
+            total = args.candles + args.future_candles
+            if total > 0:
+                first = interval_shift(tf, interval_open(tf, now), -(args.candles - 1))
+                fake.generate_klines(symbol, tf, first, total, seed=args.seed)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await fake.start()
+    print(fake.url, flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await fake.stop()
+        print(json.dumps({"fake_cpu_seconds": cpu_seconds()}), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; print the URL first and CPU seconds last."""
+    asyncio.run(_run(_parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
