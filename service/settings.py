@@ -66,6 +66,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_max: PositiveInt = 10
     symbol_refresh_interval: Annotated[float, msgspec.Meta(ge=60)] = 3600.0
     """Seconds between refreshes of the symbols table (and of the learnt weight limit)."""
+    scheduler_enabled: bool = True
+    """Run stored collection configs on their intervals (false: an API-only process)."""
+    min_interval_minutes: PositiveInt = 1
+    """Smallest interval_minutes a collection config may have."""
+    log_retention_days: PositiveInt = 30
+    """Execution logs and finished tasks older than this are deleted daily."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -13,6 +13,7 @@ import aiohttp
 from service.collection.collector import Collector
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
+from service.collection.scheduler import Scheduler
 from service.db.pool import Pool, create_pool
 from service.exchanges.binance import BinanceClient
 from service.exchanges.limiter import WeightLimiter
@@ -32,6 +33,9 @@ class Runtime:
     registry: TaskRegistry
     collector: Collector
     jobs: CollectionJobs
+    scheduler: Scheduler
+    clock: Callable[[], float]
+    """Epoch seconds; every time decision goes through it (tests drive it)."""
 
 
 @asynccontextmanager
@@ -78,7 +82,8 @@ async def open_runtime(
             )
             jobs = CollectionJobs(pool, client, registry, collector)
             await registry.recover()
-            runtime = Runtime(settings, pool, client, registry, collector, jobs)
+            scheduler = Scheduler()
+            runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock)
             # Learn the exchange's symbols and weight limit without holding up start-up.
             await jobs.start_symbol_refresh()
             try:
