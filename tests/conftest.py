@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from litestar import Litestar
 
 from service.app import create_app
 from service.db.embedded import start_embedded_postgres
@@ -131,11 +132,13 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 class Api:
     """The app in this event loop, over httpx's ASGI transport, plus a few waiting helpers."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
+    def __init__(self, http: httpx.AsyncClient, app: Litestar) -> None:
         self.http = http
+        self.app = app
 
     async def start(self, symbols: list[str], timeframes: list[str]) -> str:
-        response = await self.http.post("/api/v1/data-collector/start", json={"symbols": symbols, "timeframes": timeframes})
+        body = {"symbols": symbols, "timeframes": timeframes}
+        response = await self.http.post("/api/v1/data-collector/start", json=body)
         assert response.status_code == 202, response.text
         task_id: str = response.json()["task_id"]
         return task_id
@@ -196,12 +199,33 @@ async def serve_app(settings: Settings, clock: Clock | None = None) -> AsyncIter
     async with app.lifespan():
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://kline-collector") as http:
-            yield Api(http)
+            yield Api(http, app)
 
 
 @pytest.fixture
 async def api(settings: Settings) -> AsyncIterator[Api]:
-    """The app with default test settings, start-up symbol refresh done."""
-    async with serve_app(settings) as client:
-        await client.wait_idle()
-        yield client
+    """The app with default test settings, start-up symbol refresh done.
+
+    The lifespan runs in a task of its own: its task groups must be left in the task that entered
+    them, and a fixture's teardown runs in another.
+    """
+    ready: asyncio.Future[Api] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        try:
+            async with serve_app(settings) as client:
+                await client.wait_idle()
+                ready.set_result(client)
+                await stop.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+            raise
+
+    runner = asyncio.create_task(run())
+    try:
+        yield await ready
+    finally:
+        stop.set()
+        await runner

@@ -150,7 +150,9 @@ class TaskRegistry:
                         active_task_id=str(conflict["id"]),
                         series=shared,
                     )
-            row = await tasks_db.insert_task(conn, task_id, task_type, params, series, message)
+            row = await tasks_db.insert_task(
+                conn, task_id, task_type, params, series, message, created_at=datetime.now(UTC)
+            )
         entry = _Entry(TaskHandle(self, TaskView.from_record(row)))
         self._entries[task_id] = entry
         entry.task = asyncio.create_task(self._run(entry, body), name=f"{task_type}:{task_id}")
@@ -166,7 +168,7 @@ class TaskRegistry:
                 view.status, view.started_at = "running", datetime.now(UTC)
                 view.message = "Started"
                 async with self.pool.acquire() as conn:
-                    await tasks_db.mark_running(conn, view.task_id, view.message)
+                    await tasks_db.mark_running(conn, view.task_id, view.message, view.started_at)
                 log.info("task_started")
                 outcome = await body(entry.handle)
         except asyncio.CancelledError:
@@ -193,7 +195,7 @@ class TaskRegistry:
             async with self.pool.acquire() as conn:
                 await tasks_db.finish_task(
                     conn, view.task_id, status=status, progress=view.progress, message=view.message,
-                    result=view.result, error=view.error,
+                    result=view.result, error=view.error, completed_at=view.completed_at,
                 )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             # The row stays active; the next start closes it as interrupted.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -60,27 +61,28 @@ async def insert_task(
     params: dict[str, Any],
     series: Sequence[str],
     message: str,
+    created_at: datetime,
 ) -> asyncpg.Record:
     """Record a new pending task."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
-        INSERT INTO tasks (id, task_type, status, params, series, message)
-        VALUES ($1, $2, 'pending', $3, $4, $5)
+        INSERT INTO tasks (id, task_type, status, params, series, message, created_at, updated_at)
+        VALUES ($1, $2, 'pending', $3, $4, $5, $6, $6)
         RETURNING {TASK_COLUMNS}
         """,
-        task_id, task_type, params, list(series), message,
+        task_id, task_type, params, list(series), message, created_at,
     )
     assert row is not None
     return row
 
 
-async def mark_running(conn: Connection, task_id: uuid.UUID, message: str) -> None:
+async def mark_running(conn: Connection, task_id: uuid.UUID, message: str, started_at: datetime) -> None:
     await conn.execute(
         """
-        UPDATE tasks SET status = 'running', started_at = now(), updated_at = now(), message = $2
+        UPDATE tasks SET status = 'running', started_at = $3, updated_at = $3, message = $2
          WHERE id = $1 AND status = 'pending'
         """,
-        task_id, message,
+        task_id, message, started_at,
     )
 
 
@@ -103,16 +105,17 @@ async def finish_task(
     message: str,
     result: dict[str, Any] | None,
     error: str | None,
+    completed_at: datetime,
 ) -> None:
     """Close a task for good (completed, failed or cancelled)."""
     await conn.execute(
         """
         UPDATE tasks
            SET status = $2, progress = $3, message = $4, result = $5, error = $6,
-               completed_at = now(), updated_at = now()
+               completed_at = $7, updated_at = $7
          WHERE id = $1 AND status IN ('pending', 'running')
         """,
-        task_id, status, progress, message, result, error,
+        task_id, status, progress, message, result, error, completed_at,
     )
 
 

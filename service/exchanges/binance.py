@@ -9,7 +9,8 @@ caller, then the request is sent again.
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -30,6 +31,8 @@ from service.logging import get_logger
 __all__ = ["EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient"]
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 KLINES_WEIGHT = 2
 EXCHANGE_INFO_WEIGHT = 20
@@ -115,17 +118,23 @@ class BinanceClient:
         }
         if end_ms is not None:
             params["endTime"] = str(end_ms)
-        body = await self._get("/api/v3/klines", params, KLINES_WEIGHT, on_wait)
-        # Binance's numbers are plain decimals; a backslash could only smuggle a tab or newline
-        # into the COPY stream, so such a body is refused before decoding.
-        if b"\\" in body:
-            raise TransientExchangeError(f"klines {symbol} {timeframe}: unexpected escape in response body")
-        klines: list[Kline] = self._decode(_klines_decoder, body, f"klines {symbol} {timeframe}")
-        return klines
+        what = f"klines {symbol} {timeframe}"
+
+        def parse(body: bytes) -> list[Kline]:
+            # Binance's numbers are plain decimals; a backslash could only smuggle a tab or newline
+            # into the COPY stream, so such a body is refused before decoding.
+            if b"\\" in body:
+                raise TransientExchangeError(f"{what}: unexpected escape in response body")
+            klines: list[Kline] = _decode(_klines_decoder, body, what)
+            return klines
+
+        return await self._get("/api/v3/klines", params, KLINES_WEIGHT, on_wait, parse)
 
     async def fetch_symbols(self) -> list[SymbolInfo]:
-        body = await self._get("/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None)
-        info = self._decode(_info_decoder, body, "exchangeInfo")
+        info: _ExchangeInfo = await self._get(
+            "/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None,
+            lambda body: _decode(_info_decoder, body, "exchangeInfo"),
+        )
         self._adopt_weight_limit(info.rateLimits)
         return [
             SymbolInfo(symbol=s.symbol, base_asset=s.baseAsset, quote_asset=s.quoteAsset, status=s.status)
@@ -134,10 +143,15 @@ class BinanceClient:
 
     async def fetch_prices(self, symbols: list[str] | None = None) -> list[TickerPrice]:
         if symbols is not None and len(symbols) == 1:
-            body = await self._get("/api/v3/ticker/price", {"symbol": symbols[0]}, TICKER_PRICE_WEIGHT_ONE, None)
-            return [self._decode(_price_decoder, body, "ticker/price")]
-        body = await self._get("/api/v3/ticker/price", {}, TICKER_PRICE_WEIGHT_ALL, None)
-        prices: list[TickerPrice] = self._decode(_prices_decoder, body, "ticker/price")
+            price: TickerPrice = await self._get(
+                "/api/v3/ticker/price", {"symbol": symbols[0]}, TICKER_PRICE_WEIGHT_ONE, None,
+                lambda body: _decode(_price_decoder, body, "ticker/price"),
+            )
+            return [price]
+        prices: list[TickerPrice] = await self._get(
+            "/api/v3/ticker/price", {}, TICKER_PRICE_WEIGHT_ALL, None,
+            lambda body: _decode(_prices_decoder, body, "ticker/price"),
+        )
         if symbols is not None:
             wanted = set(symbols)
             prices = [p for p in prices if p.symbol in wanted]
@@ -154,14 +168,15 @@ class BinanceClient:
                 self._limiter.set_limit(rl.limit)
                 return
 
-    @staticmethod
-    def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
-        try:
-            return decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise TransientExchangeError(f"{what}: malformed response ({exc})") from None
-
-    async def _get(self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None) -> bytes:
+    async def _get(
+        self,
+        path: str,
+        params: dict[str, str],
+        weight: int,
+        on_wait: WaitCallback | None,
+        parse: Callable[[bytes], T],
+    ) -> T:
+        """Send, and parse inside the retry: a garbled body is retried like a dropped connection."""
         async for attempt in stamina.retry_context(
             on=TransientExchangeError,
             attempts=self._retry_attempts,
@@ -171,7 +186,7 @@ class BinanceClient:
             wait_jitter=self._retry_wait_initial,
         ):
             with attempt:
-                return await self._get_once(path, params, weight, on_wait)
+                return parse(await self._get_once(path, params, weight, on_wait))
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
     async def _get_once(self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None) -> bytes:
@@ -222,6 +237,13 @@ class BinanceClient:
         if match is None:
             return 60.0
         return max(int(match.group(1)) / 1000 - self._limiter.clock(), 0.0)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
+    try:
+        return decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise TransientExchangeError(f"{what}: malformed response ({exc})") from None
 
 
 def _seconds(header: str | None, *, default: float) -> float:

@@ -9,12 +9,12 @@ from typing import Any
 import asyncpg
 
 from service.settings import Settings
-from tests.conftest import Api, Clock, serve_app
+from tests.conftest import Clock, serve_app
 from tests.fakes.binance import FakeBinance
 
 MINUTE = 60_000
 # 2026-11-24 10:00:30 UTC: half a minute into a 1m candle.
-T0 = 1_795_946_400_000 + 30_000
+T0 = 1_795_514_400_000 + 30_000
 
 
 async def stored(db: asyncpg.Connection[Any], symbol: str, timeframe: str) -> list[asyncpg.Record]:

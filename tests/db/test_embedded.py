@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -67,6 +68,45 @@ def pgdata() -> Iterator[Path]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def _owner_process(pgdata: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another Python process that started the server on pgdata and holds it; killed at exit."""
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD_OWNER, str(pgdata)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 20)
+            assert ready, "child never started the server"
+            assert child.stdout.readline().startswith("postgresql://")
+            yield child
+        finally:
+            child.kill()
+
+
+def _kill_leaving_zombie(child: subprocess.Popen[str]) -> None:
+    """kill -9 without reaping, so the handle file names a zombie: it must count as dead too."""
+    child.send_signal(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+@contextmanager
+def _unrelated_process() -> Iterator[int]:
+    """The pid of a live process that is not postgres."""
+    with subprocess.Popen(["sleep", "30"]) as proc:
+        try:
+            yield proc.pid
+        finally:
+            proc.kill()
+
+
 async def _select_one(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -92,37 +132,18 @@ async def test_start_connect_and_stop(pgdata: Path) -> None:
 
 async def test_kill_9_of_owner_is_recovered(pgdata: Path) -> None:
     """After the owning process is kill -9'd, a new owner joins the server and its stop() stops it."""
-    server = None
-    with subprocess.Popen(
-        [sys.executable, "-c", CHILD_OWNER, str(pgdata)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as child:
+    with _owner_process(pgdata) as owner:
+        postmaster = _postmaster_pid(pgdata)
+        assert _handle_pids(pgdata) == [owner.pid]
+        _kill_leaving_zombie(owner)
+
+        server = start_embedded_postgres(pgdata)
         try:
-            assert child.stdout is not None
-            ready, _, _ = select.select([child.stdout], [], [], 20)
-            assert ready, "child never started the server"
-            assert child.stdout.readline().startswith("postgresql://")
-            postmaster = _postmaster_pid(pgdata)
-            assert _handle_pids(pgdata) == [child.pid]
-
-            child.send_signal(signal.SIGKILL)
-            # Leave the child unreaped: a zombie owner must count as dead too.
-            deadline = time.monotonic() + 5
-            while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
-
-            server = start_embedded_postgres(pgdata)
             assert _postmaster_pid(pgdata) == postmaster  # the server outlived its owner and is reused
             assert _handle_pids(pgdata) == [os.getpid()]
             assert await _select_one(server.dsn) == 1
         finally:
-            if server is not None:
-                server.stop()
-            child.kill()
+            server.stop()
     assert not is_embedded_running(pgdata)
 
 
@@ -133,17 +154,13 @@ async def test_stale_postmaster_pid_of_unrelated_process(pgdata: Path) -> None:
     first.stop()
     assert not is_embedded_running(pgdata)
 
-    unrelated = subprocess.Popen(["sleep", "30"])
-    server = None
-    try:
-        (pgdata / "postmaster.pid").write_text("".join([f"{unrelated.pid}\n", *lines[1:]]))
+    with _unrelated_process() as unrelated_pid:
+        (pgdata / "postmaster.pid").write_text("".join([f"{unrelated_pid}\n", *lines[1:]]))
         server = start_embedded_postgres(pgdata)
-        assert is_embedded_running(pgdata)
-        assert _postmaster_pid(pgdata) != unrelated.pid
-        assert await _select_one(server.dsn) == 1
-    finally:
-        if server is not None:
+        try:
+            assert is_embedded_running(pgdata)
+            assert _postmaster_pid(pgdata) != unrelated_pid
+            assert await _select_one(server.dsn) == 1
+        finally:
             server.stop()
-        unrelated.kill()
-        unrelated.wait()
     assert not is_embedded_running(pgdata)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import pytest
@@ -42,7 +43,7 @@ def test_windows_cover_the_range_without_gaps_or_overlaps() -> None:
     start = NOW - 2500 * 60_000
     windows = plan_windows(start, NOW, "1m", 1000)
     assert windows[0].start_ms == start
-    for before, after in zip(windows, windows[1:], strict=False):
+    for before, after in itertools.pairwise(windows):
         assert before.end_ms is not None
         assert before.end_ms + 1 == after.start_ms
         assert (before.end_ms - before.start_ms + 1) == 1000 * 60_000
