@@ -12,8 +12,9 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service.api.deps import JobsDep, PoolDep, RegistryDep, RuntimeDep
 from service.api.schemas import Schema, ms_to_datetime
-from service.collection.jobs import DATA_COLLECTION
+from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH
 from service.collection.registry import TaskView
+from service.db import configs as configs_db
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
 from service.settings import TIMEFRAMES
@@ -76,10 +77,14 @@ class TaskStats(Schema):
 class SchedulerStatus(Schema):
     is_running: bool
     collection_interval: int | None
+    """Shortest interval of the enabled configs, in seconds (None: nothing scheduled)."""
     symbol_refresh_interval: int
     data_collection_running: bool
     active_tasks_count: int
     scheduler_task_types: list[str]
+    scheduled_configs: int
+    next_run_at: datetime | None
+    next_symbol_refresh_at: datetime | None
 
 
 class LimiterOut(Schema):
@@ -193,22 +198,28 @@ class DataCollectorController(Controller):
         active = await runtime.registry.list(active_only=True, limit=1000)
         async with runtime.pool.acquire() as conn:
             symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
+            enabled = await configs_db.list_configs(conn, enabled=True, exchange=None, skip=0, limit=10_000)
         limiter = runtime.client.limiter.state
-        collecting = any(v.task_type != "symbol_refresh" for v in active)
+        scheduler = runtime.scheduler.state
+        collecting = any(v.task_type != SYMBOL_REFRESH for v in active)
+        interval = min((c["interval_minutes"] * 60 for c in enabled), default=None)
         return ServiceStatus(
             is_running=True,
             exchange=runtime.jobs.exchange,
             symbols_count=len(symbols),
             active_tasks=len(active),
-            collection_interval=None,
+            collection_interval=interval,
             symbols=symbols,
             scheduler_status=SchedulerStatus(
-                is_running=False,
-                collection_interval=None,
+                is_running=scheduler.is_running,
+                collection_interval=interval,
                 symbol_refresh_interval=int(runtime.settings.symbol_refresh_interval),
                 data_collection_running=collecting,
                 active_tasks_count=len(active),
-                scheduler_task_types=[],
+                scheduler_task_types=[SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH] if scheduler.is_running else [],
+                scheduled_configs=len(enabled) if scheduler.is_running else 0,
+                next_run_at=scheduler.next_run_at,
+                next_symbol_refresh_at=scheduler.next_symbol_refresh_at,
             ),
             rate_limiter=LimiterOut(
                 weight_limit=limiter.limit, weight_budget=limiter.budget,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 
-from service.collection.collector import CollectionResult, Collector, Pair
-from service.collection.registry import TaskHandle, TaskOutcome, TaskRegistry, TaskView
+from service.collection.collector import CollectionResult, Collector, Pair, PairResult
+from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
+from service.db import execution_logs as logs_db
 from service.db import symbols as symbols_db
 from service.db.pool import Pool
 from service.errors import InvalidInputError
@@ -16,12 +21,46 @@ from service.exchanges.base import ExchangeClient, ExchangeError
 from service.logging import get_logger
 from service.settings import TIMEFRAMES
 
-__all__ = ["DATA_COLLECTION", "SYMBOL_REFRESH", "CollectionJobs", "collection_outcome", "validate_timeframes"]
+__all__ = [
+    "DATA_COLLECTION",
+    "MANUAL_JOB_NAME",
+    "SCHEDULED_DATA_COLLECTION",
+    "SYMBOL_REFRESH",
+    "CollectionJobs",
+    "ConfigRun",
+    "collection_outcome",
+    "validate_timeframes",
+]
 
 log = get_logger(__name__)
 
+# Task types (and execution-log job types).
 DATA_COLLECTION = "data_collection"
+SCHEDULED_DATA_COLLECTION = "scheduled_data_collection"
 SYMBOL_REFRESH = "symbol_refresh"
+# Job name of the execution logs of collections started by hand through /data-collector/start.
+MANUAL_JOB_NAME = "manual_data_collection"
+
+
+class ConfigRun(msgspec.Struct, frozen=True):
+    """What a run of a stored collection config needs."""
+
+    id: int
+    symbol: str
+    exchange: str
+    timeframes: list[str]
+    interval_minutes: int
+
+    @property
+    def job_name(self) -> str:
+        return f"collect_data_{self.id}"
+
+    @classmethod
+    def from_record(cls, row: asyncpg.Record) -> ConfigRun:
+        return cls(
+            id=row["id"], symbol=row["symbol"], exchange=row["exchange"], timeframes=list(row["timeframes"]),
+            interval_minutes=row["interval_minutes"],
+        )
 
 
 def validate_timeframes(timeframes: Sequence[str]) -> list[str]:
@@ -52,12 +91,44 @@ def collection_outcome(result: CollectionResult) -> TaskOutcome:
     return TaskOutcome(status="completed", message=message, result=builtins)
 
 
+def _symbol_log(pairs: list[PairResult], timeframes: list[str]) -> dict[str, Any]:
+    """One symbol's execution-log outcome: status, records, error and metadata."""
+    failed = {p.timeframe: p.error for p in pairs if p.error}
+    metadata: dict[str, Any] = {
+        "timeframes": timeframes,
+        "timeframes_collected": sum(1 for p in pairs if not p.error),
+        "timeframes_failed": len(failed),
+        "records_per_timeframe": {p.timeframe: p.candles_written for p in pairs},
+    }
+    if failed:
+        metadata["failed_timeframes"] = failed
+    return {
+        "status": "failed" if failed else "success",
+        "records_collected": sum(p.candles_written for p in pairs),
+        "error_message": "; ".join(f"{tf}: {error}" for tf, error in failed.items()) or None,
+        "error_type": "TimeframesFailed" if failed else None,
+        "metadata": metadata,
+    }
+
+
 class CollectionJobs:
-    def __init__(self, pool: Pool, client: ExchangeClient, registry: TaskRegistry, collector: Collector) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        client: ExchangeClient,
+        registry: TaskRegistry,
+        collector: Collector,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._pool = pool
         self._client = client
         self._registry = registry
         self._collector = collector
+        self._clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     @property
     def exchange(self) -> str:
@@ -110,22 +181,91 @@ class CollectionJobs:
         frames = validate_timeframes(timeframes)
         names = await self.resolve_symbols(symbols)
         pairs = [Pair(symbol=s, timeframe=tf) for s in names for tf in frames]
-
-        async def body(handle: TaskHandle) -> TaskOutcome:
-            return collection_outcome(await self._collector.collect(pairs, handle))
-
         return await self._registry.submit(
-            task_type, body,
+            task_type, self._collection_body(pairs, task_type, dict.fromkeys(names, MANUAL_JOB_NAME)),
             params={"exchange": self.exchange, "symbols": names, "timeframes": frames},
             series=[p.key(self.exchange) for p in pairs],
         )
+
+    async def start_config_run(self, config: ConfigRun, *, task_type: str) -> TaskView:
+        """Submit one run of a stored config; ConflictError if its series are being collected."""
+        pairs = [Pair(symbol=config.symbol, timeframe=tf) for tf in config.timeframes]
+        return await self._registry.submit(
+            task_type, self._collection_body(pairs, task_type, {config.symbol: config.job_name}),
+            params={
+                "exchange": config.exchange, "symbols": [config.symbol], "timeframes": config.timeframes,
+                "config_id": config.id, "job_name": config.job_name,
+            },
+            series=[p.key(self.exchange) for p in pairs],
+        )
+
+    def _collection_body(self, pairs: list[Pair], job_type: str, job_names: dict[str, str]) -> TaskBody:
+        """A collection task that writes one execution log per symbol: running at start, then its outcome."""
+
+        async def body(handle: TaskHandle) -> TaskOutcome:
+            frames_of = {s: [p.timeframe for p in pairs if p.symbol == s] for s in job_names}
+            log_ids: dict[str, int] = {}
+            async with self._pool.acquire() as conn:
+                for symbol, job_name in job_names.items():
+                    log_ids[symbol] = await logs_db.start_log(
+                        conn, job_name=job_name, job_type=job_type, symbol=symbol, exchange=self.exchange,
+                        timeframe=None, metadata={"timeframes": frames_of[symbol]}, task_id=handle.task_id,
+                        started_at=self._now(),
+                    )
+            try:
+                result = await self._collector.collect(pairs, handle)
+            except BaseException as exc:
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                await self._close_logs_on_error(
+                    log_ids, frames_of, "Cancelled" if cancelled else exc.__class__.__name__,
+                    "the task was cancelled" if cancelled else str(exc),
+                )
+                raise
+            async with self._pool.acquire() as conn:
+                for symbol, log_id in log_ids.items():
+                    outcome = _symbol_log([p for p in result.pairs if p.symbol == symbol], frames_of[symbol])
+                    await logs_db.finish_log(conn, log_id, finished_at=self._now(), **outcome)
+            return collection_outcome(result)
+
+        return body
+
+    async def _close_logs_on_error(
+        self, log_ids: dict[str, int], frames_of: dict[str, list[str]], error_type: str, message: str
+    ) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                for symbol, log_id in log_ids.items():
+                    await logs_db.finish_log(
+                        conn, log_id, status="failed", records_collected=0, error_message=message[:1000],
+                        error_type=error_type, metadata={"timeframes": frames_of[symbol]}, finished_at=self._now(),
+                    )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            log.exception("execution_log_not_closed")  # closed as Interrupted at the next start
 
     async def start_symbol_refresh(self) -> TaskView:
         """Submit a symbol refresh as a task (one at a time)."""
 
         async def body(handle: TaskHandle) -> TaskOutcome:
             await handle.report(10, f"Loading the symbol list of {self.exchange}")
-            count = await self.refresh_symbols()
+            async with self._pool.acquire() as conn:
+                log_id = await logs_db.start_log(
+                    conn, job_name=SYMBOL_REFRESH, job_type=SYMBOL_REFRESH, symbol=None, exchange=self.exchange,
+                    timeframe=None, metadata={}, task_id=handle.task_id, started_at=self._now(),
+                )
+            try:
+                count = await self.refresh_symbols()
+            except BaseException as exc:
+                async with self._pool.acquire() as conn:
+                    await logs_db.finish_log(
+                        conn, log_id, status="failed", records_collected=0, error_message=str(exc)[:1000],
+                        error_type=exc.__class__.__name__, metadata={}, finished_at=self._now(),
+                    )
+                raise
+            async with self._pool.acquire() as conn:
+                await logs_db.finish_log(
+                    conn, log_id, status="success", records_collected=count, error_message=None,
+                    error_type=None, metadata={"symbols": count}, finished_at=self._now(),
+                )
             return TaskOutcome(
                 status="completed", message=f"Refreshed {count} symbols",
                 result={"exchange": self.exchange, "symbols": count},

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 
@@ -14,6 +15,7 @@ from service.collection.collector import Collector
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.scheduler import Scheduler
+from service.db import execution_logs as execution_logs_db
 from service.db.pool import Pool, create_pool
 from service.exchanges.binance import BinanceClient
 from service.exchanges.limiter import WeightLimiter
@@ -80,15 +82,20 @@ async def open_runtime(
                 pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
                 clock=clock,
             )
-            jobs = CollectionJobs(pool, client, registry, collector)
+            jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
+            scheduler = Scheduler(pool, jobs, settings, clock=clock, sleep=sleep)
             await registry.recover()
-            scheduler = Scheduler()
+            async with pool.acquire() as conn:
+                await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
             runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock)
             # Learn the exchange's symbols and weight limit without holding up start-up.
             await jobs.start_symbol_refresh()
+            if settings.scheduler_enabled:
+                await scheduler.start()
             try:
                 yield runtime
             finally:
+                await scheduler.stop()
                 await registry.shutdown()
     finally:
         await asyncio.wait_for(pool.close(), timeout=5)

@@ -1,31 +1,212 @@
-"""The scheduler: runs each enabled collection config every interval_minutes, never twice at once.
+"""The scheduler: one asyncio loop that runs each enabled collection config every interval_minutes.
 
-(Skeleton: the interface the admin API uses. The loop is being written.)
+The schedule lives in the database (`data_collection_configs.next_run_at`); the loop keeps nothing
+but a wake-up event. Each turn it claims the configs that are due (a conditional UPDATE, so two
+processes never both start the same run), submits their runs to the task registry, then sleeps
+until the next due time, the next symbol refresh or retention pass, or until an API change wakes
+it. A run whose series are still being collected (a previous run, or a manual start) is skipped
+and logged as `skipped`. After downtime a missed run happens once, promptly: the next due time
+is moved forward past "now" rather than replaying every missed tick.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
+import msgspec
+
+from service.collection.jobs import SCHEDULED_DATA_COLLECTION, CollectionJobs, ConfigRun
 from service.collection.registry import TaskView
+from service.db import configs as configs_db
+from service.db import execution_logs as logs_db
+from service.db import schedule as schedule_db
+from service.db import tasks as tasks_db
+from service.db.pool import Pool
+from service.errors import ConflictError, NotFoundError
+from service.logging import get_logger
+from service.settings import Settings
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "SchedulerState"]
+
+log = get_logger(__name__)
+
+RETENTION_EVERY = timedelta(days=1)
+RETENTION_BATCH = 1000
+# Upper bound on one sleep, so a change made by another process is noticed within it.
+_MAX_SLEEP = 60.0
+
+
+class SchedulerState(msgspec.Struct, frozen=True):
+    is_running: bool
+    next_run_at: datetime | None
+    next_symbol_refresh_at: datetime | None
+    next_retention_at: datetime | None
 
 
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        jobs: CollectionJobs,
+        settings: Settings,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._pool = pool
+        self._jobs = jobs
+        self._settings = settings
+        self._clock = clock
+        self._sleep = sleep
         self._changed = asyncio.Event()
-        self._running = False
+        self._stopping = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._next_refresh: datetime | None = None
+        self._next_retention: datetime | None = None
+        self._next_run: datetime | None = None
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
 
     @property
     def is_running(self) -> bool:
         """True while the scheduling loop runs in this process."""
-        return self._running
+        return self._loop_task is not None and not self._loop_task.done()
+
+    @property
+    def state(self) -> SchedulerState:
+        return SchedulerState(
+            is_running=self.is_running,
+            next_run_at=self._next_run,
+            next_symbol_refresh_at=self._next_refresh,
+            next_retention_at=self._next_retention,
+        )
 
     def notify_changed(self) -> None:
         """A config was created, updated, enabled, disabled or deleted: re-read the schedule now."""
         self._changed.set()
 
+    async def start(self) -> None:
+        """Start the loop. The start-up symbol refresh has just run, so the next is one interval away."""
+        now = self.now()
+        self._next_refresh = now + timedelta(seconds=self._settings.symbol_refresh_interval)
+        self._next_retention = now  # a pass at start-up, then daily
+        self._loop_task = asyncio.create_task(self._run_loop(), name="scheduler")
+        log.info("scheduler_started")
+
+    async def stop(self) -> None:
+        """Stop the loop (runs already submitted belong to the registry, which stops them)."""
+        self._stopping.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            log.info("scheduler_stopped")
+
     async def trigger(self, config_id: int) -> TaskView:
         """Run a config now as a task; NotFoundError if unknown, ConflictError if its run is active."""
-        raise NotImplementedError
+        async with self._pool.acquire() as conn:
+            config = await configs_db.get_config(conn, config_id)
+        if config is None:
+            raise NotFoundError(f"no collection config with id {config_id}")
+        return await self._jobs.start_config_run(ConfigRun.from_record(config), task_type="data_collection")
+
+    async def _run_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._turn()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The database is away: try again shortly rather than die.
+                log.error("scheduler_turn_failed", error=str(exc))
+                await self._wait(5.0)
+                continue
+            await self._wait(self._seconds_to_next())
+
+    async def _turn(self) -> None:
+        now = self.now()
+        await self._run_due_configs(now)
+        if self._next_refresh is not None and now >= self._next_refresh:
+            self._next_refresh = now + timedelta(seconds=self._settings.symbol_refresh_interval)
+            await self._refresh_symbols()
+        if self._next_retention is not None and now >= self._next_retention:
+            self._next_retention = now + RETENTION_EVERY
+            await self.apply_retention(now)
+        async with self._pool.acquire() as conn:
+            self._next_run = await configs_db.next_due_at(conn)
+
+    async def _run_due_configs(self, now: datetime) -> None:
+        async with self._pool.acquire() as conn:
+            due = await configs_db.due_configs(conn, now)
+        for record in due:
+            config = ConfigRun.from_record(record)
+            interval = timedelta(minutes=config.interval_minutes)
+            due_at: datetime = record["next_run_at"]
+            # Keep the cadence, but never replay ticks missed while the service was down.
+            next_at = due_at + interval
+            if next_at <= now:
+                next_at = now + interval
+            async with self._pool.acquire() as conn:
+                claimed = await schedule_db.claim_due_run(
+                    conn, config.id, due_at=due_at, next_run_at=next_at, started_at=now
+                )
+            if not claimed:
+                continue  # another process took it, or the config changed meanwhile
+            try:
+                await self._jobs.start_config_run(config, task_type=SCHEDULED_DATA_COLLECTION)
+            except ConflictError as exc:
+                async with self._pool.acquire() as conn:
+                    await logs_db.insert_skipped(
+                        conn, job_name=config.job_name, job_type=SCHEDULED_DATA_COLLECTION,
+                        symbol=config.symbol, exchange=config.exchange,
+                        reason=f"previous run still active: {exc.detail}", at=now,
+                    )
+                log.info("scheduled_run_skipped", job_name=config.job_name, reason=exc.detail)
+
+    async def _refresh_symbols(self) -> None:
+        try:
+            await self._jobs.start_symbol_refresh()
+        except ConflictError:
+            log.info("symbol_refresh_skipped", reason="a refresh is already running")
+
+    async def apply_retention(self, now: datetime) -> tuple[int, int]:
+        """Delete execution logs and finished tasks older than LOG_RETENTION_DAYS, in bounded batches."""
+        cutoff = now - timedelta(days=self._settings.log_retention_days)
+        logs = tasks = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                deleted = await logs_db.delete_logs_before(conn, cutoff, RETENTION_BATCH)
+            logs += deleted
+            if deleted < RETENTION_BATCH:
+                break
+        while True:
+            async with self._pool.acquire() as conn:
+                deleted = await tasks_db.delete_finished_before(conn, cutoff, RETENTION_BATCH)
+            tasks += deleted
+            if deleted < RETENTION_BATCH:
+                break
+        log.info("retention_applied", cutoff=cutoff.isoformat(), logs_deleted=logs, tasks_deleted=tasks)
+        return logs, tasks
+
+    def _seconds_to_next(self) -> float:
+        now = self.now()
+        candidates = [t for t in (self._next_run, self._next_refresh, self._next_retention) if t is not None]
+        if not candidates:
+            return _MAX_SLEEP
+        return min(max((min(candidates) - now).total_seconds(), 0.0), _MAX_SLEEP)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep (on the injected clock) until `seconds` pass or a change wakes us."""
+        if seconds <= 0 and not self._changed.is_set():
+            await asyncio.sleep(0)
+            return
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        waker = asyncio.create_task(self._changed.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        self._changed.clear()

@@ -15,6 +15,7 @@ __all__ = [
     "TASK_COLUMNS",
     "active_conflict",
     "count_by_status",
+    "delete_finished_before",
     "fail_interrupted",
     "finish_task",
     "get_task",
@@ -164,3 +165,17 @@ async def list_tasks(
 async def count_by_status(conn: Connection) -> dict[str, int]:
     rows = await conn.fetch("SELECT status, count(*) AS n FROM tasks GROUP BY status")
     return {r["status"]: r["n"] for r in rows}
+
+
+async def delete_finished_before(conn: Connection, cutoff: datetime, batch_size: int) -> int:
+    """Delete up to `batch_size` ended tasks created before `cutoff`; returns how many."""
+    status: str = await conn.execute(
+        """
+        DELETE FROM tasks WHERE id IN (
+            SELECT id FROM tasks
+             WHERE status IN ('completed', 'failed', 'cancelled') AND created_at < $1
+             LIMIT $2)
+        """,
+        cutoff, batch_size,
+    )
+    return int(status.rsplit(" ", 1)[1])
