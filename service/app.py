@@ -13,8 +13,10 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from service import __version__
 from service.api.collector import DataCollectorController
+from service.api.configs import ConfigsController
 from service.api.deps import dependencies
 from service.api.errors import exception_handlers
+from service.api.execution_logs import ExecutionLogsController
 from service.api.health import HealthController
 from service.api.klines import KlinesController
 from service.collection.runtime import open_runtime
@@ -45,7 +47,9 @@ def create_app(
             yield
 
     return Litestar(
-        route_handlers=[HealthController, DataCollectorController, KlinesController],
+        route_handlers=[
+            HealthController, DataCollectorController, KlinesController, ConfigsController, ExecutionLogsController,
+        ],
         dependencies=dependencies,
         exception_handlers=exception_handlers,
         lifespan=[runtime_lifespan],

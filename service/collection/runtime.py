@@ -20,6 +20,7 @@ from service.db.pool import Pool, create_pool
 from service.exchanges.binance import BinanceClient
 from service.exchanges.limiter import WeightLimiter
 from service.logging import get_logger
+from service.loop_monitor import LoopMonitor
 from service.settings import Settings
 
 __all__ = ["Runtime", "open_runtime"]
@@ -38,6 +39,7 @@ class Runtime:
     scheduler: Scheduler
     clock: Callable[[], float]
     """Epoch seconds; every time decision goes through it (tests drive it)."""
+    loop_monitor: LoopMonitor
 
 
 @asynccontextmanager
@@ -87,14 +89,17 @@ async def open_runtime(
             await registry.recover()
             async with pool.acquire() as conn:
                 await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
-            runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock)
+            loop_monitor = LoopMonitor()
+            runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock, loop_monitor)
             # Learn the exchange's symbols and weight limit without holding up start-up.
             await jobs.start_symbol_refresh()
             if settings.scheduler_enabled:
                 await scheduler.start()
+            loop_monitor.start()
             try:
                 yield runtime
             finally:
+                await loop_monitor.stop()
                 await scheduler.stop()
                 await registry.shutdown()
     finally:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import msgspec
 
-from service.collection.jobs import SCHEDULED_DATA_COLLECTION, CollectionJobs, ConfigRun
+from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, CollectionJobs, ConfigRun
 from service.collection.registry import TaskView
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
@@ -111,7 +111,7 @@ class Scheduler:
             config = await configs_db.get_config(conn, config_id)
         if config is None:
             raise NotFoundError(f"no collection config with id {config_id}")
-        return await self._jobs.start_config_run(ConfigRun.from_record(config), task_type="data_collection")
+        return await self._jobs.start_config_run(ConfigRun.from_record(config), task_type=DATA_COLLECTION)
 
     async def _run_loop(self) -> None:
         while not self._stopping.is_set():

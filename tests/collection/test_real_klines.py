@@ -78,7 +78,8 @@ async def test_real_klines_come_back_numerically_equal(
     async with FakeBinance(now_ms=clock.ms) as fake:
         fake.add_symbol(symbol, base, quote)
         fake.set_klines(symbol, timeframe, rows)
-        settings = make_settings(binance_api_url=fake.url, default_history_candles=len(rows) + 1)  # + the (empty) current candle
+        # History: every source candle plus the (empty) current one.
+        settings = make_settings(binance_api_url=fake.url, default_history_candles=len(rows) + 1)
         async with serve_app(settings, clock) as api:
             await api.wait_idle()
             task = await api.wait(await api.start([f"{base}/{quote}"], [timeframe]))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,20 +21,21 @@ CONFIGS = "/api/v1/admin/data-collection/configs"
 SPEED = 600
 
 
-def fast_clock(fake: FakeBinance) -> Clock:
-    clock = Clock(start=T0 / 1000, speed=SPEED)
+def fast_clock(fake: FakeBinance, speed: float = SPEED) -> Clock:
+    clock = Clock(start=T0 / 1000, speed=speed)
     fake.now_ms = clock.ms
     return clock
 
 
-async def runs(db: asyncpg.Connection[Any], job_name: str, status: str | None = None) -> list[asyncpg.Record]:
-    return await db.fetch(
+async def runs(db: asyncpg.Connection[Any], job_name: str, status: str | None = None) -> list[dict[str, Any]]:
+    rows = await db.fetch(
         """
         SELECT * FROM job_execution_logs WHERE job_name = $1 AND ($2::text IS NULL OR status = $2)
          ORDER BY started_at, id
         """,
         job_name, status,
     )
+    return [dict(r) | {"metadata": json.loads(r["metadata"])} for r in rows]
 
 
 async def create(api: Api, **fields: Any) -> dict[str, Any]:
@@ -47,16 +50,16 @@ async def virtual_sleep(clock: Clock, minutes: float) -> None:
     await clock.sleep(minutes * 60)
 
 
-def gaps_in_seconds(rows: list[asyncpg.Record]) -> list[float]:
+def gaps_in_seconds(rows: list[dict[str, Any]]) -> list[float]:
     starts = [r["started_at"] for r in rows]
-    return [(b - a).total_seconds() for a, b in zip(starts, starts[1:], strict=False)]
+    return [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
 
 
 async def test_a_one_minute_config_runs_about_every_60_seconds(
     fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
 ) -> None:
     """A new config runs at once, then every interval, as scheduled_data_collection with job collect_data_{id}."""
-    clock = fast_clock(fake)
+    clock = fast_clock(fake, speed=120)  # 1 virtual second = 8 ms: timing noise stays small
     fake.generate_klines("BTCUSDT", "1m", T0 - 99 * MINUTE, 200)
     async with serve_app(settings, clock) as api:
         await api.wait_idle()
@@ -66,7 +69,7 @@ async def test_a_one_minute_config_runs_about_every_60_seconds(
     done = await runs(db, f"collect_data_{config['id']}")
     assert 5 <= len(done) <= 7, [r["started_at"] for r in done]
     assert all(r["job_type"] == "scheduled_data_collection" for r in done)
-    assert all(55 <= g <= 65 for g in gaps_in_seconds(done)), gaps_in_seconds(done)
+    assert all(57 <= g <= 63 for g in gaps_in_seconds(done)), gaps_in_seconds(done)
     assert done[0]["status"] == "success"
     assert done[0]["records_collected"] == 100
     assert done[0]["metadata"]["timeframes"] == ["1m"]
@@ -127,7 +130,7 @@ async def test_a_due_run_is_skipped_while_the_previous_one_is_active(
     assert all("previous run still active" in r["error_message"] for r in skipped)
     assert all(r["duration_seconds"] == 0 for r in skipped)
     executed = [r for r in await runs(db, job) if r["status"] != "skipped"]
-    for before, after in zip(executed, executed[1:], strict=False):
+    for before, after in itertools.pairwise(executed):
         assert before["finished_at"] is not None
         assert before["finished_at"] <= after["started_at"]
 
@@ -188,7 +191,8 @@ async def test_restart_rebuilds_the_schedule_closes_interrupted_runs_and_catches
     now = datetime.fromtimestamp(clock(), UTC)
     config_id = await db.fetchval(
         """
-        INSERT INTO data_collection_configs (symbol, exchange, timeframes, interval_minutes, next_run_at, last_run_at)
+        INSERT INTO data_collection_configs
+               (symbol, exchange, timeframes, interval_minutes, next_run_at, last_run_at)
         VALUES ('BTCUSDT', 'binance', '{1m}', 5, $1, $2) RETURNING id
         """,
         now - timedelta(hours=2), now - timedelta(hours=2, minutes=5),
@@ -202,13 +206,17 @@ async def test_restart_rebuilds_the_schedule_closes_interrupted_runs_and_catches
     async with serve_app(settings, clock) as api:
         await api.wait_idle()
         await virtual_sleep(clock, 2)  # less than one interval
-        next_run_at = await db.fetchval("SELECT next_run_at FROM data_collection_configs WHERE id = $1", config_id)
+        schedule = await db.fetchrow(
+            "SELECT last_run_at, next_run_at FROM data_collection_configs WHERE id = $1", config_id
+        )
     rows = await runs(db, job)
     assert [r["status"] for r in rows] == ["failed", "success"]
     assert rows[0]["error_type"] == "Interrupted"
     assert rows[0]["finished_at"] is not None
-    assert (rows[1]["started_at"] - now).total_seconds() < 30  # promptly
-    assert (next_run_at - rows[1]["started_at"]).total_seconds() == 300
+    assert (rows[1]["started_at"] - now).total_seconds() < 300  # promptly: well before one interval
+    assert schedule is not None
+    assert (schedule["next_run_at"] - schedule["last_run_at"]).total_seconds() == 300  # back on its interval
+    assert abs((rows[1]["started_at"] - schedule["last_run_at"]).total_seconds()) < 60
 
 
 async def test_retention_deletes_old_logs_and_finished_tasks_in_batches(
@@ -220,12 +228,13 @@ async def test_retention_deletes_old_logs_and_finished_tasks_in_batches(
     await db.execute(
         """
         INSERT INTO job_execution_logs (job_name, job_type, status, started_at)
-        SELECT 'old', 'data_collection', 'success', $1 - make_interval(mins => i) FROM generate_series(1, 2500) i
+        SELECT 'old', 'data_collection', 'success', $1::timestamptz - make_interval(mins => i) FROM generate_series(1, 2500) i
         """,
         now - timedelta(days=31),
     )
     await db.execute(
-        "INSERT INTO job_execution_logs (job_name, job_type, status, started_at) VALUES ('recent', 'x', 'success', $1)",
+        "INSERT INTO job_execution_logs (job_name, job_type, status, started_at)"
+        " VALUES ('recent', 'x', 'success', $1)",
         now - timedelta(days=29),
     )
     await db.execute(

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
 
@@ -125,9 +126,7 @@ class Serve:
         try:
             await asyncio.wait_for(self.proc.wait(), SIGTERM_DEADLINE_S)
         except TimeoutError:
-            raise AssertionError(
-                f"serve still running {SIGTERM_DEADLINE_S} s after SIGTERM{self.tail()}"
-            ) from None
+            raise AssertionError(f"serve still running {SIGTERM_DEADLINE_S} s after SIGTERM{self.tail()}") from None
         return time.monotonic() - began
 
     async def close(self) -> None:
@@ -171,8 +170,15 @@ async def start_serve(tmp: Path, name: str, fake: FakeBinance, servers: list[Ser
     log_file = log_path.open("wb")
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve",
-            cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+            sys.executable,
+            "-m",
+            "service",
+            "serve",
+            cwd=ROOT,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=asyncio.subprocess.STDOUT,
         )
     except BaseException:
         log_file.close()
@@ -195,7 +201,7 @@ async def slow_exchange() -> AsyncIterator[FakeBinance]:
 
 
 def assert_no_gaps(times: list[datetime], where: str) -> None:
-    steps = {b - a for a, b in zip(times, times[1:], strict=False)}
+    steps = {b - a for a, b in pairwise(times)}
     assert steps <= {timedelta(minutes=1)}, f"{where}: steps between open_times {sorted(steps)}"
 
 

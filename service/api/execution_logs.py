@@ -1,0 +1,227 @@
+"""/api/v1/admin/data-collection: execution logs (JSON and CSV), statistics and the overview.
+
+CSV export: `GET /execution-logs.csv`, or `GET /execution-logs` with `Accept: text/csv`. Both take
+the list's filters and pagination and return exactly the rows the JSON list would, one line each
+after a header, in the JSON fields' order: times as ISO 8601 UTC, `metadata` as JSON text, nulls
+as empty fields. Errors are JSON on every route.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import asyncpg
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import ResponseHeader
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from service.api.deps import RuntimeDep
+from service.api.schemas import Schema
+from service.collection.runtime import Runtime
+from service.db import configs as configs_db
+from service.db import execution_logs as logs_db
+from service.errors import InvalidInputError, NotFoundError
+
+__all__ = ["ExecutionLogsController", "LogOut", "StatsOut", "StatusOut"]
+
+CSV_MEDIA_TYPE = "text/csv"  # Litestar adds "; charset=utf-8"
+CSV_FILENAME = "execution-logs.csv"
+
+
+class LogOut(Schema):
+    id: int
+    job_name: str
+    """`collect_data_{config id}`, `manual_data_collection` or `symbol_refresh`."""
+    job_type: str
+    """`scheduled_data_collection`, `data_collection` (trigger or manual start) or `symbol_refresh`."""
+    symbol: str | None
+    exchange: str | None
+    timeframe: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    duration_seconds: float | None
+    status: str
+    """running, success, failed or skipped."""
+    records_collected: int
+    error_message: str | None
+    error_type: str | None
+    metadata: dict[str, Any]
+    task_id: uuid.UUID | None
+
+
+class StatsOut(Schema):
+    total_executions: int
+    successful_executions: int
+    failed_executions: int
+    running_executions: int
+    success_rate: float
+    """successful / total × 100 (every run in the window counts, skipped and running ones too), 2 decimals."""
+    average_duration_seconds: float | None
+    """Mean duration of the runs that finished (success or failed), 2 decimals; null without any."""
+    total_records_collected: int
+    last_execution: datetime | None
+    """Start of the newest run in the window."""
+
+
+class StatusOut(Schema):
+    total_configs: int
+    enabled_configs: int
+    disabled_configs: int
+    active_jobs: int
+    """Enabled configs the scheduler of this process runs (0 when SCHEDULER_ENABLED is false)."""
+    recent_executions: list[LogOut]
+    """The 10 newest execution logs."""
+    stats: StatsOut
+    """The last 24 hours."""
+
+
+def _log(row: asyncpg.Record) -> LogOut:
+    return LogOut(
+        id=row["id"], job_name=row["job_name"], job_type=row["job_type"], symbol=row["symbol"],
+        exchange=row["exchange"], timeframe=row["timeframe"], started_at=row["started_at"],
+        finished_at=row["finished_at"], duration_seconds=row["duration_seconds"], status=row["status"],
+        records_collected=row["records_collected"], error_message=row["error_message"],
+        error_type=row["error_type"], metadata=row["metadata"], task_id=row["task_id"],
+    )
+
+
+async def _stats(runtime: Runtime, *, job_type: str | None, hours: int) -> StatsOut:
+    async with runtime.pool.acquire() as conn:
+        figures = await logs_db.stats(
+            conn, job_type=job_type, hours=hours, now=datetime.fromtimestamp(runtime.clock(), UTC)
+        )
+    return StatsOut(**figures)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class LogFilters:
+    """The list's query parameters, checked."""
+
+    job_name: str | None
+    job_type: str | None
+    symbol: str | None
+    status: str | None
+    start_date: datetime | None
+    end_date: datetime | None
+    skip: int
+    limit: int
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in logs_db.STATUSES:
+            raise InvalidInputError(
+                f"unknown status {self.status!r}; one of: {', '.join(logs_db.STATUSES)}",
+                allowed=list(logs_db.STATUSES),
+            )
+        if self.start_date is not None and self.end_date is not None and self.end_date < self.start_date:
+            raise InvalidInputError("end_date must not be before start_date")
+
+
+async def provide_log_filters(
+    job_name: FromQuery[str | None] = None,
+    job_type: FromQuery[str | None] = None,
+    symbol: FromQuery[str | None] = None,
+    status: Annotated[
+        str | None, QueryParameter(description="running, success, failed or skipped")
+    ] = None,
+    start_date: Annotated[
+        datetime | None, QueryParameter(description="Runs started at or after; ISO 8601, naive means UTC")
+    ] = None,
+    end_date: Annotated[
+        datetime | None, QueryParameter(description="Runs started at or before; ISO 8601, naive means UTC")
+    ] = None,
+    skip: Annotated[int, QueryParameter(ge=0)] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+) -> LogFilters:
+    return LogFilters(
+        job_name=job_name, job_type=job_type, symbol=symbol, status=status,
+        start_date=_utc(start_date), end_date=_utc(end_date), skip=skip, limit=limit,
+    )
+
+
+async def _csv(runtime: Runtime, filters: LogFilters) -> Response[Any]:
+    async with runtime.pool.acquire() as conn:
+        body = await logs_db.logs_csv(
+            conn, job_name=filters.job_name, job_type=filters.job_type, symbol=filters.symbol,
+            status=filters.status, start_date=filters.start_date, end_date=filters.end_date,
+            skip=filters.skip, limit=filters.limit,
+        )
+    return Response(
+        body,
+        media_type=CSV_MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{CSV_FILENAME}"'},
+    )
+
+
+LogFiltersDep = NamedDependency[LogFilters]
+
+
+class ExecutionLogsController(Controller):
+    path = "/api/v1/admin/data-collection"
+    tags = ["admin: execution logs"]
+    dependencies = {"filters": Provide(provide_log_filters)}
+
+    @get(
+        "/execution-logs", operation_id="listExecutionLogs",
+        summary="Execution logs, newest first; CSV instead with Accept: text/csv",
+        response_headers=[ResponseHeader(name="Vary", value="Accept", description="The body follows Accept")],
+    )
+    async def list_logs(
+        self, request: Request[Any, Any, Any], filters: LogFiltersDep, runtime: RuntimeDep
+    ) -> Response[list[LogOut]]:
+        if request.accept.best_match([MediaType.JSON, "text/csv"], default=MediaType.JSON) == "text/csv":
+            return await _csv(runtime, filters)  # the OpenAPI document shows the JSON form
+        async with runtime.pool.acquire() as conn:
+            rows = await logs_db.list_logs(
+                conn, job_name=filters.job_name, job_type=filters.job_type, symbol=filters.symbol,
+                status=filters.status, start_date=filters.start_date, end_date=filters.end_date,
+                skip=filters.skip, limit=filters.limit,
+            )
+        return Response([_log(r) for r in rows])
+
+    @get(
+        "/execution-logs.csv", operation_id="exportExecutionLogsCsv", media_type=CSV_MEDIA_TYPE,
+        summary="The execution-log list as a CSV download (same filters and rows as the JSON list)",
+    )
+    async def export_csv(self, filters: LogFiltersDep, runtime: RuntimeDep) -> Response[bytes]:
+        return await _csv(runtime, filters)
+
+    @get("/execution-logs/{log_id:int}", operation_id="getExecutionLog", summary="One execution log")
+    async def get_log(self, log_id: FromPath[int], runtime: RuntimeDep) -> LogOut:
+        async with runtime.pool.acquire() as conn:
+            row = await logs_db.get_log(conn, log_id)
+        if row is None:
+            raise NotFoundError(f"no execution log with id {log_id}")
+        return _log(row)
+
+    @get("/stats", operation_id="executionStats", summary="Run counts, success rate, durations and records")
+    async def stats(
+        self,
+        runtime: RuntimeDep,
+        job_type: FromQuery[str | None] = None,
+        hours: Annotated[int, QueryParameter(ge=1, le=8760, description="The last N hours")] = 24,
+    ) -> StatsOut:
+        return await _stats(runtime, job_type=job_type, hours=hours)
+
+    @get("/status", operation_id="adminStatus", summary="Overview: configs, scheduled jobs, recent runs, 24 h stats")
+    async def status(self, runtime: RuntimeDep) -> StatusOut:
+        async with runtime.pool.acquire() as conn:
+            total, enabled = await configs_db.count_configs(conn)
+            recent = await logs_db.recent_logs(conn, 10)
+        return StatusOut(
+            total_configs=total,
+            enabled_configs=enabled,
+            disabled_configs=total - enabled,
+            active_jobs=enabled if runtime.scheduler.is_running else 0,
+            recent_executions=[_log(r) for r in recent],
+            stats=await _stats(runtime, job_type=None, hours=24),
+        )

@@ -1,0 +1,198 @@
+"""Collection configs: what the scheduler collects, and when each config runs next.
+
+The schedule lives in the table (`last_run_at`, `next_run_at`), so a restart or a second process
+rebuilds it from here. `next_run_at` is NULL while a config is disabled.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from service.db.pool import Connection
+
+__all__ = [
+    "CONFIG_COLUMNS",
+    "UPDATABLE_COLUMNS",
+    "count_configs",
+    "delete_config",
+    "due_configs",
+    "find_by_pair",
+    "get_config",
+    "insert_config",
+    "list_configs",
+    "mark_started",
+    "next_due_at",
+    "reschedule",
+    "set_enabled",
+    "update_config",
+]
+
+CONFIG_COLUMNS = (
+    "id, symbol, exchange, timeframes, interval_minutes, enabled, job_id, description,"
+    " created_at, updated_at, created_by, last_run_at, next_run_at"
+)
+
+#: The only columns `update_config` writes; its SET list is built from these names, never from input.
+UPDATABLE_COLUMNS: tuple[str, ...] = ("symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description")
+
+
+async def insert_config(
+    conn: Connection,
+    *,
+    symbol: str,
+    exchange: str,
+    timeframes: list[str],
+    interval_minutes: int,
+    enabled: bool,
+    description: str | None,
+    created_by: str | None,
+    next_run_at: datetime | None,
+) -> asyncpg.Record:
+    """Store a new config; asyncpg.UniqueViolationError if (exchange, symbol) already has one."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        INSERT INTO data_collection_configs
+               (symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at)
+        VALUES ($1, $2, $3::text[], $4, $5, $6, $7, $8)
+        RETURNING {CONFIG_COLUMNS}
+        """,
+        symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at,
+    )
+    assert row is not None
+    return row
+
+
+async def get_config(conn: Connection, config_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {CONFIG_COLUMNS} FROM data_collection_configs WHERE id = $1", config_id
+    )
+    return row
+
+
+async def find_by_pair(conn: Connection, exchange: str, symbol: str) -> asyncpg.Record | None:
+    """The config of (exchange, symbol), if any."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {CONFIG_COLUMNS} FROM data_collection_configs WHERE exchange = $1 AND symbol = $2",
+        exchange, symbol,
+    )
+    return row
+
+
+async def list_configs(
+    conn: Connection, *, enabled: bool | None, exchange: str | None, skip: int, limit: int
+) -> list[asyncpg.Record]:
+    """Configs by id; `enabled` / `exchange` None means no filter."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {CONFIG_COLUMNS} FROM data_collection_configs
+         WHERE ($1::boolean IS NULL OR enabled = $1)
+           AND ($2::text IS NULL OR exchange = $2)
+         ORDER BY id
+         OFFSET $3 LIMIT $4
+        """,
+        enabled, exchange, skip, limit,
+    )
+    return rows
+
+
+async def update_config(conn: Connection, config_id: int, *, changes: dict[str, object]) -> asyncpg.Record | None:
+    """Change the given columns (only those in UPDATABLE_COLUMNS) and stamp updated_at; None if unknown id.
+
+    ValueError for a column outside the whitelist. asyncpg.UniqueViolationError if the new
+    (exchange, symbol) belongs to another config.
+    """
+    unknown = set(changes) - set(UPDATABLE_COLUMNS)
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    assignments = ["updated_at = now()"]
+    args: list[object] = [config_id]
+    for column in UPDATABLE_COLUMNS:  # the SQL names come from the constant, in its order
+        if column in changes:
+            args.append(changes[column])
+            cast = "::text[]" if column == "timeframes" else ""
+            assignments.append(f"{column} = ${len(args)}{cast}")
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        UPDATE data_collection_configs SET {", ".join(assignments)}
+         WHERE id = $1
+        RETURNING {CONFIG_COLUMNS}
+        """,
+        *args,
+    )
+    return row
+
+
+async def delete_config(conn: Connection, config_id: int) -> bool:
+    status: str = await conn.execute("DELETE FROM data_collection_configs WHERE id = $1", config_id)
+    return status == "DELETE 1"
+
+
+async def set_enabled(conn: Connection, config_id: int, enabled: bool) -> asyncpg.Record | None:
+    """Enable or disable; disabling clears next_run_at (enabling is followed by `reschedule`)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        UPDATE data_collection_configs
+           SET enabled = $2, updated_at = now(),
+               next_run_at = CASE WHEN $2 THEN next_run_at END
+         WHERE id = $1
+        RETURNING {CONFIG_COLUMNS}
+        """,
+        config_id, enabled,
+    )
+    return row
+
+
+async def count_configs(conn: Connection) -> tuple[int, int]:
+    """(total, enabled)."""
+    row = await conn.fetchrow(
+        "SELECT count(*) AS total, count(*) FILTER (WHERE enabled) AS enabled FROM data_collection_configs"
+    )
+    assert row is not None
+    return int(row["total"]), int(row["enabled"])
+
+
+async def reschedule(conn: Connection, config_id: int, now: datetime) -> None:
+    """Set when the config runs next: `now` if it never ran, else one interval after its last run
+    (but not before `now`). A disabled config gets NULL."""
+    await conn.execute(
+        """
+        UPDATE data_collection_configs
+           SET next_run_at = CASE
+                 WHEN NOT enabled THEN NULL
+                 WHEN last_run_at IS NULL THEN $2
+                 ELSE greatest($2, last_run_at + make_interval(mins => interval_minutes))
+               END
+         WHERE id = $1
+        """,
+        config_id, now,
+    )
+
+
+async def due_configs(conn: Connection, now: datetime) -> list[asyncpg.Record]:
+    """Enabled configs due at `now`, the most overdue first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT {CONFIG_COLUMNS} FROM data_collection_configs
+         WHERE enabled AND next_run_at <= $1
+         ORDER BY next_run_at, id
+        """,
+        now,
+    )
+    return rows
+
+
+async def next_due_at(conn: Connection) -> datetime | None:
+    """The earliest next_run_at of the enabled configs."""
+    value: datetime | None = await conn.fetchval(
+        "SELECT min(next_run_at) FROM data_collection_configs WHERE enabled"
+    )
+    return value
+
+
+async def mark_started(conn: Connection, config_id: int, *, started_at: datetime, next_run_at: datetime) -> None:
+    await conn.execute(
+        "UPDATE data_collection_configs SET last_run_at = $2, next_run_at = $3 WHERE id = $1",
+        config_id, started_at, next_run_at,
+    )

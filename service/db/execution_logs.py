@@ -1,0 +1,264 @@
+"""Execution logs: one row per run of a job (a config's collection, a manual collection, a symbol
+refresh), opened as `running` when it starts and completed when it ends; plus the reads behind the
+admin API (filtered lists, CSV export, statistics) and retention."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from service.db.pool import Connection
+
+__all__ = [
+    "CSV_COLUMNS",
+    "INTERRUPTED_MESSAGE",
+    "LOG_COLUMNS",
+    "STATUSES",
+    "close_interrupted",
+    "delete_logs_before",
+    "finish_log",
+    "get_log",
+    "insert_skipped",
+    "list_logs",
+    "logs_csv",
+    "recent_logs",
+    "start_log",
+    "stats",
+]
+
+STATUSES: tuple[str, ...] = ("running", "success", "failed", "skipped")
+
+LOG_COLUMNS = (
+    "id, job_name, job_type, symbol, exchange, timeframe, started_at, finished_at, duration_seconds,"
+    " status, records_collected, error_message, error_type, metadata, task_id"
+)
+
+#: The CSV export: the JSON list's fields in the same order; times as ISO 8601 UTC with
+#: microseconds (independent of the session's TimeZone), metadata as JSON text.
+CSV_COLUMNS: tuple[str, ...] = tuple(c.strip() for c in LOG_COLUMNS.split(","))
+_ISO_UTC = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""
+_CSV_SELECT = (
+    "id, job_name, job_type, symbol, exchange, timeframe,"
+    f" to_char(started_at AT TIME ZONE 'UTC', {_ISO_UTC}) AS started_at,"
+    f" to_char(finished_at AT TIME ZONE 'UTC', {_ISO_UTC}) AS finished_at,"
+    " duration_seconds, status, records_collected, error_message, error_type,"
+    " metadata::text AS metadata, task_id"
+)
+
+INTERRUPTED_MESSAGE = "the process running this job stopped before it finished"
+
+# The filters of the list and the CSV export: each None parameter disables its condition.
+_FILTERS = """
+     WHERE ($1::text IS NULL OR job_name = $1::text)
+       AND ($2::text IS NULL OR job_type = $2::text)
+       AND ($3::text IS NULL OR symbol = $3::text)
+       AND ($4::text IS NULL OR status = $4::text)
+       AND ($5::timestamptz IS NULL OR started_at >= $5::timestamptz)
+       AND ($6::timestamptz IS NULL OR started_at <= $6::timestamptz)
+"""
+_NEWEST_FIRST = "ORDER BY started_at DESC, id DESC"
+
+
+def _json(value: dict[str, Any]) -> str:
+    # Sent as text and cast in SQL, so it works with or without the pool's jsonb codec.
+    return json.dumps(value)
+
+
+async def start_log(
+    conn: Connection,
+    *,
+    job_name: str,
+    job_type: str,
+    symbol: str | None,
+    exchange: str | None,
+    timeframe: str | None,
+    metadata: dict[str, Any],
+    task_id: uuid.UUID | None,
+    started_at: datetime,
+) -> int:
+    """Open a `running` row; returns its id."""
+    log_id: int = await conn.fetchval(
+        """
+        INSERT INTO job_execution_logs
+               (job_name, job_type, symbol, exchange, timeframe, started_at, status, metadata, task_id)
+        VALUES ($1, $2, $3, $4, $5, $6, 'running', $7::text::jsonb, $8)
+        RETURNING id
+        """,
+        job_name, job_type, symbol, exchange, timeframe, started_at, _json(metadata), task_id,
+    )
+    return log_id
+
+
+async def finish_log(
+    conn: Connection,
+    log_id: int,
+    *,
+    status: str,
+    records_collected: int,
+    error_message: str | None,
+    error_type: str | None,
+    metadata: dict[str, Any],
+    finished_at: datetime,
+) -> None:
+    """Complete a row: its outcome, and duration_seconds = finished_at - started_at."""
+    await conn.execute(
+        """
+        UPDATE job_execution_logs
+           SET status = $2, records_collected = $3, error_message = $4, error_type = $5,
+               metadata = $6::text::jsonb, finished_at = $7,
+               duration_seconds = extract(epoch FROM $7 - started_at)::double precision
+         WHERE id = $1
+        """,
+        log_id, status, records_collected, error_message, error_type, _json(metadata), finished_at,
+    )
+
+
+async def insert_skipped(
+    conn: Connection, *, job_name: str, job_type: str, symbol: str | None, exchange: str | None,
+    reason: str, at: datetime,
+) -> int:
+    """Record a run that did not happen (e.g. its previous run was still active); returns the id."""
+    log_id: int = await conn.fetchval(
+        """
+        INSERT INTO job_execution_logs
+               (job_name, job_type, symbol, exchange, started_at, finished_at, duration_seconds,
+                status, records_collected, error_message)
+        VALUES ($1, $2, $3, $4, $5, $5, 0, 'skipped', 0, $6)
+        RETURNING id
+        """,
+        job_name, job_type, symbol, exchange, at, reason,
+    )
+    return log_id
+
+
+async def close_interrupted(conn: Connection, *, at: datetime) -> int:
+    """Close every `running` row (left by a process that died) as failed/Interrupted; returns how many."""
+    status: str = await conn.execute(
+        """
+        UPDATE job_execution_logs
+           SET status = 'failed', error_type = 'Interrupted', error_message = $2, finished_at = $1,
+               duration_seconds = greatest(extract(epoch FROM $1 - started_at)::double precision, 0)
+         WHERE status = 'running'
+        """,
+        at, INTERRUPTED_MESSAGE,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def list_logs(
+    conn: Connection,
+    *,
+    job_name: str | None,
+    job_type: str | None,
+    symbol: str | None,
+    status: str | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+    skip: int,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Rows newest first (started_at, then id); start_date/end_date bound started_at, both inclusive."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {LOG_COLUMNS} FROM job_execution_logs {_FILTERS} {_NEWEST_FIRST} OFFSET $7 LIMIT $8",
+        job_name, job_type, symbol, status, start_date, end_date, skip, limit,
+    )
+    return rows
+
+
+async def get_log(conn: Connection, log_id: int) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"SELECT {LOG_COLUMNS} FROM job_execution_logs WHERE id = $1", log_id
+    )
+    return row
+
+
+async def logs_csv(
+    conn: Connection,
+    *,
+    job_name: str | None,
+    job_type: str | None,
+    symbol: str | None,
+    status: str | None,
+    start_date: datetime | None,
+    end_date: datetime | None,
+    skip: int,
+    limit: int,
+) -> bytes:
+    """The rows `list_logs` returns, as CSV with a header line (columns: CSV_COLUMNS).
+
+    Produced by PostgreSQL (COPY … TO STDOUT); the chunks are collected by a coroutine, since
+    asyncpg would write a file-like object through a thread pool.
+    """
+    chunks: list[bytes] = []
+
+    async def collect(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await conn.copy_from_query(
+        f"SELECT {_CSV_SELECT} FROM job_execution_logs {_FILTERS} {_NEWEST_FIRST}"
+        " OFFSET $7::bigint LIMIT $8::bigint",
+        job_name, job_type, symbol, status, start_date, end_date, skip, limit,
+        output=collect, format="csv", header=True,
+    )
+    return b"".join(chunks)
+
+
+async def stats(conn: Connection, *, job_type: str | None, hours: int, now: datetime) -> dict[str, Any]:
+    """Figures over the rows started in the last `hours` before `now` (optionally of one job type).
+
+    success_rate: successful / all rows in the window (running and skipped included) × 100, two
+    decimals, 0.0 without rows. average_duration_seconds: over runs that finished (success or
+    failed; skipped runs did not run), two decimals, None without any.
+    """
+    row = await conn.fetchrow(
+        """
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE status = 'success') AS successful,
+               count(*) FILTER (WHERE status = 'failed') AS failed,
+               count(*) FILTER (WHERE status = 'running') AS running,
+               avg(duration_seconds) FILTER (WHERE status IN ('success', 'failed')) AS average_duration,
+               coalesce(sum(records_collected), 0) AS records,
+               max(started_at) AS last_execution
+          FROM job_execution_logs
+         WHERE started_at >= $1 AND ($2::text IS NULL OR job_type = $2::text)
+        """,
+        now - timedelta(hours=hours), job_type,
+    )
+    assert row is not None
+    total = int(row["total"])
+    successful = int(row["successful"])
+    average = row["average_duration"]
+    return {
+        "total_executions": total,
+        "successful_executions": successful,
+        "failed_executions": int(row["failed"]),
+        "running_executions": int(row["running"]),
+        "success_rate": round(successful / total * 100, 2) if total else 0.0,
+        "average_duration_seconds": None if average is None else round(float(average), 2),
+        "total_records_collected": int(row["records"]),
+        "last_execution": row["last_execution"],
+    }
+
+
+async def recent_logs(conn: Connection, limit: int = 10) -> list[asyncpg.Record]:
+    """The newest rows."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"SELECT {LOG_COLUMNS} FROM job_execution_logs {_NEWEST_FIRST} LIMIT $1", limit
+    )
+    return rows
+
+
+async def delete_logs_before(conn: Connection, cutoff: datetime, batch_size: int) -> int:
+    """Delete at most `batch_size` rows started before `cutoff`; returns how many (the caller loops)."""
+    status: str = await conn.execute(
+        """
+        DELETE FROM job_execution_logs WHERE id IN (
+            SELECT id FROM job_execution_logs WHERE started_at < $1 LIMIT $2)
+        """,
+        cutoff, batch_size,
+    )
+    return int(status.rsplit(" ", 1)[1])
