@@ -228,7 +228,8 @@ async def test_retention_deletes_old_logs_and_finished_tasks_in_batches(
     await db.execute(
         """
         INSERT INTO job_execution_logs (job_name, job_type, status, started_at)
-        SELECT 'old', 'data_collection', 'success', $1::timestamptz - make_interval(mins => i) FROM generate_series(1, 2500) i
+        SELECT 'old', 'data_collection', 'success', $1::timestamptz - make_interval(mins => i)
+          FROM generate_series(1, 2500) i
         """,
         now - timedelta(days=31),
     )
