@@ -56,8 +56,11 @@ def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody
 exception_handlers: ExceptionHandlersMap = {
     DomainError: _domain,
     HTTPException: _http,
+    # The database is unreachable, restarting, or gone: the client can retry later.
     asyncpg.InterfaceError: _database,
-    asyncpg.CannotConnectNowError: _database,
-    ConnectionError: _database,
+    asyncpg.PostgresConnectionError: _database,
+    asyncpg.OperatorInterventionError: _database,
+    asyncpg.InvalidCatalogNameError: _database,
+    OSError: _database,
     Exception: _unexpected,
 }
