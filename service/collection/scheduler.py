@@ -22,7 +22,6 @@ from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, 
 from service.collection.registry import TaskView
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
-from service.db import schedule as schedule_db
 from service.db import tasks as tasks_db
 from service.db.pool import Pool
 from service.errors import ConflictError, NotFoundError
@@ -148,7 +147,7 @@ class Scheduler:
             if next_at <= now:
                 next_at = now + interval
             async with self._pool.acquire() as conn:
-                claimed = await schedule_db.claim_due_run(
+                claimed = await configs_db.claim_due_run(
                     conn, config.id, due_at=due_at, next_run_at=next_at, started_at=now
                 )
             if not claimed:

@@ -15,6 +15,7 @@ from service.db.pool import Connection
 __all__ = [
     "CONFIG_COLUMNS",
     "UPDATABLE_COLUMNS",
+    "claim_due_run",
     "count_configs",
     "delete_config",
     "due_configs",
@@ -22,7 +23,6 @@ __all__ = [
     "get_config",
     "insert_config",
     "list_configs",
-    "mark_started",
     "next_due_at",
     "reschedule",
     "set_enabled",
@@ -161,8 +161,8 @@ async def reschedule(conn: Connection, config_id: int, now: datetime) -> None:
         UPDATE data_collection_configs
            SET next_run_at = CASE
                  WHEN NOT enabled THEN NULL
-                 WHEN last_run_at IS NULL THEN $2
-                 ELSE greatest($2, last_run_at + make_interval(mins => interval_minutes))
+                 WHEN last_run_at IS NULL THEN $2::timestamptz
+                 ELSE greatest($2::timestamptz, last_run_at + make_interval(mins => interval_minutes))
                END
          WHERE id = $1
         """,
@@ -191,8 +191,19 @@ async def next_due_at(conn: Connection) -> datetime | None:
     return value
 
 
-async def mark_started(conn: Connection, config_id: int, *, started_at: datetime, next_run_at: datetime) -> None:
-    await conn.execute(
-        "UPDATE data_collection_configs SET last_run_at = $2, next_run_at = $3 WHERE id = $1",
-        config_id, started_at, next_run_at,
+async def claim_due_run(
+    conn: Connection, config_id: int, *, due_at: datetime, next_run_at: datetime, started_at: datetime
+) -> bool:
+    """Move a due config on to its next run time, if it is still enabled and still due at `due_at`.
+
+    A conditional UPDATE: when several processes see the same due run, exactly one claims it.
+    """
+    status: str = await conn.execute(
+        """
+        UPDATE data_collection_configs
+           SET next_run_at = $3, last_run_at = $4
+         WHERE id = $1 AND enabled AND next_run_at = $2
+        """,
+        config_id, due_at, next_run_at, started_at,
     )
+    return status == "UPDATE 1"

@@ -220,7 +220,7 @@ async def stats(conn: Connection, *, job_type: str | None, hours: int, now: date
                count(*) FILTER (WHERE status = 'success') AS successful,
                count(*) FILTER (WHERE status = 'failed') AS failed,
                count(*) FILTER (WHERE status = 'running') AS running,
-               avg(duration_seconds) AS average_duration,
+               avg(duration_seconds) FILTER (WHERE status IN ('success', 'failed')) AS average_duration,
                coalesce(sum(records_collected), 0) AS records,
                max(started_at) AS last_execution
           FROM job_execution_logs
