@@ -202,19 +202,19 @@ async def serve_app(settings: Settings, clock: Clock | None = None) -> AsyncIter
             yield Api(http, app)
 
 
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    """The app with default test settings, start-up symbol refresh done.
+@asynccontextmanager
+async def running_app(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Api]:
+    """`serve_app` with the start-up symbol refresh done, its lifespan in a task of its own.
 
-    The lifespan runs in a task of its own: its task groups must be left in the task that entered
-    them, and a fixture's teardown runs in another.
+    Litestar's lifespan task groups must be left in the task that entered them; a fixture's
+    teardown runs in another task, so fixtures use this rather than `serve_app`.
     """
     ready: asyncio.Future[Api] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
 
     async def run() -> None:
         try:
-            async with serve_app(settings) as client:
+            async with serve_app(settings, clock) as client:
                 await client.wait_idle()
                 ready.set_result(client)
                 await stop.wait()
@@ -229,3 +229,10 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     finally:
         stop.set()
         await runner
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    """The app with default test settings, start-up symbol refresh done."""
+    async with running_app(settings) as client:
+        yield client

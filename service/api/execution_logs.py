@@ -9,7 +9,6 @@ as empty fields. Errors are JSON on every route.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -24,6 +23,7 @@ from service.api.schemas import Schema
 from service.collection.runtime import Runtime
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
+from service.db.execution_logs import LogFilter
 from service.errors import InvalidInputError, NotFoundError
 
 __all__ = ["ExecutionLogsController", "LogOut", "StatsOut", "StatusOut"]
@@ -103,29 +103,6 @@ def _utc(value: datetime | None) -> datetime | None:
     return value
 
 
-@dataclass(frozen=True)
-class LogFilters:
-    """The list's query parameters, checked."""
-
-    job_name: str | None
-    job_type: str | None
-    symbol: str | None
-    status: str | None
-    start_date: datetime | None
-    end_date: datetime | None
-    skip: int
-    limit: int
-
-    def __post_init__(self) -> None:
-        if self.status is not None and self.status not in logs_db.STATUSES:
-            raise InvalidInputError(
-                f"unknown status {self.status!r}; one of: {', '.join(logs_db.STATUSES)}",
-                allowed=list(logs_db.STATUSES),
-            )
-        if self.start_date is not None and self.end_date is not None and self.end_date < self.start_date:
-            raise InvalidInputError("end_date must not be before start_date")
-
-
 async def provide_log_filters(
     job_name: FromQuery[str | None] = None,
     job_type: FromQuery[str | None] = None,
@@ -141,20 +118,24 @@ async def provide_log_filters(
     ] = None,
     skip: Annotated[int, QueryParameter(ge=0)] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-) -> LogFilters:
-    return LogFilters(
+) -> LogFilter:
+    """The list's query parameters, checked."""
+    if status is not None and status not in logs_db.STATUSES:
+        raise InvalidInputError(
+            f"unknown status {status!r}; one of: {', '.join(logs_db.STATUSES)}", allowed=list(logs_db.STATUSES)
+        )
+    start, end = _utc(start_date), _utc(end_date)
+    if start is not None and end is not None and end < start:
+        raise InvalidInputError("end_date must not be before start_date")
+    return LogFilter(
         job_name=job_name, job_type=job_type, symbol=symbol, status=status,
-        start_date=_utc(start_date), end_date=_utc(end_date), skip=skip, limit=limit,
+        start_date=start, end_date=end, skip=skip, limit=limit,
     )
 
 
-async def _csv(runtime: Runtime, filters: LogFilters) -> Response[Any]:
+async def _csv(runtime: Runtime, filters: LogFilter) -> Response[Any]:
     async with runtime.pool.acquire() as conn:
-        body = await logs_db.logs_csv(
-            conn, job_name=filters.job_name, job_type=filters.job_type, symbol=filters.symbol,
-            status=filters.status, start_date=filters.start_date, end_date=filters.end_date,
-            skip=filters.skip, limit=filters.limit,
-        )
+        body = await logs_db.logs_csv(conn, filters)
     return Response(
         body,
         media_type=CSV_MEDIA_TYPE,
@@ -162,7 +143,7 @@ async def _csv(runtime: Runtime, filters: LogFilters) -> Response[Any]:
     )
 
 
-LogFiltersDep = NamedDependency[LogFilters]
+LogFilterDep = NamedDependency[LogFilter]
 
 
 class ExecutionLogsController(Controller):
@@ -176,23 +157,19 @@ class ExecutionLogsController(Controller):
         response_headers=[ResponseHeader(name="Vary", value="Accept", description="The body follows Accept")],
     )
     async def list_logs(
-        self, request: Request[Any, Any, Any], filters: LogFiltersDep, runtime: RuntimeDep
+        self, request: Request[Any, Any, Any], filters: LogFilterDep, runtime: RuntimeDep
     ) -> Response[list[LogOut]]:
         if request.accept.best_match([MediaType.JSON, "text/csv"], default=MediaType.JSON) == "text/csv":
             return await _csv(runtime, filters)  # the OpenAPI document shows the JSON form
         async with runtime.pool.acquire() as conn:
-            rows = await logs_db.list_logs(
-                conn, job_name=filters.job_name, job_type=filters.job_type, symbol=filters.symbol,
-                status=filters.status, start_date=filters.start_date, end_date=filters.end_date,
-                skip=filters.skip, limit=filters.limit,
-            )
+            rows = await logs_db.list_logs(conn, filters)
         return Response([_log(r) for r in rows])
 
     @get(
         "/execution-logs.csv", operation_id="exportExecutionLogsCsv", media_type=CSV_MEDIA_TYPE,
         summary="The execution-log list as a CSV download (same filters and rows as the JSON list)",
     )
-    async def export_csv(self, filters: LogFiltersDep, runtime: RuntimeDep) -> Response[bytes]:
+    async def export_csv(self, filters: LogFilterDep, runtime: RuntimeDep) -> Response[bytes]:
         return await _csv(runtime, filters)
 
     @get("/execution-logs/{log_id:int}", operation_id="getExecutionLog", summary="One execution log")

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from service.db.pool import Connection
 
@@ -18,6 +19,7 @@ __all__ = [
     "INTERRUPTED_MESSAGE",
     "LOG_COLUMNS",
     "STATUSES",
+    "LogFilter",
     "close_interrupted",
     "delete_logs_before",
     "finish_log",
@@ -149,22 +151,31 @@ async def close_interrupted(conn: Connection, *, at: datetime) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-async def list_logs(
-    conn: Connection,
-    *,
-    job_name: str | None,
-    job_type: str | None,
-    symbol: str | None,
-    status: str | None,
-    start_date: datetime | None,
-    end_date: datetime | None,
-    skip: int,
-    limit: int,
-) -> list[asyncpg.Record]:
+class LogFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which rows a list or export returns (None: no condition), and which page of them."""
+
+    job_name: str | None = None
+    job_type: str | None = None
+    symbol: str | None = None
+    status: str | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    skip: int = 0
+    limit: int = 100
+
+    def args(self) -> tuple[object, ...]:
+        """The query parameters $1…$8 of _FILTERS plus OFFSET and LIMIT."""
+        return (
+            self.job_name, self.job_type, self.symbol, self.status, self.start_date, self.end_date,
+            self.skip, self.limit,
+        )
+
+
+async def list_logs(conn: Connection, where: LogFilter) -> list[asyncpg.Record]:
     """Rows newest first (started_at, then id); start_date/end_date bound started_at, both inclusive."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {LOG_COLUMNS} FROM job_execution_logs {_FILTERS} {_NEWEST_FIRST} OFFSET $7 LIMIT $8",
-        job_name, job_type, symbol, status, start_date, end_date, skip, limit,
+        *where.args(),
     )
     return rows
 
@@ -176,18 +187,7 @@ async def get_log(conn: Connection, log_id: int) -> asyncpg.Record | None:
     return row
 
 
-async def logs_csv(
-    conn: Connection,
-    *,
-    job_name: str | None,
-    job_type: str | None,
-    symbol: str | None,
-    status: str | None,
-    start_date: datetime | None,
-    end_date: datetime | None,
-    skip: int,
-    limit: int,
-) -> bytes:
+async def logs_csv(conn: Connection, where: LogFilter) -> bytes:
     """The rows `list_logs` returns, as CSV with a header line (columns: CSV_COLUMNS).
 
     Produced by PostgreSQL (COPY … TO STDOUT); the chunks are collected by a coroutine, since
@@ -201,7 +201,7 @@ async def logs_csv(
     await conn.copy_from_query(
         f"SELECT {_CSV_SELECT} FROM job_execution_logs {_FILTERS} {_NEWEST_FIRST}"
         " OFFSET $7::bigint LIMIT $8::bigint",
-        job_name, job_type, symbol, status, start_date, end_date, skip, limit,
+        *where.args(),
         output=collect, format="csv", header=True,
     )
     return b"".join(chunks)

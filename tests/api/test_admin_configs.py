@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +11,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.conftest import Api, Clock, serve_app
+from tests.conftest import Api, running_app
 from tests.fakes.binance import FakeBinance
 
 URL = "/api/v1/admin/data-collection/configs"
@@ -21,31 +19,6 @@ CONFIG_FIELDS = {
     "id", "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "job_id", "description",
     "created_at", "updated_at", "created_by", "last_run_at", "next_run_at",
 }
-
-
-@asynccontextmanager
-async def running_app(settings: Settings, clock: Clock | None = None) -> AsyncIterator[Api]:
-    """The app with the start-up symbol refresh done, its lifespan in a task of its own (fixture-safe)."""
-    ready: asyncio.Future[Api] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-
-    async def run() -> None:
-        try:
-            async with serve_app(settings, clock) as client:
-                await client.wait_idle()
-                ready.set_result(client)
-                await stop.wait()
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-            raise
-
-    runner = asyncio.create_task(run())
-    try:
-        yield await ready
-    finally:
-        stop.set()
-        await runner
 
 
 @pytest.fixture
