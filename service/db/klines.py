@@ -98,7 +98,7 @@ def _count(status: str) -> int:
 
 async def _copy(conn: Connection, table: str, rows: bytes) -> int:
     # A memoryview is sent as it is. (bytes would be taken for a file name, and a file-like source
-    # is read through run_in_executor, a thread pool.) The stubs do not know this form.
+    # is read through the loop's default executor, a thread pool.) The stubs do not know this form.
     status = await conn.copy_to_table(
         table, source=memoryview(rows), columns=_COLUMNS, format="text"  # type: ignore[arg-type]
     )
