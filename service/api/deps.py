@@ -1,4 +1,4 @@
-"""Dependency providers: the runtime's parts, taken from app state."""
+"""Dependency providers: the runtime's parts, taken from app state (async: never a worker thread)."""
 
 from __future__ import annotations
 
@@ -18,27 +18,27 @@ def _runtime(state: State) -> Runtime:
     return runtime
 
 
-def provide_pool(state: State) -> Pool:
+async def provide_pool(state: State) -> Pool:
     return _runtime(state).pool
 
 
-def provide_registry(state: State) -> TaskRegistry:
+async def provide_registry(state: State) -> TaskRegistry:
     return _runtime(state).registry
 
 
-def provide_jobs(state: State) -> CollectionJobs:
+async def provide_jobs(state: State) -> CollectionJobs:
     return _runtime(state).jobs
 
 
-def provide_runtime(state: State) -> Runtime:
+async def provide_runtime(state: State) -> Runtime:
     return _runtime(state)
 
 
 dependencies = {
-    "pool": Provide(provide_pool, sync_to_thread=False),
-    "registry": Provide(provide_registry, sync_to_thread=False),
-    "jobs": Provide(provide_jobs, sync_to_thread=False),
-    "runtime": Provide(provide_runtime, sync_to_thread=False),
+    "pool": Provide(provide_pool),
+    "registry": Provide(provide_registry),
+    "jobs": Provide(provide_jobs),
+    "runtime": Provide(provide_runtime),
 }
 
 # Handler parameter types: the parameter's name picks the provider above.
