@@ -2,10 +2,12 @@
 
 Write path, per page of candles of one series, in one transaction:
 - candles past the series' last stored open_time cannot conflict while one writer owns the series,
-  so they go straight into `klines` with COPY (inside a savepoint);
-- candles at or before it (the re-read last candle, a corrected open candle), and everything if the
-  direct COPY meets a unique violation, go through COPY into the connection's staging table and one
-  INSERT … ON CONFLICT DO UPDATE that rewrites only rows whose values changed.
+  so they go straight into `klines` with COPY;
+- candles at or before it (the re-read last candle, a corrected open candle) go through COPY into
+  the connection's staging table and one INSERT … ON CONFLICT DO UPDATE that rewrites only rows
+  whose values changed;
+- if the direct COPY meets a unique violation anyway (another writer), the page's transaction is
+  rolled back and the whole page is merged through the staging table instead.
 """
 
 from __future__ import annotations
@@ -130,19 +132,19 @@ async def store_klines(
         while split < len(klines) and klines[split].open_time <= stored_until:
             split += 1
     overlap, fresh = klines[:split], klines[split:]
-    written = 0
-    async with conn.transaction():
-        if overlap:
-            written += await _upsert(conn, encode_copy_rows(series_id, overlap, now_ms))
-        if fresh:
-            rows = encode_copy_rows(series_id, fresh, now_ms)
-            try:
-                async with conn.transaction():
-                    written += await _copy(conn, "klines", rows)
-            except asyncpg.UniqueViolationError:
-                # Someone stored these candles after we read `stored_until`: merge instead.
-                written += await _upsert(conn, rows)
-    return written
+    try:
+        async with conn.transaction():
+            written = 0
+            if overlap:
+                written += await _upsert(conn, encode_copy_rows(series_id, overlap, now_ms))
+            if fresh:
+                written += await _copy(conn, "klines", encode_copy_rows(series_id, fresh, now_ms))
+            return written
+    except asyncpg.UniqueViolationError:
+        # Someone stored some of these candles after `stored_until` was read: the page's
+        # transaction rolled back whole, so merge the whole page instead.
+        async with conn.transaction():
+            return await _upsert(conn, encode_copy_rows(series_id, klines, now_ms))
 
 
 async def fetch_klines(

@@ -1,0 +1,72 @@
+"""The write path on its own: direct COPY for fresh candles, merge for overlaps, fallback on conflicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.db import klines as klines_db
+from service.db.pool import create_pool
+from service.exchanges.base import Kline
+
+MINUTE = 60_000
+
+
+def candle(open_time: int, close: str = "1.50000000") -> Kline:
+    return Kline(
+        open_time=open_time, open="1.00000000", high="2.00000000", low="0.50000000", close=close,
+        volume="10.00000000", close_time=open_time + MINUTE - 1, quote_volume="15.00000000", trades=7,
+        taker_buy_base_volume="4.00000000", taker_buy_quote_volume="6.00000000",
+    )
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> Any:
+    pool = await create_pool(db_dsn, min_size=1, max_size=2)
+    yield pool
+    await pool.close()
+
+
+async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, db: asyncpg.Connection[Any]) -> None:
+    """A page past the last stored candle is inserted; re-reading changes only what changed."""
+    page = [candle(i * MINUTE) for i in range(1000)]
+    async with pool.acquire() as conn:
+        series = await klines_db.get_or_create_series(conn, "binance", "BTCUSDT", "1m")
+        assert await klines_db.get_or_create_series(conn, "binance", "BTCUSDT", "1m") == series
+        assert await klines_db.store_klines(conn, series, page, stored_until=None, now_ms=10**13) == 1000
+        # The last candle again, unchanged, plus two new ones: 2 written.
+        again = [page[-1], candle(1000 * MINUTE), candle(1001 * MINUTE)]
+        assert await klines_db.store_klines(conn, series, again, stored_until=999 * MINUTE, now_ms=10**13) == 2
+        # The last candle corrected: 1 written.
+        fixed = [candle(1001 * MINUTE, close="9.00000000")]
+        assert await klines_db.store_klines(conn, series, fixed, stored_until=1001 * MINUTE, now_ms=10**13) == 1
+        assert await klines_db.last_open_time(conn, series) == 1001 * MINUTE
+    assert await db.fetchval("SELECT count(*) FROM klines") == 1002
+    assert await db.fetchval("SELECT close::text FROM klines WHERE open_time = $1", 1001 * MINUTE) == "9.00000000"
+
+
+async def test_a_stale_view_of_the_series_falls_back_to_the_merge(
+    pool: asyncpg.Pool, db: asyncpg.Connection[Any]
+) -> None:
+    """If candles thought fresh are already stored (another writer), the page is merged, not failed."""
+    async with pool.acquire() as conn:
+        series = await klines_db.get_or_create_series(conn, "binance", "ETHUSDT", "1m")
+        await klines_db.store_klines(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=10**13)
+        page = [candle(0, close="3.00000000"), candle(MINUTE), candle(2 * MINUTE)]
+        written = await klines_db.store_klines(conn, series, page, stored_until=None, now_ms=10**13)
+    assert written == 2  # the changed candle and the new one
+    rows = await db.fetch("SELECT open_time, close::text FROM klines ORDER BY open_time")
+    assert [(r["open_time"], r["close"]) for r in rows] == [
+        (0, "3.00000000"), (MINUTE, "1.50000000"), (2 * MINUTE, "1.50000000"),
+    ]
+
+
+async def test_open_candles_are_marked(pool: asyncpg.Pool, db: asyncpg.Connection[Any]) -> None:
+    """A candle whose close_time has not passed is stored with is_closed = false."""
+    async with pool.acquire() as conn:
+        series = await klines_db.get_or_create_series(conn, "binance", "XRPETH", "1m")
+        await klines_db.store_klines(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=MINUTE + 5)
+    flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
+    assert [r["is_closed"] for r in flags] == [True, False]
