@@ -121,6 +121,11 @@ class Scheduler:
                 log.error("scheduler_turn_failed", error=str(exc))
                 await self._wait(5.0)
                 continue
+            except Exception:
+                # A bug must not silently end scheduling for the life of the process.
+                log.exception("scheduler_turn_crashed")
+                await self._wait(5.0)
+                continue
             await self._wait(self._seconds_to_next())
 
     async def _turn(self) -> None:
