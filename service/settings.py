@@ -63,7 +63,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pages_ahead: PositiveInt = 4
     """Pages of one series fetched ahead of the page being written."""
     db_pool_min: Annotated[int, msgspec.Meta(ge=0)] = 2
-    db_pool_max: PositiveInt = 10
+    db_pool_max: Annotated[int, msgspec.Meta(ge=4)] = 10
+    """Pool size; collection uses at most DB_POOL_MAX - 3, the rest stay free for the API."""
     symbol_refresh_interval: Annotated[float, msgspec.Meta(ge=60)] = 3600.0
     """Seconds between refreshes of the symbols table (and of the learnt weight limit)."""
     scheduler_enabled: bool = True

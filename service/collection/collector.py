@@ -94,9 +94,13 @@ class Collector:
         *,
         history_candles: int,
         pages_ahead: int,
+        max_connections: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
+        # Collection may hold at most this many pool connections, so that API requests and the
+        # scheduler always find one free while a big backfill writes.
+        self._connections = asyncio.Semaphore(max_connections)
         self._client = client
         self._history_candles = history_candles
         self._pages_ahead = pages_ahead
@@ -142,7 +146,7 @@ class Collector:
     async def _collect_pair(
         self, index: int, pair: Pair, result: PairResult, progress: _Progress, on_wait: WaitCallback
     ) -> None:
-        async with self._pool.acquire() as conn:
+        async with self._connections, self._pool.acquire() as conn:
             series_id = await klines_db.get_or_create_series(conn, self.exchange, pair.symbol, pair.timeframe)
             stored_until = await klines_db.last_open_time(conn, series_id)
         now_ms = self._now_ms()
@@ -152,7 +156,7 @@ class Collector:
         async with aclosing(self._fetch_in_order(pair, windows, on_wait)) as pages:
             async for page in pages:
                 if page:
-                    async with self._pool.acquire() as conn:
+                    async with self._connections, self._pool.acquire() as conn:
                         result.candles_written += await klines_db.store_klines(
                             conn, series_id, page, stored_until=stored_until, now_ms=self._now_ms()
                         )
