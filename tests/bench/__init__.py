@@ -1,0 +1,19 @@
+"""The benchmark behind the speed claims: `uv run python -m tests.bench [--quick] [--scenario N ...] [--json FILE]`.
+
+It starts everything it measures, each in its own process, and stops it all at the end:
+
+- an embedded PostgreSQL in a temporary directory, migrated once into a template database that each
+  run clones (so every run writes into the same, freshly migrated schema);
+- the fake Binance (`python -m tests.fakes.binance`) with its candles built before any timing starts;
+  its own CPU time is read from its `GET /__stats` and reported beside the service's;
+- the service itself, `python -m service serve`, one process per run, driven over HTTP.
+
+Scenarios (numbers as in the issue; `--quick` shrinks every size so the whole command takes seconds):
+
+1. reference workload: 50 symbols x 6 timeframes x 100 candles at 20 ms exchange latency;
+2. bulk ingest of >= 1,000,000 candles, against a server-side COPY of the same rows into the same table;
+3. responsiveness during scenario 2: open-loop GETs of /health and /status, and the event loop's lag;
+4. pacing against a 1200/min weight limit learnt from exchangeInfo, at 50 ms latency;
+5. peak RSS during scenario 2, and again with the backfill doubled;
+6. start-up: process start to the first `/health` 200 on an existing database.
+"""

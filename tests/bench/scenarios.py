@@ -1,0 +1,539 @@
+"""The six scenarios of the benchmark, and the sizes of a full and a --quick run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from tests.bench.infra import BenchError, FakeExchange, Postgres, Service
+from tests.bench.report import (
+    Outcome,
+    at_least,
+    at_most,
+    count,
+    cpu,
+    median,
+    megabytes,
+    msecs,
+    per_second,
+    percentile,
+    secs,
+)
+from tests.fakes.binance import bench_symbols
+
+STATUS = "/api/v1/data-collector/status"
+HEALTH = "/health"
+REFERENCE_TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")
+# Every Binance interval but 1s: one series each, with fewer candles than a page, is one request.
+PACING_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+EARLIER_SYSTEM_S = 30.0  # the earlier system's reference run (bulk queries + thread pool); 300 s before that
+NO_LIMIT = "1000000000"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each scenario is."""
+
+    quick: bool
+    ref_symbols: int = 50
+    ref_candles: int = 100
+    ref_latency_ms: float = 20.0
+    ref_runs: int = 5
+    bulk_symbols: int = 20
+    bulk_candles: int = 35 * 1440  # per symbol, 1m: 20 x 50,400 = 1,008,000; doubled for scenario 5
+    probe_rate: float = 50.0  # requests/s to each of the two endpoints, open loop
+    pace_symbols: int = 175  # x 15 timeframes = 2,625 requests = 5,250 weight: 4.5 minutes of a 1,164 budget
+    pace_timeframes: tuple[str, ...] = PACING_TIMEFRAMES
+    pace_latency_ms: float = 50.0
+    pace_limit: int = 1200
+    startup_runs: int = 5
+
+    @property
+    def ref_target_s(self) -> float:
+        return 0.5
+
+
+FULL = Sizes(quick=False)
+QUICK = Sizes(
+    quick=True, ref_symbols=10, ref_runs=1, bulk_symbols=4, bulk_candles=25_000, pace_symbols=20,
+    pace_timeframes=("1m", "5m", "15m", "1h", "4h"), startup_runs=2,
+)
+
+
+@dataclass
+class Bench:
+    """Everything a scenario needs; services started here are stopped even when a scenario fails."""
+
+    pg: Postgres
+    log_dir: Path
+    sizes: Sizes
+    fakes: dict[str, FakeExchange]
+    prefix: Sequence[str] = ()
+    double_backfill: bool = True
+    """Build the bulk fake's history for scenario 5's doubled backfill too."""
+    _live: list[Service] = field(default_factory=list)
+
+    def fake_args(self) -> dict[str, list[str]]:
+        """The fakes the scenarios use, keyed by name (built before any timing starts)."""
+        s = self.sizes
+        return {
+            "ref": [
+                "--latency-ms", str(s.ref_latency_ms), "--symbols", str(s.ref_symbols),
+                "--timeframes", ",".join(REFERENCE_TIMEFRAMES), "--candles", str(s.ref_candles),
+                "--future-candles", "60",
+            ],
+            "bulk": [
+                "--no-weight-limit", "--symbols", str(s.bulk_symbols), "--timeframes", "1m",
+                "--candles", str((2 if self.double_backfill else 1) * s.bulk_candles), "--future-candles", "60",
+            ],
+            "pace": [
+                "--latency-ms", str(s.pace_latency_ms), "--weight-limit", str(s.pace_limit),
+                "--symbols", str(s.pace_symbols), "--timeframes", ",".join(s.pace_timeframes),
+                "--candles", "100", "--future-candles", "60",
+            ],
+            "startup": ["--symbols", "10", "--timeframes", "1m", "--candles", "10"],
+        }
+
+    async def service(self, name: str, dsn: str, fake: FakeExchange, env: dict[str, str]) -> Service:
+        """A started service, healthy, its start-up symbol refresh done."""
+        svc = Service(name, database_url=dsn, exchange_url=fake.url, env=env, log_dir=self.log_dir, prefix=self.prefix)
+        self._live.append(svc)
+        await svc.start()
+        await svc.ready()
+        return svc
+
+    async def stop(self, svc: Service) -> None:
+        if svc in self._live:
+            self._live.remove(svc)
+        await svc.stop()
+
+    async def stop_all(self) -> None:
+        while self._live:
+            await self.stop(self._live[-1])
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _parse_time(value: str | None) -> float | None:
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _server_seconds(task: dict[str, Any]) -> float | None:
+    created, completed = _parse_time(task.get("created_at")), _parse_time(task.get("completed_at"))
+    return None if created is None or completed is None else completed - created
+
+
+def _check_result(task: dict[str, Any], expected_pairs: int) -> int:
+    result = task.get("result") or {}
+    if result.get("pairs_failed"):
+        failed = [p for p in result.get("pairs", []) if p.get("error")][:3]
+        raise BenchError(f"{result['pairs_failed']} of {expected_pairs} series failed, e.g. {failed}")
+    if result.get("pairs_total") != expected_pairs:
+        raise BenchError(f"expected {expected_pairs} series, the task collected {result.get('pairs_total')}")
+    written: int = result["candles_written"]
+    return written
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reference workload
+# ---------------------------------------------------------------------------------------------
+
+
+async def reference(b: Bench) -> Outcome:
+    s = b.sizes
+    fake = b.fakes["ref"]
+    symbols = bench_symbols(s.ref_symbols)
+    pairs = len(symbols) * len(REFERENCE_TIMEFRAMES)
+    runs: list[dict[str, Any]] = []
+    for i in range(s.ref_runs):
+        say(f"scenario 1: run {i + 1}/{s.ref_runs}, {len(symbols)} symbols x {len(REFERENCE_TIMEFRAMES)} timeframes")
+        name, dsn = await b.pg.clone("reference")
+        svc = await b.service(f"reference-{i + 1}", dsn, fake, {"DEFAULT_HISTORY_CANDLES": str(s.ref_candles)})
+        try:
+            fake0, cpu0, pg0 = await fake.stats(), svc.cpu_seconds(), b.pg.cpu_seconds()
+            t0 = time.perf_counter()
+            task_id = await svc.start_collection(symbols, list(REFERENCE_TIMEFRAMES))
+            posted = time.perf_counter()
+            task, t1 = await svc.wait_task(task_id, poll=0.01, timeout=300)
+            cpu1, pg1, fake1 = svc.cpu_seconds(), b.pg.cpu_seconds(), await fake.stats()
+        finally:
+            await b.stop(svc)
+            await b.pg.drop(name)
+        runs.append({
+            "wall_s": t1 - t0,
+            "post_s": posted - t0,
+            "server_s": _server_seconds(task),
+            "candles": _check_result(task, pairs),
+            "requests": fake1["requests"] - fake0["requests"],
+            "service_cpu_s": cpu1 - cpu0,
+            "fake_cpu_s": fake1["cpu_seconds"] - fake0["cpu_seconds"],
+            "postgres_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        })
+    wall = median([r["wall_s"] for r in runs])
+    assert wall is not None
+    best = min(runs, key=lambda r: abs(r["wall_s"] - wall))
+    out = Outcome(1, "reference", raw={
+        "symbols": len(symbols), "timeframes": list(REFERENCE_TIMEFRAMES), "candles_per_series": s.ref_candles,
+        "latency_ms": s.ref_latency_ms, "runs": runs, "wall_s_median": wall,
+        "speedup_vs_earlier_30s": EARLIER_SYSTEM_S / wall,
+    })
+    workload = f"{len(symbols)}x{len(REFERENCE_TIMEFRAMES)}x{s.ref_candles} @ {s.ref_latency_ms:g} ms"
+    out.add(f"POST /start -> completed ({workload}), median of {len(runs)}", secs(wall), f"<= {s.ref_target_s} s",
+            f"{EARLIER_SYSTEM_S / wall:.0f}x vs 30 s; {at_most(wall, s.ref_target_s)}")
+    out.add("  runs", ", ".join(f"{r['wall_s']:.3f}" for r in runs) + " s")
+    out.add("  of which POST /start answered", secs(best["post_s"]))
+    out.add("  server created_at -> completed_at", secs(best["server_s"]))
+    out.add("  candles written / exchange requests", f"{best['candles']:,} / {best['requests']:,}")
+    out.add("  CPU: service / fake / postgres", _cpus(best))
+    return out
+
+
+def _cpus(run: dict[str, Any]) -> str:
+    parts = [run.get("service_cpu_s"), run.get("fake_cpu_s"), run.get("postgres_cpu_s")]
+    return " / ".join("n/a" if p is None else f"{p:.2f}" for p in parts) + " s"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2, 3, 5. Bulk ingest, with the responsiveness probe and RSS polling running beside it
+# ---------------------------------------------------------------------------------------------
+
+
+async def _probe(base: str, paths: Sequence[str], rate: float, stop: asyncio.Event) -> dict[str, dict[str, Any]]:
+    """Open loop: request i of each path is sent at its scheduled time, whether or not earlier ones
+    have answered; latency counts from the scheduled time (so a late sender counts against us too)."""
+    loop = asyncio.get_running_loop()
+    latencies: dict[str, list[float]] = {p: [] for p in paths}
+    errors: dict[str, int] = dict.fromkeys(paths, 0)
+    pending: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession(
+        base_url=base, connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
+        async def one(path: str, scheduled: float) -> None:
+            try:
+                async with session.get(path) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                ok = False
+            if ok:
+                latencies[path].append(loop.time() - scheduled)
+            else:
+                errors[path] += 1
+
+        for path in paths:  # open the keep-alive connections before the clock starts
+            await one(path, loop.time())
+            latencies[path].clear()
+        step = 1.0 / (rate * len(paths))  # the paths take turns, evenly spaced
+        start = loop.time()
+        i = 0
+        while not stop.is_set():
+            scheduled = start + i * step
+            delay = scheduled - loop.time()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    break
+            task = asyncio.create_task(one(paths[i % len(paths)], scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            i += 1
+        if pending:
+            await asyncio.gather(*pending)
+    return {
+        p: {
+            "requests": len(latencies[p]) + errors[p], "errors": errors[p],
+            "p50_ms": _ms(percentile(latencies[p], 0.50)), "p99_ms": _ms(percentile(latencies[p], 0.99)),
+            "max_ms": _ms(max(latencies[p], default=None)),
+        }
+        for p in paths
+    }
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+async def _poll_rss(svc: Service, stop: asyncio.Event, every: float = 0.02) -> int:
+    peak = svc.rss()
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            peak = max(peak, svc.rss())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+    return peak
+
+
+async def bulk_run(b: Bench, label: str, candles_per_symbol: int, *, ceiling: bool) -> dict[str, Any]:
+    """One backfill of `candles_per_symbol` 1m candles for each bulk symbol, probed and RSS-polled."""
+    s = b.sizes
+    fake = b.fakes["bulk"]
+    symbols = bench_symbols(s.bulk_symbols)
+    say(f"scenario {label}: backfill of {len(symbols)} x {candles_per_symbol:,} 1m candles")
+    name, dsn = await b.pg.clone(label)
+    env = {"DEFAULT_HISTORY_CANDLES": str(candles_per_symbol), "BINANCE_WEIGHT_LIMIT": NO_LIMIT}
+    svc = await b.service(label, dsn, fake, env)
+    try:
+        await b.pg.admin("CHECKPOINT")
+        lag_before = (await svc.get(STATUS)).get("event_loop_lag_ms")
+        rss0 = svc.rss()
+        fake0, cpu0, pg0 = await fake.stats(), svc.cpu_seconds(), b.pg.cpu_seconds()
+        stop = asyncio.Event()
+        rss_task = asyncio.create_task(_poll_rss(svc, stop))
+        probe_task = asyncio.create_task(_probe(svc.base, [HEALTH, STATUS], s.probe_rate, stop))
+        try:
+            t0 = time.perf_counter()
+            task_id = await svc.start_collection(symbols, ["1m"])
+            task, t1 = await svc.wait_task(task_id, poll=0.02, timeout=3600)
+            status_after = await svc.get(STATUS)
+            cpu1, pg1 = svc.cpu_seconds(), b.pg.cpu_seconds()
+        finally:
+            stop.set()
+            peak = await rss_task
+            probe = await probe_task
+        fake1 = await fake.stats()
+        written = _check_result(task, len(symbols))
+        conn = await asyncpg.connect(dsn)
+        try:
+            stored = await conn.fetchval("SELECT count(*) FROM klines")
+            if ceiling:
+                rows_file = b.pg.pgdata / "bench_rows.copy"
+                await conn.execute(f"COPY klines TO '{rows_file}'")
+        finally:
+            await conn.close()
+    finally:
+        await b.stop(svc)
+    await b.pg.drop(name)
+    run: dict[str, Any] = {
+        "symbols": len(symbols), "candles_per_symbol": candles_per_symbol, "candles_written": written,
+        "rows_stored": stored, "wall_s": t1 - t0, "server_s": _server_seconds(task),
+        "candles_per_s": written / (t1 - t0),
+        "requests": fake1["requests"] - fake0["requests"],
+        "service_cpu_s": cpu1 - cpu0, "fake_cpu_s": fake1["cpu_seconds"] - fake0["cpu_seconds"],
+        "postgres_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "rss_before_bytes": rss0, "rss_peak_bytes": peak,
+        "probe": probe, "probe_rate_per_endpoint": s.probe_rate,
+        "event_loop_lag_ms_before": lag_before, "event_loop_lag_ms_after": status_after.get("event_loop_lag_ms"),
+    }
+    if ceiling:
+        run["ceiling"] = await copy_ceiling(b, rows_file)
+    return run
+
+
+async def copy_ceiling(b: Bench, rows_file: Path) -> dict[str, Any]:
+    """Server-side COPY of the very rows the service stored into a fresh clone of the same schema."""
+    say("scenario 2: server-side COPY ceiling of the same rows")
+    name, dsn = await b.pg.clone("ceiling")
+    try:
+        await b.pg.admin("CHECKPOINT")
+        pg0 = b.pg.cpu_seconds()
+        conn = await asyncpg.connect(dsn)
+        try:
+            t0 = time.perf_counter()
+            status = await conn.execute(f"COPY klines FROM '{rows_file}'")
+            seconds = time.perf_counter() - t0
+            pg1 = b.pg.cpu_seconds()  # while the backend lives: an exiting one may not be reaped yet
+        finally:
+            await conn.close()
+    finally:
+        await b.pg.drop(name)
+        _remove(rows_file)
+    rows = int(status.split()[-1])
+    return {
+        "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
+        "postgres_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+    }
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def bulk_outcome(run: dict[str, Any]) -> Outcome:
+    ceiling = run["ceiling"]
+    ratio = run["candles_per_s"] / ceiling["rows_per_s"]
+    out = Outcome(2, "bulk ingest", raw={**run, "ratio_to_ceiling": ratio})
+    what = f"backfill {run['symbols']} x {run['candles_per_symbol']:,} 1m candles"
+    out.add(what, count(run["candles_written"], "candles"))
+    out.add("  wall time POST /start -> completed", secs(run["wall_s"]))
+    out.add("  end to end", per_second(run["candles_per_s"]), ">= 0.8 x ceiling",
+            f"{ratio:.2f} of ceiling; {at_least(ratio, 0.8)}")
+    out.add("  ceiling: server-side COPY, same rows, same table", per_second(ceiling["rows_per_s"], "rows/s"),
+            "", f"{ceiling['rows']:,} rows in {ceiling['seconds']:.2f} s")
+    out.add("  CPU: service / fake / postgres", _cpus(run))
+    out.add("  CPU: postgres during the ceiling COPY", cpu(ceiling["postgres_cpu_s"]))
+    return out
+
+
+def probe_outcome(run: dict[str, Any]) -> Outcome:
+    out = Outcome(3, "responsiveness", raw={
+        "probe": run["probe"], "rate_per_endpoint": run["probe_rate_per_endpoint"],
+        "event_loop_lag_ms": run["event_loop_lag_ms_after"],
+        "event_loop_lag_ms_before": run["event_loop_lag_ms_before"],
+        "during": "scenario 2", "wall_s": run["wall_s"],
+    })
+    rate = run["probe_rate_per_endpoint"]
+    for path, label in ((HEALTH, "GET /health"), (STATUS, "GET /status")):
+        p = run["probe"][path]
+        out.add(f"{label} p50 ({rate:g} req/s each, open loop; {p['requests']} sent, {p['errors']} failed)",
+                msecs(p["p50_ms"]))
+        out.add(f"{label} p99", msecs(p["p99_ms"]), "<= 10 ms", at_most(p["p99_ms"], 10.0, msecs))
+    lag = run["event_loop_lag_ms_after"]
+    if lag is None:
+        out.add("event-loop lag", "n/a", "<= 10 ms", "service has no lag monitor")
+    else:
+        out.add(f"event-loop lag p99 ({lag['samples']} samples of the last 60 s)", msecs(lag["p99"]), "<= 10 ms",
+                at_most(lag["p99"], 10.0, msecs))
+        out.add("event-loop lag max", msecs(lag["max"]))
+    return out
+
+
+def memory_outcome(single: dict[str, Any], double: dict[str, Any]) -> Outcome:
+    p1, p2 = single["rss_peak_bytes"], double["rss_peak_bytes"]
+    growth = p2 / p1
+    out = Outcome(5, "memory", raw={
+        "single": {k: single[k] for k in ("candles_written", "rss_before_bytes", "rss_peak_bytes")},
+        "double": {k: double[k] for k in ("candles_written", "rss_before_bytes", "rss_peak_bytes", "wall_s",
+                                          "candles_per_s", "service_cpu_s", "fake_cpu_s", "postgres_cpu_s")},
+        "peak_growth": growth,
+    })
+    idle = megabytes(single["rss_before_bytes"])
+    out.add(
+        f"peak RSS, backfill of {single['candles_written']:,} (idle before: {idle})",
+        megabytes(p1),
+        "<= 150 MB",
+        at_most(p1 / 1e6, 150.0, lambda v: f"{v:.1f} MB"),
+    )
+    out.add(f"peak RSS, backfill of {double['candles_written']:,}", megabytes(p2), "flat (<= 1.10x)",
+            f"{growth:.2f}x; {'PASS' if growth <= 1.10 else 'MISS'}")
+    out.add("  doubled run: end to end", per_second(double["candles_per_s"]))
+    out.add("  doubled run CPU: service / fake / postgres", _cpus(double))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Pacing
+# ---------------------------------------------------------------------------------------------
+
+
+async def pacing(b: Bench) -> Outcome:
+    s = b.sizes
+    fake = b.fakes["pace"]
+    symbols = bench_symbols(s.pace_symbols)
+    pairs = len(symbols) * len(s.pace_timeframes)
+    name, dsn = await b.pg.clone("pacing")
+    # No BINANCE_WEIGHT_LIMIT: the limit must come from exchangeInfo. The fallback is set far above
+    # it, so a limit that was not learnt would show as 429s rather than pass unnoticed.
+    env = {"DEFAULT_HISTORY_CANDLES": "100", "BINANCE_WEIGHT_FALLBACK": "6000"}
+    svc = await b.service("pacing", dsn, fake, env)
+    try:
+        learnt = (await svc.get(STATUS))["rate_limiter"]["weight_limit"]
+        if learnt != s.pace_limit:
+            raise BenchError(f"the service runs with weight limit {learnt}, not the fake's {s.pace_limit}")
+        say(f"scenario 4: {pairs:,} series, one request each, {2 * pairs:,} weight against {s.pace_limit}/min"
+            + ("" if s.quick else " (several minutes)"))
+        fake0, cpu0 = await fake.stats(), svc.cpu_seconds()
+        wall0, t0 = time.time(), time.perf_counter()
+        task_id = await svc.start_collection(symbols, list(s.pace_timeframes))
+        task, t1 = await svc.wait_task(task_id, poll=0.25, timeout=1800)
+        wall1 = time.time()
+        fake1, cpu1 = await fake.stats(), svc.cpu_seconds()
+    finally:
+        await b.stop(svc)
+        await b.pg.drop(name)
+    candles = _check_result(task, pairs)
+
+    def status_count(stats: dict[str, Any], code: str) -> int:
+        return int(stats["status_counts"].get(code, 0))
+
+    used = {int(m): w for m, w in fake1["weight_by_minute"].items()}
+    before = {int(m): w for m, w in fake0["weight_by_minute"].items()}
+    first, last = int(wall0 // 60), int(wall1 // 60)
+    full = list(range(first + 1, last))
+    shares = {m: (used.get(m, 0) - before.get(m, 0)) / s.pace_limit for m in full}
+    partial = (used.get(first, 0) - before.get(first, 0)) / s.pace_limit
+    n429 = status_count(fake1, "429") - status_count(fake0, "429")
+    n418 = status_count(fake1, "418") - status_count(fake0, "418")
+    out = Outcome(4, "pacing", raw={
+        "series": pairs, "weight_limit": s.pace_limit, "weight_limit_learnt": learnt, "latency_ms": s.pace_latency_ms,
+        "requests": fake1["requests"] - fake0["requests"], "candles": candles, "wall_s": t1 - t0,
+        "share_by_full_minute": {str(m): v for m, v in shares.items()}, "share_first_partial_minute": partial,
+        "status_429": n429, "status_418": n418,
+        "service_cpu_s": cpu1 - cpu0, "fake_cpu_s": fake1["cpu_seconds"] - fake0["cpu_seconds"],
+    })
+    out.add("limit learnt from exchangeInfo / requests sent", f"{learnt} / {out.raw['requests']:,}")
+    out.add("collection wall time", secs(t1 - t0))
+    if shares:
+        lowest = min(shares.values())
+        out.add(f"share of the limit used, {len(shares)} full minutes",
+                ", ".join(f"{100 * v:.1f}%" for v in shares.values()), ">= 95%",
+                f"min {100 * lowest:.1f}%; {at_least(lowest, 0.95)}")
+    else:
+        out.add("share of the limit used (no full minute: partial window)", f"{100 * partial:.1f}%", ">= 95%",
+                "n/a (quick)" if s.quick else "n/a: the run ended within its first minute")
+    out.add("HTTP 429 / 418 from the exchange", f"{n429} / {n418}", "0", "PASS" if n429 == 0 and n418 == 0 else "MISS")
+    out.add("  CPU: service / fake", f"{cpu1 - cpu0:.2f} / {out.raw['fake_cpu_s']:.2f} s")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Start-up
+# ---------------------------------------------------------------------------------------------
+
+
+async def startup(b: Bench) -> Outcome:
+    s = b.sizes
+    fake = b.fakes["startup"]
+    name, dsn = await b.pg.clone("startup")
+    try:
+        # An existing database: migrated, and used once by a service before. That first start runs
+        # without any bytecode cache (every module compiled from source), and is reported apart.
+        cold_env = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(b.log_dir / "no-such-cache")}
+        first = Service("startup-0", database_url=dsn, exchange_url=fake.url, env=cold_env, log_dir=b.log_dir,
+                        prefix=b.prefix)
+        b._live.append(first)
+        await first.start()
+        try:
+            cold = await first.wait_healthy(poll=0.005)
+            await first.wait_idle()
+        finally:
+            await b.stop(first)
+        times: list[float] = []
+        cpus: list[float] = []
+        for i in range(s.startup_runs):
+            say(f"scenario 6: start {i + 1}/{s.startup_runs}")
+            svc = Service(f"startup-{i + 1}", database_url=dsn, exchange_url=fake.url, env={}, log_dir=b.log_dir,
+                          prefix=b.prefix)
+            b._live.append(svc)
+            await svc.start()
+            try:
+                times.append(await svc.wait_healthy(poll=0.005))
+                cpus.append(svc.cpu_seconds())
+                await svc.wait_idle()
+            finally:
+                await b.stop(svc)
+    finally:
+        await b.pg.drop(name)
+    mid = median(times)
+    out = Outcome(6, "start-up", raw={
+        "runs_s": times, "median_s": mid, "cpu_at_first_200_s": cpus, "without_bytecode_cache_s": cold,
+    })
+    out.add(f"process start -> /health 200, median of {len(times)}", secs(mid), "<= 1.5 s", at_most(mid, 1.5))
+    out.add("  runs", ", ".join(f"{t:.3f}" for t in times) + " s")
+    out.add("  service CPU until the first 200 (median)", cpu(median(cpus)))
+    out.add("  the same without any bytecode cache (compiling every module)", secs(cold))
+    return out
