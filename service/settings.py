@@ -60,11 +60,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """First backoff in seconds (doubling, with as much jitter, capped at 30 times this)."""
     binance_weight_fallback: PositiveInt = 1200
     """Weight budget used until exchangeInfo has told the real one (Binance's older, lower limit)."""
-    pages_ahead: PositiveInt = 4
+    pages_ahead: PositiveInt = 2
     """Pages of one series fetched ahead of the page being written."""
     db_pool_min: Annotated[int, msgspec.Meta(ge=0)] = 2
-    db_pool_max: Annotated[int, msgspec.Meta(ge=4)] = 10
-    """Pool size; collection uses at most DB_POOL_MAX - 3, the rest stay free for the API."""
+    db_pool_max: Annotated[int, msgspec.Meta(ge=3)] = 10
+    db_write_connections: PositiveInt = 2
+    """Pool connections collection may hold at once; the rest stay free for the API and scheduler.
+
+    Two writers keep PostgreSQL busy; more only add contention on a small machine."""
     symbol_refresh_interval: Annotated[float, msgspec.Meta(ge=60)] = 3600.0
     """Seconds between refreshes of the symbols table (and of the learnt weight limit)."""
     scheduler_enabled: bool = True
@@ -87,6 +90,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
             raise SettingsError(_name_the_variable(str(exc))) from None
+        if settings.db_write_connections > settings.db_pool_max - 2:
+            raise SettingsError(
+                f"DB_WRITE_CONNECTIONS: must leave two of DB_POOL_MAX ({settings.db_pool_max}) free for the API"
+            )
         if settings.database_url is not None:
             settings = msgspec.structs.replace(settings, database_url=normalise_dsn(settings.database_url))
         return settings

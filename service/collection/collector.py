@@ -62,23 +62,28 @@ class ProgressSink(Protocol):
 
 
 class _Progress:
-    """Percent = mean over pairs of the share of their pages written."""
+    """Percent = mean over pairs of the share of their pages written (kept as a running sum)."""
 
     def __init__(self, sink: ProgressSink, pairs: int) -> None:
         self._sink = sink
         self._pairs = pairs
         self._fraction: dict[int, float] = {}
+        self._total = 0.0
         self.pairs_done = 0
 
+    def _set(self, index: int, fraction: float) -> None:
+        self._total += fraction - self._fraction.get(index, 0.0)
+        self._fraction[index] = fraction
+
     def percent(self) -> int:
-        return min(99, int(100 * sum(self._fraction.values()) / max(self._pairs, 1)))
+        return min(99, int(100 * self._total / max(self._pairs, 1)))
 
     async def page_done(self, index: int, done: int, total: int) -> None:
-        self._fraction[index] = done / total
+        self._set(index, done / total)
         await self._sink.report(self.percent(), "")
 
     async def pair_done(self, index: int, pair: Pair, error: str | None) -> None:
-        self._fraction[index] = 1.0
+        self._set(index, 1.0)
         self.pairs_done += 1
         verb = "Failed" if error else "Collected"
         await self._sink.report(

@@ -82,7 +82,7 @@ async def open_runtime(
             )
             collector = Collector(
                 pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
-                max_connections=max(1, settings.db_pool_max - 3),
+                max_connections=settings.db_write_connections,
                 clock=clock,
             )
             jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
