@@ -10,7 +10,7 @@ import click
 import uvicorn
 
 from service.db.embedded import EmbeddedPostgres, start_embedded_postgres
-from service.db.migrate import upgrade
+from service.db.migrate import is_at_head, upgrade
 from service.logging import configure_logging, get_logger
 from service.settings import Settings, SettingsError
 
@@ -52,7 +52,8 @@ def serve() -> None:
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
     with _database(settings) as (dsn, server):
-        upgrade(dsn)
+        if not is_at_head(dsn):
+            upgrade(dsn)
         from service.app import create_app  # imported late: start-up errors above print faster
 
         app = create_app(settings, dsn, on_shutdown=[server.stop] if server is not None else [])
