@@ -120,9 +120,18 @@ class Collector:
 
     async def collect(self, pairs: Sequence[Pair], sink: ProgressSink) -> CollectionResult:
         """Collect every pair; one failing pair does not stop the others."""
+        async with self._connections, self._pool.acquire() as conn:
+            ids = await klines_db.series_ids(conn, self.exchange, [(p.symbol, p.timeframe) for p in pairs])
+            stored = await klines_db.last_open_times(conn, list(ids.values()))
         progress = _Progress(sink, len(pairs))
         results = await asyncio.gather(
-            *(self._collect_pair_safely(i, pair, progress, sink.waiting) for i, pair in enumerate(pairs))
+            *(
+                self._collect_pair_safely(
+                    i, pair, ids[pair.symbol, pair.timeframe], stored[ids[pair.symbol, pair.timeframe]],
+                    progress, sink.waiting,
+                )
+                for i, pair in enumerate(pairs)
+            )
         )
         return CollectionResult(
             exchange=self.exchange,
@@ -133,11 +142,17 @@ class Collector:
         )
 
     async def _collect_pair_safely(
-        self, index: int, pair: Pair, progress: _Progress, on_wait: WaitCallback
+        self,
+        index: int,
+        pair: Pair,
+        series_id: int,
+        stored_until: int | None,
+        progress: _Progress,
+        on_wait: WaitCallback,
     ) -> PairResult:
         result = PairResult(symbol=pair.symbol, timeframe=pair.timeframe)
         try:
-            await self._collect_pair(index, pair, result, progress, on_wait)
+            await self._collect_pair(index, pair, series_id, stored_until, result, progress, on_wait)
         except ExchangeError as exc:
             result.error = str(exc)
         except Exception as exc:  # a bug or a database fault must not sink the other pairs
@@ -149,11 +164,15 @@ class Collector:
         return result
 
     async def _collect_pair(
-        self, index: int, pair: Pair, result: PairResult, progress: _Progress, on_wait: WaitCallback
+        self,
+        index: int,
+        pair: Pair,
+        series_id: int,
+        stored_until: int | None,
+        result: PairResult,
+        progress: _Progress,
+        on_wait: WaitCallback,
     ) -> None:
-        async with self._connections, self._pool.acquire() as conn:
-            series_id = await klines_db.get_or_create_series(conn, self.exchange, pair.symbol, pair.timeframe)
-            stored_until = await klines_db.last_open_time(conn, series_id)
         now_ms = self._now_ms()
         start = resume_start(stored_until, pair.timeframe, now_ms, self._history_candles)
         windows = plan_windows(start, now_ms, pair.timeframe, self._client.max_page)

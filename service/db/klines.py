@@ -22,10 +22,10 @@ from service.exchanges.base import Kline
 __all__ = [
     "encode_copy_rows",
     "fetch_klines",
-    "get_or_create_series",
-    "last_open_time",
+    "last_open_times",
     "latest_prices",
     "series_exists",
+    "series_ids",
     "store_klines",
 ]
 
@@ -66,31 +66,46 @@ def encode_copy_rows(series_id: int, klines: Sequence[Kline], now_ms: int) -> by
     return "".join(lines).encode()
 
 
-async def get_or_create_series(conn: Connection, exchange: str, symbol: str, timeframe: str) -> int:
-    """The id of a series, created on first use."""
-    series_id: int | None = await conn.fetchval(
-        """
-        INSERT INTO series (exchange, symbol, timeframe) VALUES ($1, $2, $3)
-        ON CONFLICT (exchange, symbol, timeframe) DO NOTHING
-        RETURNING id
-        """,
-        exchange, symbol, timeframe,
-    )
-    if series_id is None:
-        series_id = await conn.fetchval(
-            "SELECT id FROM series WHERE exchange = $1 AND symbol = $2 AND timeframe = $3",
-            exchange, symbol, timeframe,
+async def series_ids(
+    conn: Connection, exchange: str, pairs: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """Ids of the (symbol, timeframe) series of an exchange, creating those that are new."""
+    symbols = [symbol for symbol, _ in pairs]
+    timeframes = [timeframe for _, timeframe in pairs]
+    async with conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO series (exchange, symbol, timeframe)
+            SELECT $1, u.symbol, u.timeframe FROM unnest($2::text[], $3::text[]) AS u(symbol, timeframe)
+            ON CONFLICT (exchange, symbol, timeframe) DO NOTHING
+            """,
+            exchange, symbols, timeframes,
         )
-    assert series_id is not None
-    return series_id
+        rows = await conn.fetch(
+            """
+            SELECT s.id, s.symbol, s.timeframe
+              FROM series s
+              JOIN unnest($2::text[], $3::text[]) AS u(symbol, timeframe)
+                ON s.symbol = u.symbol AND s.timeframe = u.timeframe
+             WHERE s.exchange = $1
+            """,
+            exchange, symbols, timeframes,
+        )
+    return {(r["symbol"], r["timeframe"]): r["id"] for r in rows}
 
 
-async def last_open_time(conn: Connection, series_id: int) -> int | None:
-    """Open time (ms) of the newest stored candle of a series."""
-    value: int | None = await conn.fetchval(
-        "SELECT open_time FROM klines WHERE series_id = $1 ORDER BY open_time DESC LIMIT 1", series_id
+async def last_open_times(conn: Connection, ids: Sequence[int]) -> dict[int, int | None]:
+    """Per series, the open time (ms) of its newest stored candle (None if it has none)."""
+    rows = await conn.fetch(
+        """
+        SELECT u.id,
+               (SELECT k.open_time FROM klines k WHERE k.series_id = u.id ORDER BY k.open_time DESC LIMIT 1)
+                   AS last_open_time
+          FROM unnest($1::int[]) AS u(id)
+        """,
+        list(ids),
     )
-    return value
+    return {r["id"]: r["last_open_time"] for r in rows}
 
 
 def _count(status: str) -> int:

@@ -33,8 +33,10 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
     """A page past the last stored candle is inserted; re-reading changes only what changed."""
     page = [candle(i * MINUTE) for i in range(1000)]
     async with pool.acquire() as conn:
-        series = await klines_db.get_or_create_series(conn, "binance", "BTCUSDT", "1m")
-        assert await klines_db.get_or_create_series(conn, "binance", "BTCUSDT", "1m") == series
+        ids = await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m"), ("BTCUSDT", "1h")])
+        series = ids["BTCUSDT", "1m"]
+        assert await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m")]) == {("BTCUSDT", "1m"): series}
+        assert await klines_db.last_open_times(conn, [series]) == {series: None}
         assert await klines_db.store_klines(conn, series, page, stored_until=None, now_ms=10**13) == 1000
         # The last candle again, unchanged, plus two new ones: 2 written.
         again = [page[-1], candle(1000 * MINUTE), candle(1001 * MINUTE)]
@@ -42,7 +44,9 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
         # The last candle corrected: 1 written.
         fixed = [candle(1001 * MINUTE, close="9.00000000")]
         assert await klines_db.store_klines(conn, series, fixed, stored_until=1001 * MINUTE, now_ms=10**13) == 1
-        assert await klines_db.last_open_time(conn, series) == 1001 * MINUTE
+        assert await klines_db.last_open_times(conn, list(ids.values())) == {
+            series: 1001 * MINUTE, ids["BTCUSDT", "1h"]: None,
+        }
     assert await db.fetchval("SELECT count(*) FROM klines") == 1002
     assert await db.fetchval("SELECT close::text FROM klines WHERE open_time = $1", 1001 * MINUTE) == "9.00000000"
 
@@ -52,7 +56,7 @@ async def test_a_stale_view_of_the_series_falls_back_to_the_merge(
 ) -> None:
     """If candles thought fresh are already stored (another writer), the page is merged, not failed."""
     async with pool.acquire() as conn:
-        series = await klines_db.get_or_create_series(conn, "binance", "ETHUSDT", "1m")
+        series = (await klines_db.series_ids(conn, "binance", [("ETHUSDT", "1m")]))["ETHUSDT", "1m"]
         await klines_db.store_klines(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=10**13)
         page = [candle(0, close="3.00000000"), candle(MINUTE), candle(2 * MINUTE)]
         written = await klines_db.store_klines(conn, series, page, stored_until=None, now_ms=10**13)
@@ -66,7 +70,7 @@ async def test_a_stale_view_of_the_series_falls_back_to_the_merge(
 async def test_open_candles_are_marked(pool: asyncpg.Pool, db: asyncpg.Connection[Any]) -> None:
     """A candle whose close_time has not passed is stored with is_closed = false."""
     async with pool.acquire() as conn:
-        series = await klines_db.get_or_create_series(conn, "binance", "XRPETH", "1m")
+        series = (await klines_db.series_ids(conn, "binance", [("XRPETH", "1m")]))["XRPETH", "1m"]
         await klines_db.store_klines(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=MINUTE + 5)
     flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
     assert [r["is_closed"] for r in flags] == [True, False]
