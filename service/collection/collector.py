@@ -19,6 +19,7 @@ from typing import Protocol
 import msgspec
 
 from service.collection.planner import Window, plan_windows, resume_start
+from service.cpu_turns import CpuTurns
 from service.db import klines as klines_db
 from service.db.pool import Pool
 from service.exchanges.base import ExchangeClient, ExchangeError, Kline, WaitCallback
@@ -100,9 +101,11 @@ class Collector:
         history_candles: int,
         pages_ahead: int,
         max_connections: int,
+        cpu: CpuTurns,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
+        self._cpu = cpu
         # Collection may hold at most this many pool connections, so that API requests and the
         # scheduler always find one free while a big backfill writes.
         self._connections = asyncio.Semaphore(max_connections)
@@ -180,10 +183,12 @@ class Collector:
         async with aclosing(self._fetch_in_order(pair, windows, on_wait)) as pages:
             async for page in pages:
                 if page:
-                    async with self._connections, self._pool.acquire() as conn:
-                        result.candles_written += await klines_db.store_klines(
-                            conn, series_id, page, stored_until=stored_until, now_ms=self._now_ms()
+                    async with self._cpu.turn():
+                        encoded = klines_db.encode_page(
+                            series_id, page, stored_until=stored_until, now_ms=self._now_ms()
                         )
+                    async with self._connections, self._pool.acquire() as conn:
+                        result.candles_written += await klines_db.store_page(conn, encoded)
                     last = page[-1].open_time
                     stored_until = last if stored_until is None else max(stored_until, last)
                 done += 1

@@ -15,6 +15,7 @@ from service.collection.collector import Collector
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.scheduler import Scheduler
+from service.cpu_turns import CpuTurns
 from service.db import execution_logs as execution_logs_db
 from service.db.pool import Pool, create_pool
 from service.exchanges.binance import BinanceClient
@@ -62,6 +63,7 @@ async def open_runtime(
             connector=aiohttp.TCPConnector(limit=settings.binance_max_concurrency),
             headers={"User-Agent": "kline-collector"},
         ) as session:
+            cpu = CpuTurns()
             limiter = WeightLimiter(
                 limit=settings.binance_weight_limit or settings.binance_weight_fallback,
                 margin=settings.binance_weight_margin,
@@ -76,6 +78,7 @@ async def open_runtime(
                 retry_attempts=settings.binance_retry_attempts,
                 retry_wait_initial=settings.binance_retry_wait,
                 weight_limit_override=settings.binance_weight_limit,
+                cpu=cpu,
             )
             registry = TaskRegistry(
                 pool, max_concurrent=settings.max_concurrent_tasks, cleanup_delay=settings.task_cleanup_delay
@@ -83,6 +86,7 @@ async def open_runtime(
             collector = Collector(
                 pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
                 max_connections=settings.db_write_connections,
+                cpu=cpu,
                 clock=clock,
             )
             jobs = CollectionJobs(pool, client, registry, collector, clock=clock)

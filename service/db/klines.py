@@ -15,18 +15,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
+import msgspec
 
 from service.db.pool import Connection
 from service.exchanges.base import Kline
 
 __all__ = [
+    "EncodedPage",
     "encode_copy_rows",
+    "encode_page",
     "fetch_klines",
     "last_open_times",
     "latest_prices",
     "series_exists",
     "series_ids",
-    "store_klines",
+    "store_page",
 ]
 
 _COLUMNS = (
@@ -127,42 +130,49 @@ async def _upsert(conn: Connection, rows: bytes) -> int:
     return _count(await conn.execute(_UPSERT_FROM_STAGING))
 
 
-async def store_klines(
-    conn: Connection,
-    series_id: int,
-    klines: Sequence[Kline],
-    *,
-    stored_until: int | None,
-    now_ms: int,
-) -> int:
-    """Write one page of candles; returns how many rows were inserted or changed.
+class EncodedPage(msgspec.Struct, frozen=True):
+    """One page of one series as COPY rows, split where the stored series ends."""
+
+    overlap: bytes
+    """Candles at or before the newest stored one: merged through the staging table."""
+    fresh: bytes
+    """Candles after it: copied straight into klines."""
+
+
+def encode_page(series_id: int, klines: Sequence[Kline], *, stored_until: int | None, now_ms: int) -> EncodedPage:
+    """The CPU half of a write (no I/O), so the caller can pace it against the event loop.
 
     `stored_until` is the open_time of the newest candle already stored for the series (None if
-    none): candles after it take the direct COPY.
+    none).
     """
-    if not klines:
-        return 0
     split = 0
     if stored_until is not None:
         while split < len(klines) and klines[split].open_time <= stored_until:
             split += 1
-    overlap, fresh = klines[:split], klines[split:]
+    return EncodedPage(
+        overlap=encode_copy_rows(series_id, klines[:split], now_ms),
+        fresh=encode_copy_rows(series_id, klines[split:], now_ms),
+    )
+
+
+async def store_page(conn: Connection, page: EncodedPage) -> int:
+    """Write one encoded page; returns how many rows were inserted or changed."""
     try:
-        if not overlap:
+        if not page.overlap:
+            if not page.fresh:
+                return 0
             # One COPY is atomic on its own: no transaction around it (two round trips fewer).
-            return await _copy(conn, "klines", encode_copy_rows(series_id, fresh, now_ms))
+            return await _copy(conn, "klines", page.fresh)
         async with conn.transaction():
-            written = 0
-            if overlap:
-                written += await _upsert(conn, encode_copy_rows(series_id, overlap, now_ms))
-            if fresh:
-                written += await _copy(conn, "klines", encode_copy_rows(series_id, fresh, now_ms))
+            written = await _upsert(conn, page.overlap)
+            if page.fresh:
+                written += await _copy(conn, "klines", page.fresh)
             return written
     except asyncpg.UniqueViolationError:
-        # Someone stored some of these candles after `stored_until` was read: the page's
-        # transaction rolled back whole, so merge the whole page instead.
+        # Someone stored some of these candles after the page was split: its transaction rolled
+        # back whole, so merge the whole page instead.
         async with conn.transaction():
-            return await _upsert(conn, encode_copy_rows(series_id, klines, now_ms))
+            return await _upsert(conn, page.overlap + page.fresh)
 
 
 async def fetch_klines(

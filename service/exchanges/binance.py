@@ -16,6 +16,7 @@ import aiohttp
 import msgspec
 import stamina
 
+from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
     ExchangeError,
     InvalidRequestError,
@@ -89,9 +90,11 @@ class BinanceClient:
         timeout: float,
         retry_attempts: int,
         retry_wait_initial: float,
+        cpu: CpuTurns,
         weight_limit_override: int | None = None,
     ) -> None:
         self._session = session
+        self._cpu = cpu
         self._limiter = limiter
         self._base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -186,7 +189,9 @@ class BinanceClient:
             wait_jitter=self._retry_wait_initial,
         ):
             with attempt:
-                return parse(await self._get_once(path, params, weight, on_wait))
+                body = await self._get_once(path, params, weight, on_wait)
+                async with self._cpu.turn():
+                    return parse(body)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
     async def _get_once(self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None) -> bytes:

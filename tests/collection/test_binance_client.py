@@ -5,6 +5,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
+from service.cpu_turns import CpuTurns
 from service.exchanges.base import InvalidRequestError
 from service.exchanges.binance import BinanceClient
 from service.exchanges.limiter import WeightLimiter
@@ -16,7 +17,7 @@ async def client(fake: FakeBinance) -> BinanceClient:
     session = aiohttp.ClientSession()
     limiter = WeightLimiter(limit=1200, margin=0.03, max_concurrency=4)
     yield BinanceClient(  # type: ignore[misc]
-        session, limiter, base_url=fake.url, timeout=2, retry_attempts=3, retry_wait_initial=0.01
+        session, limiter, base_url=fake.url, timeout=2, retry_attempts=3, retry_wait_initial=0.01, cpu=CpuTurns()
     )
     await session.close()
 

@@ -14,6 +14,11 @@ from service.exchanges.base import Kline
 MINUTE = 60_000
 
 
+async def store(conn: Any, series_id: int, klines: list[Kline], *, stored_until: int | None, now_ms: int) -> int:
+    page = klines_db.encode_page(series_id, klines, stored_until=stored_until, now_ms=now_ms)
+    return await klines_db.store_page(conn, page)
+
+
 def candle(open_time: int, close: str = "1.50000000") -> Kline:
     return Kline(
         open_time=open_time, open="1.00000000", high="2.00000000", low="0.50000000", close=close,
@@ -37,13 +42,13 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
         series = ids["BTCUSDT", "1m"]
         assert await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m")]) == {("BTCUSDT", "1m"): series}
         assert await klines_db.last_open_times(conn, [series]) == {series: None}
-        assert await klines_db.store_klines(conn, series, page, stored_until=None, now_ms=10**13) == 1000
+        assert await store(conn, series, page, stored_until=None, now_ms=10**13) == 1000
         # The last candle again, unchanged, plus two new ones: 2 written.
         again = [page[-1], candle(1000 * MINUTE), candle(1001 * MINUTE)]
-        assert await klines_db.store_klines(conn, series, again, stored_until=999 * MINUTE, now_ms=10**13) == 2
+        assert await store(conn, series, again, stored_until=999 * MINUTE, now_ms=10**13) == 2
         # The last candle corrected: 1 written.
         fixed = [candle(1001 * MINUTE, close="9.00000000")]
-        assert await klines_db.store_klines(conn, series, fixed, stored_until=1001 * MINUTE, now_ms=10**13) == 1
+        assert await store(conn, series, fixed, stored_until=1001 * MINUTE, now_ms=10**13) == 1
         assert await klines_db.last_open_times(conn, list(ids.values())) == {
             series: 1001 * MINUTE, ids["BTCUSDT", "1h"]: None,
         }
@@ -57,9 +62,9 @@ async def test_a_stale_view_of_the_series_falls_back_to_the_merge(
     """If candles thought fresh are already stored (another writer), the page is merged, not failed."""
     async with pool.acquire() as conn:
         series = (await klines_db.series_ids(conn, "binance", [("ETHUSDT", "1m")]))["ETHUSDT", "1m"]
-        await klines_db.store_klines(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=10**13)
+        await store(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=10**13)
         page = [candle(0, close="3.00000000"), candle(MINUTE), candle(2 * MINUTE)]
-        written = await klines_db.store_klines(conn, series, page, stored_until=None, now_ms=10**13)
+        written = await store(conn, series, page, stored_until=None, now_ms=10**13)
     assert written == 2  # the changed candle and the new one
     rows = await db.fetch("SELECT open_time, close::text FROM klines ORDER BY open_time")
     assert [(r["open_time"], r["close"]) for r in rows] == [
@@ -71,6 +76,6 @@ async def test_open_candles_are_marked(pool: asyncpg.Pool, db: asyncpg.Connectio
     """A candle whose close_time has not passed is stored with is_closed = false."""
     async with pool.acquire() as conn:
         series = (await klines_db.series_ids(conn, "binance", [("XRPETH", "1m")]))["XRPETH", "1m"]
-        await klines_db.store_klines(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=MINUTE + 5)
+        await store(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=MINUTE + 5)
     flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
     assert [r["is_closed"] for r in flags] == [True, False]
