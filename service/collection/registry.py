@@ -230,9 +230,6 @@ class TaskRegistry:
             counts = await tasks_db.count_by_status(conn)
         return {status: counts.get(status, 0) for status in ("pending", "running", "completed", "failed", "cancelled")}
 
-    def active_in_process(self) -> builtins.list[TaskView]:
-        return [e.handle.view for e in self._entries.values() if e.handle.view.status in ACTIVE]
-
     async def cancel(self, task_id: uuid.UUID, reason: str = "cancelled by request") -> TaskView:
         """Stop a pending or running task promptly; ConflictError if it has already ended."""
         entry = self._entries.get(task_id)

@@ -23,7 +23,7 @@ from service.collection.registry import TaskView
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
 from service.db import tasks as tasks_db
-from service.db.pool import Pool
+from service.db.pool import Connection, Pool
 from service.errors import ConflictError, NotFoundError
 from service.logging import get_logger
 from service.settings import Settings
@@ -177,21 +177,22 @@ class Scheduler:
     async def apply_retention(self, now: datetime) -> tuple[int, int]:
         """Delete execution logs and finished tasks older than LOG_RETENTION_DAYS, in bounded batches."""
         cutoff = now - timedelta(days=self._settings.log_retention_days)
-        logs = tasks = 0
-        while True:
-            async with self._pool.acquire() as conn:
-                deleted = await logs_db.delete_logs_before(conn, cutoff, RETENTION_BATCH)
-            logs += deleted
-            if deleted < RETENTION_BATCH:
-                break
-        while True:
-            async with self._pool.acquire() as conn:
-                deleted = await tasks_db.delete_finished_before(conn, cutoff, RETENTION_BATCH)
-            tasks += deleted
-            if deleted < RETENTION_BATCH:
-                break
+        logs = await self._delete_in_batches(logs_db.delete_logs_before, cutoff)
+        tasks = await self._delete_in_batches(tasks_db.delete_finished_before, cutoff)
         log.info("retention_applied", cutoff=cutoff.isoformat(), logs_deleted=logs, tasks_deleted=tasks)
         return logs, tasks
+
+    async def _delete_in_batches(
+        self, delete: Callable[[Connection, datetime, int], Awaitable[int]], cutoff: datetime
+    ) -> int:
+        """One short transaction per batch, so retention never holds long locks."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                deleted = await delete(conn, cutoff, RETENTION_BATCH)
+            total += deleted
+            if deleted < RETENTION_BATCH:
+                return total
 
     def _seconds_to_next(self) -> float:
         now = self.now()
