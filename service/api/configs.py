@@ -98,13 +98,6 @@ def _not_found(config_id: int) -> NotFoundError:
     return NotFoundError(f"no collection config with id {config_id}")
 
 
-def _check_exchange(runtime: Runtime, exchange: str) -> None:
-    if exchange != runtime.jobs.exchange:
-        raise InvalidInputError(
-            f"unknown exchange {exchange!r}; supported: {runtime.jobs.exchange}", supported=[runtime.jobs.exchange]
-        )
-
-
 def _check_interval(runtime: Runtime, minutes: int) -> None:
     minimum = runtime.settings.min_interval_minutes
     if minutes < minimum:
@@ -157,7 +150,7 @@ class ConfigsController(Controller):
         summary="Add a symbol to collect on an interval; it is scheduled at once (first run promptly)",
     )
     async def create_config(self, data: JSONBody[CreateConfig], runtime: RuntimeDep) -> Config:
-        _check_exchange(runtime, data.exchange)
+        runtime.jobs.check_exchange(data.exchange)
         timeframes = validate_timeframes(data.timeframes)
         _check_interval(runtime, data.interval_minutes)
         symbol = await _resolve_symbol(runtime, data.symbol)
@@ -200,7 +193,7 @@ class ConfigsController(Controller):
             raise _not_found(config_id)
         changes: dict[str, object] = {}
         if data.exchange is not UNSET:
-            _check_exchange(runtime, data.exchange)
+            runtime.jobs.check_exchange(data.exchange)
             changes["exchange"] = data.exchange
         if data.timeframes is not UNSET:
             changes["timeframes"] = validate_timeframes(data.timeframes)

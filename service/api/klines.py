@@ -57,8 +57,7 @@ class KlinesController(Controller):
         end: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
     ) -> Candles:
-        if exchange != jobs.exchange:
-            raise InvalidInputError(f"unknown exchange {exchange!r}; supported: {jobs.exchange}")
+        jobs.check_exchange(exchange)
         validate_timeframes([timeframe])
         start_ms = None if start is None else datetime_to_ms(start)
         end_ms = None if end is None else datetime_to_ms(end)

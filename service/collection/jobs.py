@@ -134,6 +134,13 @@ class CollectionJobs:
     def exchange(self) -> str:
         return self._client.name
 
+    def check_exchange(self, exchange: str) -> None:
+        """InvalidInputError unless `exchange` is the one this service collects from."""
+        if exchange != self.exchange:
+            raise InvalidInputError(
+                f"unknown exchange {exchange!r}; supported: {self.exchange}", supported=[self.exchange]
+            )
+
     async def refresh_symbols(self) -> int:
         """Reload the exchange's listing (and its weight limit) into the symbols table."""
         symbols = await self._client.fetch_symbols()
