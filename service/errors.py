@@ -6,6 +6,7 @@ from typing import Any
 
 __all__ = [
     "ConflictError",
+    "DatabaseUnavailableError",
     "DomainError",
     "InvalidInputError",
     "NotFoundError",
@@ -36,3 +37,7 @@ class ConflictError(DomainError):
 
 class ServiceUnavailableError(DomainError):
     """A dependency (database, exchange) cannot answer right now."""
+
+
+class DatabaseUnavailableError(ServiceUnavailableError):
+    """The database cannot be reached, or dropped the connection in the middle of the work."""

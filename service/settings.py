@@ -68,6 +68,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Pool connections collection may hold at once; the rest stay free for the API and scheduler.
 
     Two writers keep PostgreSQL busy; more only add contention on a small machine."""
+    db_retry_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+    """Seconds a candle page keeps being retried on fresh connections while the database is away.
+
+    A restart or a terminated connection costs a pause, not a failed series; past this the series
+    fails and the next run resumes it."""
     symbol_refresh_interval: Annotated[float, msgspec.Meta(ge=60)] = 3600.0
     """Seconds between refreshes of the symbols table (and of the learnt weight limit)."""
     scheduler_enabled: bool = True

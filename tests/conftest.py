@@ -58,6 +58,12 @@ async def template_dsn(pg_dsn: str) -> str:
     finally:
         await conn.close()
     dsn = with_database(pg_dsn, TEMPLATE_DB)
+    await migrate(dsn)
+    return dsn
+
+
+async def migrate(dsn: str) -> None:
+    """Migrate a database through the real CLI (`python -m service migrate`)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "service", "migrate",
         env={**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "console"},
@@ -65,7 +71,6 @@ async def template_dsn(pg_dsn: str) -> str:
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode()
-    return dsn
 
 
 @pytest.fixture

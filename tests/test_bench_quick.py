@@ -20,6 +20,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "4": ("weight_limit_learnt", "share_first_partial_minute", "status_429", "service_cpu_s", "fake_cpu_s"),
     "5": ("single", "double", "peak_growth"),
     "6": ("runs_s", "median_s"),
+    "7": ("routes", "requests", "status_5xx", "backfill_candles"),
 }
 
 
@@ -53,6 +54,8 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     for path, probe in scenarios["3"]["figures"]["probe"].items():
         assert probe["requests"] > 0 and probe["p99_ms"] is not None, (path, probe)
     assert scenarios["4"]["figures"]["status_429"] == 0
+    for route, readers in scenarios["7"]["figures"]["routes"].items():
+        assert readers["requests"] > 0 and readers["p99_ms"] is not None, (route, readers)
     for run in scenarios["1"]["figures"]["runs"]:
         assert run["service_cpu_s"] > 0 and run["fake_cpu_s"] > 0, run
     assert "ratio / verdict" in text, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -198,10 +199,18 @@ class DataCollectorController(Controller):
 
     @get("/status", operation_id="collectorStatus", summary="Collector, scheduler and rate-limiter state")
     async def status(self, runtime: RuntimeDep) -> ServiceStatus:
-        active = await runtime.registry.list(active_only=True, limit=1000)
-        async with runtime.pool.acquire() as conn:
-            symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
-            enabled = await configs_db.list_configs(conn, enabled=True, exchange=None, skip=0, limit=10_000)
+        async def symbols_and_configs() -> tuple[list[str], list[Any]]:
+            async with runtime.pool.acquire() as conn:
+                symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
+                enabled = await configs_db.list_configs(conn, enabled=True, exchange=None, skip=0, limit=10_000)
+            return symbols, enabled
+
+        # Two independent reads, each on its own pool connection: when the pool is busy, wait for
+        # both connections side by side rather than one after the other. (gather, not a TaskGroup:
+        # a driver error must reach the error handlers as itself, not inside an ExceptionGroup.)
+        active, (symbols, enabled) = await asyncio.gather(
+            runtime.registry.list(active_only=True, limit=1000), symbols_and_configs()
+        )
         limiter = runtime.client.limiter.state
         scheduler = runtime.scheduler.state
         collecting = any(v.task_type != SYMBOL_REFRESH for v in active)

@@ -8,9 +8,10 @@ from litestar.di import NamedDependency, Provide
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.runtime import Runtime
+from service.db.health import HealthProbe
 from service.db.pool import Pool
 
-__all__ = ["JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies"]
+__all__ = ["HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies"]
 
 
 def _runtime(state: State) -> Runtime:
@@ -34,11 +35,16 @@ async def provide_runtime(state: State) -> Runtime:
     return _runtime(state)
 
 
+async def provide_health_probe(state: State) -> HealthProbe:
+    return _runtime(state).health
+
+
 dependencies = {
     "pool": Provide(provide_pool),
     "registry": Provide(provide_registry),
     "jobs": Provide(provide_jobs),
     "runtime": Provide(provide_runtime),
+    "health_probe": Provide(provide_health_probe),
 }
 
 # Handler parameter types: the parameter's name picks the provider above.
@@ -46,3 +52,4 @@ PoolDep = NamedDependency[Pool]
 RegistryDep = NamedDependency[TaskRegistry]
 JobsDep = NamedDependency[CollectionJobs]
 RuntimeDep = NamedDependency[Runtime]
+HealthProbeDep = NamedDependency[HealthProbe]

@@ -13,7 +13,7 @@ from service.api.schemas import ErrorBody
 from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from service.logging import get_logger
 
-__all__ = ["exception_handlers"]
+__all__ = ["RETRY_AFTER", "exception_handlers"]
 
 log = get_logger(__name__)
 
@@ -25,12 +25,18 @@ _STATUS: dict[type[DomainError], int] = {
 }
 
 
+#: Seconds a client is asked to wait before trying again after a 503 (the database restarting,
+#: a connection being replaced); clients and probes that honour it back off instead of hammering.
+RETRY_AFTER = "5"
+
+
 def _response(status: int, detail: str, extra: object = None) -> Response[ErrorBody]:
     # Always JSON, also on routes that answer text/csv.
     return Response(
         ErrorBody(status_code=status, detail=detail, extra=extra),  # type: ignore[arg-type]
         status_code=status,
         media_type=MediaType.JSON,
+        headers={"Retry-After": RETRY_AFTER} if status == 503 else None,
     )
 
 

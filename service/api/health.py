@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import asyncpg
 from litestar import Controller, Response, get
 
-from service.api.deps import PoolDep
+from service.api.deps import HealthProbeDep
+from service.api.errors import RETRY_AFTER
 from service.api.schemas import Schema
+from service.errors import ServiceUnavailableError
 
 __all__ = ["HealthController"]
 
@@ -23,11 +22,14 @@ class HealthController(Controller):
     tags = ["health"]
 
     @get(operation_id="health", summary="Liveness and database reachability")
-    async def health(self, pool: PoolDep) -> Response[Health]:
+    async def health(self, health_probe: HealthProbeDep) -> Response[Health]:
+        # The probe has its own connection: a busy pool never turns into a 503 here.
         try:
-            async with asyncio.timeout(2):
-                async with pool.acquire() as conn:
-                    await conn.fetchval("SELECT 1")
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            return Response(Health(status="unavailable", database=f"error: {exc.__class__.__name__}"), status_code=503)
+            await health_probe.ping()
+        except ServiceUnavailableError as exc:
+            return Response(
+                Health(status="unavailable", database=f"error: {exc.extra.get('error', 'unknown')}"),
+                status_code=503,
+                headers={"Retry-After": RETRY_AFTER},
+            )
         return Response(Health(status="ok", database="ok"), status_code=200)

@@ -21,8 +21,8 @@ import msgspec
 from service.collection.planner import Window, plan_windows, resume_start
 from service.cpu_turns import CpuTurns
 from service.db import klines as klines_db
-from service.db.pool import Pool
-from service.exchanges.base import ExchangeClient, ExchangeError, Kline, WaitCallback
+from service.db.pool import Connection, Pool, retrying
+from service.exchanges.base import ExchangeClient, ExchangeError, KlinePage, WaitCallback
 from service.logging import get_logger
 
 __all__ = ["CollectionResult", "Collector", "Pair", "PairResult", "ProgressSink"]
@@ -102,6 +102,7 @@ class Collector:
         pages_ahead: int,
         max_connections: int,
         cpu: CpuTurns,
+        db_retry_seconds: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._pool = pool
@@ -113,6 +114,8 @@ class Collector:
         self._history_candles = history_candles
         self._pages_ahead = pages_ahead
         self._clock = clock
+        # How long a page write keeps retrying on fresh connections before its series fails.
+        self._db_retry_seconds = db_retry_seconds
 
     @property
     def exchange(self) -> str:
@@ -122,26 +125,36 @@ class Collector:
         return int(self._clock() * 1000)
 
     async def collect(self, pairs: Sequence[Pair], sink: ProgressSink) -> CollectionResult:
-        """Collect every pair; one failing pair does not stop the others."""
-        async with self._connections, self._pool.acquire() as conn:
-            ids = await klines_db.series_ids(conn, self.exchange, [(p.symbol, p.timeframe) for p in pairs])
-            stored = await klines_db.last_open_times(conn, list(ids.values()))
+        """Collect every pair; one failing pair does not stop the others.
+
+        The pairs run in one task group: if the run itself fails or is cancelled, every pair is
+        stopped before this returns, so no series is still being written once the task has ended.
+        """
+        keys = [(p.symbol, p.timeframe) for p in pairs]
+
+        async def find_series(conn: Connection) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd]]:
+            ids = await klines_db.series_ids(conn, self.exchange, keys)
+            return ids, await klines_db.stored_ends(conn, list(ids.values()))
+
+        async with self._connections:
+            ids, ends = await retrying(self._pool, find_series, give_up_after=self._db_retry_seconds)
         progress = _Progress(sink, len(pairs))
-        results = await asyncio.gather(
-            *(
-                self._collect_pair_safely(
-                    i, pair, ids[pair.symbol, pair.timeframe], stored[ids[pair.symbol, pair.timeframe]],
-                    progress, sink.waiting,
+        async with asyncio.TaskGroup() as group:
+            runs = [
+                group.create_task(
+                    self._collect_pair_safely(i, pair, ids[pair.symbol, pair.timeframe],
+                                              ends[ids[pair.symbol, pair.timeframe]], progress, sink.waiting),
+                    name=f"collect:{pair.symbol}:{pair.timeframe}",
                 )
                 for i, pair in enumerate(pairs)
-            )
-        )
+            ]
+        results = [run.result() for run in runs]
         return CollectionResult(
             exchange=self.exchange,
             candles_written=sum(r.candles_written for r in results),
             pairs_total=len(results),
             pairs_failed=sum(1 for r in results if r.error is not None),
-            pairs=list(results),
+            pairs=results,
         )
 
     async def _collect_pair_safely(
@@ -149,13 +162,13 @@ class Collector:
         index: int,
         pair: Pair,
         series_id: int,
-        stored_until: int | None,
+        stored: klines_db.StoredEnd,
         progress: _Progress,
         on_wait: WaitCallback,
     ) -> PairResult:
         result = PairResult(symbol=pair.symbol, timeframe=pair.timeframe)
         try:
-            await self._collect_pair(index, pair, series_id, stored_until, result, progress, on_wait)
+            await self._collect_pair(index, pair, series_id, stored, result, progress, on_wait)
         except ExchangeError as exc:
             result.error = str(exc)
         except Exception as exc:  # a bug or a database fault must not sink the other pairs
@@ -171,35 +184,42 @@ class Collector:
         index: int,
         pair: Pair,
         series_id: int,
-        stored_until: int | None,
+        stored: klines_db.StoredEnd,
         result: PairResult,
         progress: _Progress,
         on_wait: WaitCallback,
     ) -> None:
         now_ms = self._now_ms()
-        start = resume_start(stored_until, pair.timeframe, now_ms, self._history_candles)
+        start = resume_start(stored.resume_at, pair.timeframe, now_ms, self._history_candles)
         windows = plan_windows(start, now_ms, pair.timeframe, self._client.max_page)
+        stored_until = stored.newest
         done = 0
-        async with aclosing(self._fetch_in_order(pair, windows, on_wait)) as pages:
-            async for page in pages:
-                if page:
+        async with aclosing(self._fetch_in_order(pair, windows, on_wait)) as fetched:
+            async for pages in fetched:
+                if any(page.klines for page in pages):
                     async with self._cpu.turn():
-                        encoded = klines_db.encode_page(
-                            series_id, page, stored_until=stored_until, now_ms=self._now_ms()
-                        )
-                    async with self._connections, self._pool.acquire() as conn:
-                        result.candles_written += await klines_db.store_page(conn, encoded)
-                    last = page[-1].open_time
+                        encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
+                    result.candles_written += await self._store(encoded)
+                    last = max(page.klines[-1].open_time for page in pages if page.klines)
                     stored_until = last if stored_until is None else max(stored_until, last)
                 done += 1
                 await progress.page_done(index, done, len(windows))
         log.info("pair_collected", symbol=pair.symbol, timeframe=pair.timeframe, written=result.candles_written)
 
+    async def _store(self, page: klines_db.EncodedPage) -> int:
+        """Write one page; a lost connection is retried on a fresh one (a page is one transaction)."""
+
+        async def write(conn: Connection) -> int:
+            return await klines_db.store_page(conn, page)
+
+        async with self._connections:
+            return await retrying(self._pool, write, give_up_after=self._db_retry_seconds)
+
     async def _fetch_in_order(
         self, pair: Pair, windows: list[Window], on_wait: WaitCallback
-    ) -> AsyncGenerator[list[Kline], None]:
+    ) -> AsyncGenerator[list[KlinePage], None]:
         """Fetch up to `pages_ahead` windows concurrently; yield them in window order."""
-        in_flight: deque[asyncio.Task[list[Kline]]] = deque()
+        in_flight: deque[asyncio.Task[list[KlinePage]]] = deque()
         try:
             for window in windows:
                 in_flight.append(asyncio.create_task(self._fetch_window(pair, window, on_wait)))
@@ -212,21 +232,27 @@ class Collector:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _fetch_window(self, pair: Pair, window: Window, on_wait: WaitCallback) -> list[Kline]:
-        """All candles of one window.
+    async def _fetch_window(self, pair: Pair, window: Window, on_wait: WaitCallback) -> list[KlinePage]:
+        """All answers for one window, oldest first, without repeated candles.
 
-        A bounded window holds at most one page of candle slots, so one request covers it; the
+        A bounded window holds at most one page of candle slots, so one request covers it. The
         open-ended last window pages on while the exchange returns full pages (its clock may be
-        ahead of ours).
+        ahead of ours); a page ending in a candle that was still open is continued from that
+        candle, so the later answer (which may have seen it close) replaces it.
         """
         page_size = self._client.max_page
-        rows: list[Kline] = []
+        pages: list[KlinePage] = []
         start = window.start_ms
         while True:
             page = await self._client.fetch_klines(
                 pair.symbol, pair.timeframe, start_ms=start, end_ms=window.end_ms, limit=page_size, on_wait=on_wait
             )
-            rows.extend(page)
-            if len(page) < page_size or window.end_ms is not None:
-                return rows
-            start = page[-1].open_time + 1
+            if pages and page.klines and pages[-1].klines[-1].open_time == page.klines[0].open_time:
+                previous = pages.pop()
+                pages.append(KlinePage(klines=previous.klines[:-1], as_of_ms=previous.as_of_ms))
+            pages.append(page)
+            if len(page.klines) < page_size or window.end_ms is not None:
+                return pages
+            last = page.klines[-1]
+            still_open = last.close_time >= page.as_of_ms and last.open_time > start
+            start = last.open_time if still_open else last.open_time + 1

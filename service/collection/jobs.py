@@ -15,8 +15,8 @@ from service.collection.collector import CollectionResult, Collector, Pair, Pair
 from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
 from service.db import execution_logs as logs_db
 from service.db import symbols as symbols_db
-from service.db.pool import Pool
-from service.errors import InvalidInputError
+from service.db.pool import Connection, Pool, retrying
+from service.errors import DatabaseUnavailableError, InvalidInputError
 from service.exchanges.base import ExchangeClient, ExchangeError
 from service.logging import get_logger
 from service.settings import TIMEFRAMES
@@ -40,6 +40,9 @@ SCHEDULED_DATA_COLLECTION = "scheduled_data_collection"
 SYMBOL_REFRESH = "symbol_refresh"
 # Job name of the execution logs of collections started by hand through /data-collector/start.
 MANUAL_JOB_NAME = "manual_data_collection"
+# How long opening a run's log rows, or closing them after a failure or cancel, waits for a lost
+# database; past it the run fails (opening) or the next start closes them as Interrupted (closing).
+_LOG_RETRY_SECONDS = 30.0
 
 
 class ConfigRun(msgspec.Struct, frozen=True):
@@ -77,17 +80,21 @@ def validate_timeframes(timeframes: Sequence[str]) -> list[str]:
 
 
 def collection_outcome(result: CollectionResult) -> TaskOutcome:
-    """Completed if any pair worked (failures listed in the result); failed if every pair failed."""
+    """Completed only if every series was collected; otherwise failed, with each series' fate in the result.
+
+    A series that could not be completed is never reported as a success: the candles of the
+    series that did complete are kept (see result.pairs), and the next run resumes the others.
+    """
     builtins: dict[str, Any] = msgspec.to_builtins(result)
-    if result.pairs_total and result.pairs_failed == result.pairs_total:
+    if result.pairs_failed:
         first = next(p.error for p in result.pairs if p.error)
+        failed = f"{result.pairs_failed} of {result.pairs_total} series failed"
         return TaskOutcome(
-            status="failed", message=f"Failed: all {result.pairs_total} series failed",
-            result=builtins, error=f"all {result.pairs_total} series failed; first error: {first}",
+            status="failed",
+            message=f"Failed: {failed}; {result.candles_written} candles written (see result)",
+            result=builtins, error=f"{failed}; first error: {first}",
         )
     message = f"Completed: {result.candles_written} candles written for {result.pairs_total} series"
-    if result.pairs_failed:
-        message += f"; {result.pairs_failed} series failed (see result)"
     return TaskOutcome(status="completed", message=message, result=builtins)
 
 
@@ -211,14 +218,20 @@ class CollectionJobs:
 
         async def body(handle: TaskHandle) -> TaskOutcome:
             frames_of = {s: [p.timeframe for p in pairs if p.symbol == s] for s in job_names}
-            log_ids: dict[str, int] = {}
-            async with self._pool.acquire() as conn:
-                for symbol, job_name in job_names.items():
-                    log_ids[symbol] = await logs_db.start_log(
-                        conn, job_name=job_name, job_type=job_type, symbol=symbol, exchange=self.exchange,
-                        timeframe=None, metadata={"timeframes": frames_of[symbol]}, task_id=handle.task_id,
-                        started_at=self._now(),
-                    )
+            started_at = self._now()
+
+            async def open_logs(conn: Connection) -> dict[str, int]:
+                async with conn.transaction():  # all rows or none, so a retry cannot double them
+                    return {
+                        symbol: await logs_db.start_log(
+                            conn, job_name=job_name, job_type=job_type, symbol=symbol, exchange=self.exchange,
+                            timeframe=None, metadata={"timeframes": frames_of[symbol]}, task_id=handle.task_id,
+                            started_at=started_at,
+                        )
+                        for symbol, job_name in job_names.items()
+                    }
+
+            log_ids = await retrying(self._pool, open_logs, give_up_after=_LOG_RETRY_SECONDS)
             try:
                 result = await self._collector.collect(pairs, handle)
             except BaseException as exc:
@@ -228,10 +241,15 @@ class CollectionJobs:
                     "the task was cancelled" if cancelled else str(exc),
                 )
                 raise
-            async with self._pool.acquire() as conn:
+            finished_at = self._now()
+
+            async def close_logs(conn: Connection) -> None:
                 for symbol, log_id in log_ids.items():
                     outcome = _symbol_log([p for p in result.pairs if p.symbol == symbol], frames_of[symbol])
-                    await logs_db.finish_log(conn, log_id, finished_at=self._now(), **outcome)
+                    await logs_db.finish_log(conn, log_id, finished_at=finished_at, **outcome)
+
+            # The candles are stored: a database away at this moment delays the record, never fails the run.
+            await retrying(self._pool, close_logs, give_up_after=None)
             return collection_outcome(result)
 
         return body
@@ -239,14 +257,18 @@ class CollectionJobs:
     async def _close_logs_on_error(
         self, log_ids: dict[str, int], frames_of: dict[str, list[str]], error_type: str, message: str
     ) -> None:
+        finished_at = self._now()
+
+        async def close_logs(conn: Connection) -> None:
+            for symbol, log_id in log_ids.items():
+                await logs_db.finish_log(
+                    conn, log_id, status="failed", records_collected=0, error_message=message[:1000],
+                    error_type=error_type, metadata={"timeframes": frames_of[symbol]}, finished_at=finished_at,
+                )
+
         try:
-            async with self._pool.acquire() as conn:
-                for symbol, log_id in log_ids.items():
-                    await logs_db.finish_log(
-                        conn, log_id, status="failed", records_collected=0, error_message=message[:1000],
-                        error_type=error_type, metadata={"timeframes": frames_of[symbol]}, finished_at=self._now(),
-                    )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await retrying(self._pool, close_logs, give_up_after=_LOG_RETRY_SECONDS)
+        except DatabaseUnavailableError:
             log.exception("execution_log_not_closed")  # closed as Interrupted at the next start
 
     async def start_symbol_refresh(self) -> TaskView:
@@ -270,7 +292,7 @@ class CollectionJobs:
                 raise
             async with self._pool.acquire() as conn:
                 await logs_db.finish_log(
-                    conn, log_id, status="success", records_collected=count, error_message=None,
+                    conn, log_id, status="success", records_collected=0, error_message=None,
                     error_type=None, metadata={"symbols": count}, finished_at=self._now(),
                 )
             return TaskOutcome(

@@ -39,23 +39,30 @@ def interval_ms(timeframe: str) -> int:
 
 
 def history_start(timeframe: str, now_ms: int, candles: int) -> int:
-    """Open time of the candle `candles - 1` periods before the current one, so `candles` are fetched."""
+    """Open time of the candle `candles - 1` periods before the current one, so `candles` are fetched.
+
+    Never before 1970: the exchange refuses negative times, and a deeper history than the series
+    has simply starts at its first candle (asked from 0, Binance answers from the listing on).
+    """
     if timeframe == "1M":
         now = datetime.fromtimestamp(now_ms / 1000, UTC)
         months = now.year * 12 + (now.month - 1) - (candles - 1)
+        if months < 1970 * 12:
+            return 0
         year, month = divmod(months, 12)
         return calendar.timegm((year, month + 1, 1, 0, 0, 0)) * 1000
     step = _FIXED_MS[timeframe]
     # Binance aligns weeks on Monday; the epoch was a Thursday.
     offset = 4 * _DAY if timeframe == "1w" else 0
     current_open = (now_ms - offset) // step * step + offset
-    return current_open - (candles - 1) * step
+    return max(current_open - (candles - 1) * step, 0)
 
 
-def resume_start(last_open_ms: int | None, timeframe: str, now_ms: int, history_candles: int) -> int:
-    """Where a run starts: the last stored candle again (it may have been open), else history."""
-    if last_open_ms is not None:
-        return last_open_ms
+def resume_start(resume_at_ms: int | None, timeframe: str, now_ms: int, history_candles: int) -> int:
+    """Where a run starts: the oldest candle stored as open, else the newest stored one (both are
+    read again: they may have changed), else `history_candles` back."""
+    if resume_at_ms is not None:
+        return resume_at_ms
     return history_start(timeframe, now_ms, history_candles)
 
 

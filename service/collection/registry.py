@@ -20,8 +20,8 @@ import msgspec
 import structlog
 
 from service.db import tasks as tasks_db
-from service.db.pool import Pool
-from service.errors import ConflictError, NotFoundError
+from service.db.pool import Connection, Pool, connection, retrying
+from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from service.logging import get_logger
 
 __all__ = ["TaskBody", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskView"]
@@ -32,6 +32,8 @@ TaskStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 ACTIVE: frozenset[str] = frozenset({"pending", "running"})
 # Progress is written to the database at most this often per task (and always at the end).
 _PERSIST_EVERY = 1.0
+# How long a task's start waits for a lost database before the task fails.
+_START_RETRY_SECONDS = 30.0
 
 
 class TaskView(msgspec.Struct, kw_only=True):
@@ -87,8 +89,13 @@ class TaskHandle:
         now = time.monotonic()
         if now - self._persisted_at >= _PERSIST_EVERY:
             self._persisted_at = now
-            async with self._registry.pool.acquire() as conn:
-                await tasks_db.update_progress(conn, self.task_id, self.view.progress, self.view.message or "")
+            # Progress is a hint: losing one write must never fail the task (the end is recorded
+            # with retries, and the live view is in memory).
+            try:
+                async with connection(self._registry.pool) as conn:
+                    await tasks_db.update_progress(conn, self.task_id, self.view.progress, self.view.message or "")
+            except DatabaseUnavailableError as exc:
+                log.warning("progress_not_recorded", task_id=str(self.task_id), error=exc.detail)
 
     def waiting(self, reason: str, until: float) -> None:
         """The exchange made us wait (rate limit or ban): say so in the task's message."""
@@ -101,12 +108,14 @@ TaskBody = Callable[[TaskHandle], Awaitable[TaskOutcome]]
 
 
 class _Entry:
-    __slots__ = ("cancel_reason", "handle", "task")
+    __slots__ = ("cancel_reason", "finishing", "handle", "task")
 
     def __init__(self, handle: TaskHandle) -> None:
         self.handle = handle
         self.task: asyncio.Task[None] | None = None
         self.cancel_reason: str | None = None
+        # The body has ended and its outcome is being written (retried while the database is away).
+        self.finishing = False
 
 
 class TaskRegistry:
@@ -162,44 +171,52 @@ class TaskRegistry:
     async def _run(self, entry: _Entry, body: TaskBody) -> None:
         view = entry.handle.view
         structlog.contextvars.bind_contextvars(task_id=str(view.task_id), task_type=view.task_type)
-        outcome: TaskOutcome
+        status: TaskStatus
         try:
             async with self._slots:
-                view.status, view.started_at = "running", datetime.now(UTC)
-                view.message = "Started"
-                async with self.pool.acquire() as conn:
-                    await tasks_db.mark_running(conn, view.task_id, view.message, view.started_at)
+                started_at = datetime.now(UTC)
+
+                async def mark_running(conn: Connection) -> None:
+                    await tasks_db.mark_running(conn, view.task_id, "Started", started_at)  # idempotent
+
+                await retrying(self.pool, mark_running, give_up_after=_START_RETRY_SECONDS)
+                view.status, view.started_at, view.message = "running", started_at, "Started"
                 log.info("task_started")
                 outcome = await body(entry.handle)
+                status = outcome.status
         except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # handled here: the rest of this task is recording the end
             reason = entry.cancel_reason or "cancelled"
-            outcome = TaskOutcome(status="completed", message=f"Cancelled: {reason}")
-            await self._finish(view, "cancelled", outcome)
-            log.info("task_cancelled", reason=reason)
-            return
+            status, outcome = "cancelled", TaskOutcome(status="completed", message=f"Cancelled: {reason}")
         except Exception as exc:
             log.exception("task_crashed")
+            status = "failed"
             outcome = TaskOutcome(status="failed", message="Failed", error=f"{exc.__class__.__name__}: {exc}")
-        await self._finish(view, outcome.status, outcome)
-        log.info("task_finished", status=outcome.status, message=outcome.message)
+        entry.finishing = True
+        await self._finish(view, status, outcome)
+        log.info("task_finished", status=status, message=outcome.message)
 
     async def _finish(self, view: TaskView, status: TaskStatus, outcome: TaskOutcome) -> None:
-        view.status = status
-        view.completed_at = datetime.now(UTC)
-        view.message, view.result, view.error = outcome.message, outcome.result, outcome.error
-        if status == "completed":
-            view.progress = 100
-        if status == "cancelled" and view.error is None:
-            view.error = outcome.message
-        try:
-            async with self.pool.acquire() as conn:
-                await tasks_db.finish_task(
-                    conn, view.task_id, status=status, progress=view.progress, message=view.message,
-                    result=view.result, error=view.error, completed_at=view.completed_at,
-                )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            # The row stays active; the next start closes it as interrupted.
-            log.exception("task_finish_not_recorded")
+        """Record the end, retrying while the database is away; only then show it in memory.
+
+        Memory never claims an end the row does not have: until the write lands, the task stays
+        active for GET, for the overlap check (the row) and for cancel (409: it is ending).
+        """
+        completed_at = datetime.now(UTC)
+        progress = 100 if status == "completed" else view.progress
+        error = outcome.error if outcome.error is not None or status != "cancelled" else outcome.message
+
+        async def record(conn: Connection) -> None:
+            await tasks_db.finish_task(
+                conn, view.task_id, status=status, progress=progress, message=outcome.message,
+                result=outcome.result, error=error, completed_at=completed_at,
+            )
+
+        await retrying(self.pool, record, give_up_after=None)
+        view.status, view.completed_at, view.progress = status, completed_at, progress
+        view.message, view.result, view.error = outcome.message, outcome.result, error
         asyncio.get_running_loop().call_later(self._cleanup_delay, self._entries.pop, view.task_id, None)
 
     async def get(self, task_id: uuid.UUID) -> TaskView:
@@ -242,6 +259,10 @@ class TaskRegistry:
             raise ConflictError(
                 f"task {task_id} has already ended ({entry.handle.view.status})", status=entry.handle.view.status
             )
+        if entry.finishing:
+            raise ConflictError(
+                f"task {task_id} is ending; its outcome is being recorded", status=entry.handle.view.status
+            )
         entry.cancel_reason = reason
         entry.task.cancel()
         await asyncio.wait([entry.task])
@@ -256,5 +277,13 @@ class TaskRegistry:
             assert entry.task is not None
             entry.task.cancel()
         if running:
-            await asyncio.wait([e.task for e in running if e.task is not None], timeout=timeout)
+            tasks = [e.task for e in running if e.task is not None]
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                # Still recording their end (the database is away): the next start closes them
+                # as interrupted. Cancel them so nothing outlives the pool.
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+                log.warning("task_end_not_recorded_on_shutdown", count=len(pending))
             log.info("tasks_cancelled_on_shutdown", count=len(running))

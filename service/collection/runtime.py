@@ -17,6 +17,7 @@ from service.collection.registry import TaskRegistry
 from service.collection.scheduler import Scheduler
 from service.cpu_turns import CpuTurns
 from service.db import execution_logs as execution_logs_db
+from service.db.health import HealthProbe
 from service.db.pool import Pool, create_pool
 from service.exchanges.binance import BinanceClient
 from service.exchanges.limiter import WeightLimiter
@@ -41,6 +42,8 @@ class Runtime:
     clock: Callable[[], float]
     """Epoch seconds; every time decision goes through it (tests drive it)."""
     loop_monitor: LoopMonitor
+    health: HealthProbe
+    """/health's own database check: one connection outside the pool, so load cannot starve it."""
 
 
 @asynccontextmanager
@@ -57,6 +60,7 @@ async def open_runtime(
     candles); tests pass a faster or fixed clock.
     """
     pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    health = HealthProbe(dsn)
     try:
         # One session for the app's life; the limiter, not the connector, bounds concurrency.
         async with aiohttp.ClientSession(
@@ -87,6 +91,7 @@ async def open_runtime(
                 pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
                 max_connections=settings.db_write_connections,
                 cpu=cpu,
+                db_retry_seconds=settings.db_retry_seconds,
                 clock=clock,
             )
             jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
@@ -95,7 +100,7 @@ async def open_runtime(
             async with pool.acquire() as conn:
                 await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
             loop_monitor = LoopMonitor()
-            runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock, loop_monitor)
+            runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock, loop_monitor, health)
             # Learn the exchange's symbols and weight limit without holding up start-up.
             await jobs.start_symbol_refresh()
             if settings.scheduler_enabled:
@@ -107,5 +112,7 @@ async def open_runtime(
                 await loop_monitor.stop()
                 await scheduler.stop()
                 await registry.shutdown()
+                await client.aclose()  # a limit refresh in flight must not outlive the session
     finally:
+        await health.close()
         await asyncio.wait_for(pool.close(), timeout=5)

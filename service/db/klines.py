@@ -18,18 +18,20 @@ import asyncpg
 import msgspec
 
 from service.db.pool import Connection
-from service.exchanges.base import Kline
+from service.exchanges.base import Kline, KlinePage
 
 __all__ = [
     "EncodedPage",
+    "StoredEnd",
     "encode_copy_rows",
     "encode_page",
     "fetch_klines",
-    "last_open_times",
+    "fetch_klines_json",
     "latest_prices",
     "series_exists",
     "series_ids",
     "store_page",
+    "stored_ends",
 ]
 
 _COLUMNS = (
@@ -56,15 +58,15 @@ def _text(value: str | int | None) -> str:
     return "\\N" if value is None else str(value)
 
 
-def encode_copy_rows(series_id: int, klines: Sequence[Kline], now_ms: int) -> bytes:
-    """Candles as COPY text rows; a candle is closed once its close_time has passed."""
+def encode_copy_rows(series_id: int, klines: Sequence[Kline], closed: int) -> bytes:
+    """Candles as COPY text rows; the first `closed` of them are stored as closed (final)."""
     lines = [
         _ROW % (
             series_id, k.open_time, k.open, k.high, k.low, k.close, k.volume, k.close_time,
             _text(k.quote_volume), _text(k.trades), _text(k.taker_buy_base_volume),
-            _text(k.taker_buy_quote_volume), "t" if k.close_time < now_ms else "f",
+            _text(k.taker_buy_quote_volume), "t" if i < closed else "f",
         )
-        for k in klines
+        for i, k in enumerate(klines)
     ]
     return "".join(lines).encode()
 
@@ -97,18 +99,35 @@ async def series_ids(
     return {(r["symbol"], r["timeframe"]): r["id"] for r in rows}
 
 
-async def last_open_times(conn: Connection, ids: Sequence[int]) -> dict[int, int | None]:
-    """Per series, the open time (ms) of its newest stored candle (None if it has none)."""
+class StoredEnd(msgspec.Struct, frozen=True):
+    """Where a series' stored candles end, as far as the next run is concerned."""
+
+    newest: int | None
+    """Open time (ms) of the newest stored candle; None if the series has none."""
+    oldest_open: int | None
+    """Open time (ms) of the oldest candle stored as still open; None if every candle is closed."""
+
+    @property
+    def resume_at(self) -> int | None:
+        """Where the next run must start re-reading: no candle stored as open is ever left behind."""
+        return self.oldest_open if self.oldest_open is not None else self.newest
+
+
+async def stored_ends(conn: Connection, ids: Sequence[int]) -> dict[int, StoredEnd]:
+    """Per series, its newest stored candle and its oldest candle stored as open."""
     rows = await conn.fetch(
         """
         SELECT u.id,
-               (SELECT k.open_time FROM klines k WHERE k.series_id = u.id ORDER BY k.open_time DESC LIMIT 1)
-                   AS last_open_time
+               (SELECT k.open_time FROM klines k WHERE k.series_id = u.id
+                 ORDER BY k.open_time DESC LIMIT 1) AS newest,
+               -- served by the partial index klines_open (open candles only): no scan of history
+               (SELECT k.open_time FROM klines k WHERE k.series_id = u.id AND NOT k.is_closed
+                 ORDER BY k.open_time LIMIT 1) AS oldest_open
           FROM unnest($1::int[]) AS u(id)
         """,
         list(ids),
     )
-    return {r["id"]: r["last_open_time"] for r in rows}
+    return {r["id"]: StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"]) for r in rows}
 
 
 def _count(status: str) -> int:
@@ -139,20 +158,26 @@ class EncodedPage(msgspec.Struct, frozen=True):
     """Candles after it: copied straight into klines."""
 
 
-def encode_page(series_id: int, klines: Sequence[Kline], *, stored_until: int | None, now_ms: int) -> EncodedPage:
+def encode_page(series_id: int, pages: Sequence[KlinePage], *, stored_until: int | None) -> EncodedPage:
     """The CPU half of a write (no I/O), so the caller can pace it against the event loop.
 
-    `stored_until` is the open_time of the newest candle already stored for the series (None if
-    none).
+    `pages` are consecutive answers of the exchange, oldest first, without repeated candles; a
+    candle is closed only if it had closed when its own answer was produced. `stored_until` is the
+    open_time of the newest candle already stored for the series (None if none).
     """
-    split = 0
-    if stored_until is not None:
-        while split < len(klines) and klines[split].open_time <= stored_until:
-            split += 1
-    return EncodedPage(
-        overlap=encode_copy_rows(series_id, klines[:split], now_ms),
-        fresh=encode_copy_rows(series_id, klines[split:], now_ms),
-    )
+    overlap: list[bytes] = []
+    fresh: list[bytes] = []
+    for page in pages:
+        klines, closed = page.klines, page.closed_count()
+        split = 0
+        if stored_until is not None:
+            while split < len(klines) and klines[split].open_time <= stored_until:
+                split += 1
+        if split:
+            overlap.append(encode_copy_rows(series_id, klines[:split], closed))
+        if split < len(klines):
+            fresh.append(encode_copy_rows(series_id, klines[split:], max(closed - split, 0)))
+    return EncodedPage(overlap=b"".join(overlap), fresh=b"".join(fresh))
 
 
 async def store_page(conn: Connection, page: EncodedPage) -> int:
@@ -223,6 +248,111 @@ async def fetch_klines(
         exchange, symbol, timeframe, end_ms, limit,
     )
     return rows
+
+
+# Reads for GET /api/v1/klines, with the response body built by PostgreSQL. Encoding thousands of
+# candles in Python (a Record, two datetimes and a Struct each, then msgspec) held the event loop
+# for milliseconds per thousand candles; PostgreSQL assembles the same bytes on its own CPU.
+#
+# Every value is written exactly as the API has always written it: prices and volumes as the
+# numeric's text, in quotes (that text is digits, '-', '.', 'NaN' or 'Infinity': nothing to
+# escape), integers and booleans bare, NULL as null, times as msgspec writes an aware UTC
+# datetime. Keys come in the order of the API's Candle struct, without spaces: the body is
+# byte-for-byte what msgspec wrote from `fetch_klines`' rows.
+
+
+def _json_time(ms: str) -> str:
+    """An epoch-ms column as msgspec's JSON for the same UTC datetime.
+
+    "2026-11-24T08:21:00Z" on a whole second, else the milliseconds as six digits:
+    "2026-11-24T08:21:59.999000Z" (the floor modulo keeps times before 1970 right too).
+    """
+    stamp = f"timestamp '1970-01-01' + {ms} * interval '1 millisecond'"
+    return (
+        f"""'"' || to_char({stamp}, 'YYYY-MM-DD"T"HH24:MI:SS') || CASE WHEN {ms} % 1000 = 0 THEN 'Z"'"""
+        f""" ELSE '.' || lpad((({ms} % 1000 + 1000) % 1000)::text, 3, '0') || '000Z"' END"""
+    )
+
+
+def _json_string(column: str) -> str:
+    return f"""'"' || {column}::text || '"'"""
+
+
+def _json_bare(column: str) -> str:
+    return f"{column}::text"
+
+
+_CANDLE_JSON_FIELDS = (
+    ("open_time", _json_time("k.open_time")),
+    ("open", _json_string("k.open")),
+    ("high", _json_string("k.high")),
+    ("low", _json_string("k.low")),
+    ("close", _json_string("k.close")),
+    ("volume", _json_string("k.volume")),
+    ("close_time", _json_time("k.close_time")),
+    ("quote_volume", _json_string("k.quote_volume")),
+    ("trades", _json_bare("k.trades")),
+    ("taker_buy_base_volume", _json_string("k.taker_buy_base_volume")),
+    ("taker_buy_quote_volume", _json_string("k.taker_buy_quote_volume")),
+    ("is_closed", _json_bare("k.is_closed")),
+)
+# NULL || text is NULL, so each value falls back to null on its own (and a NULL can never drop a
+# whole candle from string_agg, which would make "count" disagree with the list).
+_CANDLE_JSON = "'{' || " + " || ',' || ".join(
+    f"""'"{name}":' || coalesce({value}, 'null')""" for name, value in _CANDLE_JSON_FIELDS
+) + " || '}'"
+
+# "No end" as a plain bound rather than `$n IS NULL OR …`, so that even a generic plan can use the
+# primary key's range on (series_id, open_time).
+_NO_END = 2**63 - 1
+
+
+def _klines_json_sql(*, from_start: bool) -> str:
+    # $4: end, $5: limit, $6: start. The symbol check (listed, or collected before) rides in the
+    # same statement: a read under load holds its pool connection for one round trip, not three.
+    if from_start:
+        page = "k.open_time >= $6 AND k.open_time <= $4 ORDER BY k.open_time"
+    else:  # the newest `limit` up to the end
+        page = "k.open_time <= $4 ORDER BY k.open_time DESC"
+    return f"""
+    SELECT CASE WHEN EXISTS (SELECT 1 FROM symbols WHERE exchange = $1 AND symbol = $2)
+                  OR EXISTS (SELECT 1 FROM series WHERE exchange = $1 AND symbol = $2)
+           THEN convert_to(
+               '{{"exchange":' || to_json($1::text)::text || ',"symbol":' || to_json($2::text)::text
+               || ',"timeframe":' || to_json($3::text)::text || ',"count":' || count(*)
+               || ',"klines":[' || coalesce(string_agg(page.candle, ',' ORDER BY page.open_time), '') || ']}}',
+               'UTF8') END
+      FROM (SELECT k.open_time, {_CANDLE_JSON} AS candle
+              FROM klines k
+             WHERE k.series_id = (SELECT s.id FROM series s
+                                   WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3)
+               AND {page}
+             LIMIT $5) page
+    """
+
+
+_KLINES_JSON_FROM_START = _klines_json_sql(from_start=True)
+_KLINES_JSON_NEWEST = _klines_json_sql(from_start=False)
+
+
+async def fetch_klines_json(
+    conn: Connection,
+    exchange: str,
+    symbol: str,
+    timeframe: str,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    limit: int,
+) -> bytes | None:
+    """The API's Candles body (UTF-8 JSON) for the candles `fetch_klines` selects, oldest first;
+    None if the exchange neither lists the symbol nor has it ever been collected."""
+    args: list[object] = [exchange, symbol, timeframe, _NO_END if end_ms is None else end_ms, limit]
+    if start_ms is None:
+        body: bytes | None = await conn.fetchval(_KLINES_JSON_NEWEST, *args)
+    else:
+        body = await conn.fetchval(_KLINES_JSON_FROM_START, *args, start_ms)
+    return body
 
 
 async def series_exists(conn: Connection, exchange: str, symbol: str) -> bool:

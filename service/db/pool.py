@@ -1,13 +1,38 @@
-"""The service's one asyncpg pool."""
+"""The service's one asyncpg pool, and the one boundary where a lost connection becomes a domain error.
+
+A connection can be lost at any statement: the server restarts, an operator terminates the
+backend, the network drops. `connection()` throws such a connection away (so the pool opens a fresh
+one) and raises `DatabaseUnavailableError`; `retrying()` runs a repeatable unit of work again on a
+fresh connection until it succeeds or its time is up.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
+import stamina
 
-__all__ = ["Connection", "Pool", "create_pool"]
+from service.errors import DatabaseUnavailableError
+
+__all__ = ["CONNECTION_LOST", "Connection", "Pool", "connection", "create_pool", "retrying"]
+
+T = TypeVar("T")
+
+#: Driver errors that mean "this connection (or the server) is gone", not "this statement is wrong".
+#: TimeoutError is an OSError: a statement that outlived command_timeout is on a dead link too.
+#: InternalClientError is what asyncpg raises when the server cut the connection mid-COPY.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
 
 Pool = asyncpg.Pool
 if TYPE_CHECKING:
@@ -50,3 +75,39 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Poo
         command_timeout=60,
     )
     return pool
+
+
+@asynccontextmanager
+async def connection(pool: Pool) -> AsyncIterator[Connection]:
+    """A pool connection; if it is lost, it is discarded and DatabaseUnavailableError raised."""
+    try:
+        async with pool.acquire() as conn:
+            try:
+                yield conn
+            except CONNECTION_LOST:
+                # Its protocol state is unknown: never hand it to the next user.
+                conn.terminate()
+                raise
+    except CONNECTION_LOST as exc:
+        raise DatabaseUnavailableError(
+            f"the database connection failed ({exc.__class__.__name__}: {exc})"[:500]
+        ) from exc
+
+
+async def retrying(
+    pool: Pool, work: Callable[[Connection], Awaitable[T]], *, give_up_after: float | None
+) -> T:
+    """Run `work` on a pool connection, again on a fresh one each time the connection is lost.
+
+    `work` must be safe to repeat (one transaction, or idempotent statements). It is retried with
+    capped exponential backoff for `give_up_after` seconds (None: for as long as the process
+    lives), then DatabaseUnavailableError is raised. stamina logs each retry.
+    """
+    async for attempt in stamina.retry_context(
+        on=DatabaseUnavailableError, attempts=None, timeout=give_up_after,
+        wait_initial=0.1, wait_max=2.0, wait_jitter=0.1,
+    ):
+        with attempt:
+            async with connection(pool) as conn:
+                return await work(conn)
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover

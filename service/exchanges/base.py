@@ -11,6 +11,7 @@ __all__ = [
     "ExchangeError",
     "InvalidRequestError",
     "Kline",
+    "KlinePage",
     "SymbolInfo",
     "TickerPrice",
     "TransientExchangeError",
@@ -35,6 +36,26 @@ class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
     trades: int | None = None
     taker_buy_base_volume: str | None = None
     taker_buy_quote_volume: str | None = None
+
+
+class KlinePage(msgspec.Struct, frozen=True):
+    """The candles of one answer, and a moment no later than when the exchange produced it.
+
+    Whether a candle is final is decided against `as_of_ms`, never against the time of writing: a
+    candle that was still open when the exchange answered holds its open values, however late the
+    page is written.
+    """
+
+    klines: list[Kline]
+    as_of_ms: int
+    """Epoch ms, taken just before the request that got this answer was sent."""
+
+    def closed_count(self) -> int:
+        """How many leading candles had closed when the exchange answered (close_time before as_of)."""
+        n = len(self.klines)
+        while n and self.klines[n - 1].close_time >= self.as_of_ms:
+            n -= 1
+        return n
 
 
 class SymbolInfo(msgspec.Struct, frozen=True):
@@ -86,8 +107,11 @@ class ExchangeClient(Protocol):
         end_ms: int | None,
         limit: int,
         on_wait: WaitCallback | None = None,
-    ) -> list[Kline]:
-        """Candles with start_ms <= open_time (<= end_ms), oldest first, at most `limit`."""
+    ) -> KlinePage:
+        """Candles with start_ms <= open_time (<= end_ms), oldest first, at most `limit`.
+
+        Timestamps before the exchange's first candle (or before 1970) are the caller's to clamp.
+        """
         ...
 
     async def fetch_symbols(self) -> list[SymbolInfo]:

@@ -3,11 +3,14 @@
 Every request passes the weight limiter, carries a timeout, and is retried with capped exponential
 backoff and jitter (stamina) on timeouts, dropped connections, 5xx and garbled bodies; never on
 other 4xx. 429 and 418 are not failures of the request but orders to wait: the limiter pauses every
-caller, then the request is sent again.
+caller, then the request is sent again. A 429 also states the exchange's current weight limit, which
+the limiter adopts at once, and starts a refresh of the limits from exchangeInfo in the background.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import re
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,6 +24,7 @@ from service.exchanges.base import (
     ExchangeError,
     InvalidRequestError,
     Kline,
+    KlinePage,
     SymbolInfo,
     TickerPrice,
     TransientExchangeError,
@@ -29,7 +33,7 @@ from service.exchanges.base import (
 from service.exchanges.limiter import WINDOW_SECONDS, WeightLimiter
 from service.logging import get_logger
 
-__all__ = ["EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient"]
+__all__ = ["CLOCK_SKEW_ALLOWANCE_MS", "EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient"]
 
 log = get_logger(__name__)
 
@@ -39,9 +43,14 @@ KLINES_WEIGHT = 2
 EXCHANGE_INFO_WEIGHT = 20
 TICKER_PRICE_WEIGHT_ONE = 2
 TICKER_PRICE_WEIGHT_ALL = 4
+# Our clock may run ahead of the exchange's: a candle counts as closed only if it closed this long
+# before we asked. Misjudging the other way costs nothing: an open candle is re-read by the next run.
+CLOCK_SKEW_ALLOWANCE_MS = 1000
 # Consecutive 429s on one request before it is given up as an error.
 _MAX_RATE_LIMITED = 10
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
+# The -1003 message of a 429 for request weight, e.g. "current limit is 6000 request weight per 1 MINUTE".
+_CURRENT_WEIGHT_LIMIT = re.compile(r"current limit is (\d+) request weight per 1 MINUTE")
 
 
 class _RateLimit(msgspec.Struct):
@@ -63,6 +72,12 @@ class _ExchangeInfo(msgspec.Struct):
     rateLimits: list[_RateLimit] = []  # noqa: N815 - msgspec copies defaults
 
 
+class _ExchangeLimits(msgspec.Struct):
+    """exchangeInfo read for its limits only: the symbol list is skipped, not built."""
+
+    rateLimits: list[_RateLimit] = []  # noqa: N815 - Binance's field name; msgspec copies defaults
+
+
 class _ErrorBody(msgspec.Struct):
     code: int
     msg: str
@@ -70,6 +85,7 @@ class _ErrorBody(msgspec.Struct):
 
 _klines_decoder = msgspec.json.Decoder(list[Kline])
 _info_decoder = msgspec.json.Decoder(_ExchangeInfo)
+_limits_decoder = msgspec.json.Decoder(_ExchangeLimits)
 _error_decoder = msgspec.json.Decoder(_ErrorBody)
 _prices_decoder = msgspec.json.Decoder(list[TickerPrice])
 _price_decoder = msgspec.json.Decoder(TickerPrice)
@@ -101,10 +117,33 @@ class BinanceClient:
         self._retry_attempts = retry_attempts
         self._retry_wait_initial = retry_wait_initial
         self._weight_limit_override = weight_limit_override
+        # Whether a limit came from the exchange yet; before, the limiter runs on the fallback guess.
+        self._limit_learnt = False
+        # The background limit refresh a 429 starts: kept referenced, one at a time, one per window.
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._refresh_window = -1
+        self._closed = False
 
     @property
     def limiter(self) -> WeightLimiter:
         return self._limiter
+
+    async def aclose(self) -> None:
+        """Cancel a limit refresh still under way and start no more; call before the session closes."""
+        self._closed = True
+        task, self._refresh_task = self._refresh_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            # asyncio.wait neither raises the task's CancelledError here nor swallows our own.
+            await asyncio.wait([task])
+
+    async def refresh_limits(self) -> None:
+        """Learn the exchange's current weight limit from exchangeInfo (the symbols are left alone)."""
+        info: _ExchangeLimits = await self._get(
+            "/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None,
+            lambda body, _: _decode(_limits_decoder, body, "exchangeInfo"),
+        )
+        self._adopt_weight_limit(info.rateLimits)
 
     async def fetch_klines(
         self,
@@ -115,7 +154,7 @@ class BinanceClient:
         end_ms: int | None,
         limit: int,
         on_wait: WaitCallback | None = None,
-    ) -> list[Kline]:
+    ) -> KlinePage:
         params: dict[str, str] = {
             "symbol": symbol, "interval": timeframe, "startTime": str(start_ms), "limit": str(limit),
         }
@@ -123,20 +162,20 @@ class BinanceClient:
             params["endTime"] = str(end_ms)
         what = f"klines {symbol} {timeframe}"
 
-        def parse(body: bytes) -> list[Kline]:
+        def parse(body: bytes, sent_at: float) -> KlinePage:
             # Binance's numbers are plain decimals; a backslash could only smuggle a tab or newline
             # into the COPY stream, so such a body is refused before decoding.
             if b"\\" in body:
                 raise TransientExchangeError(f"{what}: unexpected escape in response body")
             klines: list[Kline] = _decode(_klines_decoder, body, what)
-            return klines
+            return KlinePage(klines=klines, as_of_ms=int(sent_at * 1000) - CLOCK_SKEW_ALLOWANCE_MS)
 
         return await self._get("/api/v3/klines", params, KLINES_WEIGHT, on_wait, parse)
 
     async def fetch_symbols(self) -> list[SymbolInfo]:
         info: _ExchangeInfo = await self._get(
             "/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None,
-            lambda body: _decode(_info_decoder, body, "exchangeInfo"),
+            lambda body, _: _decode(_info_decoder, body, "exchangeInfo"),
         )
         self._adopt_weight_limit(info.rateLimits)
         return [
@@ -148,12 +187,12 @@ class BinanceClient:
         if symbols is not None and len(symbols) == 1:
             price: TickerPrice = await self._get(
                 "/api/v3/ticker/price", {"symbol": symbols[0]}, TICKER_PRICE_WEIGHT_ONE, None,
-                lambda body: _decode(_price_decoder, body, "ticker/price"),
+                lambda body, _: _decode(_price_decoder, body, "ticker/price"),
             )
             return [price]
         prices: list[TickerPrice] = await self._get(
             "/api/v3/ticker/price", {}, TICKER_PRICE_WEIGHT_ALL, None,
-            lambda body: _decode(_prices_decoder, body, "ticker/price"),
+            lambda body, _: _decode(_prices_decoder, body, "ticker/price"),
         )
         if symbols is not None:
             wanted = set(symbols)
@@ -161,15 +200,69 @@ class BinanceClient:
         return prices
 
     def _adopt_weight_limit(self, limits: list[_RateLimit]) -> None:
-        if self._weight_limit_override is not None:
-            self._limiter.set_limit(self._weight_limit_override)
+        stated = next(
+            (
+                rl.limit for rl in limits
+                if rl.rateLimitType == "REQUEST_WEIGHT" and rl.interval == "MINUTE" and rl.intervalNum == 1
+            ),
+            None,
+        )
+        # The override caps our use, but a lower limit stated by the exchange wins: above it lie 429s and bans.
+        limit = min((x for x in (self._weight_limit_override, stated) if x is not None), default=None)
+        if limit is None:
             return
-        for rl in limits:
-            if rl.rateLimitType == "REQUEST_WEIGHT" and rl.interval == "MINUTE" and rl.intervalNum == 1:
-                if rl.limit != self._limiter.limit:
-                    log.info("weight_limit_learnt", limit=rl.limit, previous=self._limiter.limit)
-                self._limiter.set_limit(rl.limit)
-                return
+        previous = self._limiter.limit
+        self._limiter.set_limit(limit)
+        if limit != previous:
+            self._log_limit_change(limit, previous, source="exchangeInfo")
+        self._limit_learnt = True
+
+    def _log_limit_change(self, limit: int, previous: int | None, *, source: str) -> None:
+        # Below a limit the exchange stated before, it was lowered there: worth a warning. Below the
+        # start-up fallback it is merely learnt.
+        if self._limit_learnt and previous is not None and limit < previous:
+            log.warning("weight_limit_lowered", limit=limit, previous=previous, source=source)
+        else:
+            log.info("weight_limit_learnt", limit=limit, previous=previous, source=source)
+
+    def _rate_limited(self, retry_after: str | None, body: bytes) -> None:
+        """A 429: adopt the limit it states, pause every caller, and refresh the limits in the background.
+
+        Runs before this coroutine next awaits, so no request waiting in the limiter is sent on the
+        old budget or before the pause is set.
+        """
+        stated = _stated_weight_limit(body)
+        previous = self._limiter.limit
+        self._limiter.rate_limited(_seconds(retry_after, default=self._seconds_to_next_window()), limit=stated)
+        if self._limiter.limit != previous and self._limiter.limit is not None:
+            self._log_limit_change(self._limiter.limit, previous, source="429")
+            self._limit_learnt = True
+        self._refresh_limits_soon()
+
+    def _refresh_limits_soon(self) -> None:
+        """Start a background exchangeInfo refresh: at most one per minute window, one at a time.
+
+        The 429 told the limit already; the refresh confirms it (and catches a limit raised again)
+        without holding up the request that met the 429.
+        """
+        window = int(self._limiter.clock() // WINDOW_SECONDS)
+        if self._closed or window == self._refresh_window:
+            return
+        if self._refresh_task is not None and not self._refresh_task.done():
+            return
+        self._refresh_window = window
+        # A fresh context: the refresh belongs to no collection task, so its log lines carry no task_id.
+        self._refresh_task = asyncio.get_running_loop().create_task(
+            self._refresh_limits_quietly(), name="binance-limit-refresh", context=contextvars.Context()
+        )
+
+    async def _refresh_limits_quietly(self) -> None:
+        try:
+            await self.refresh_limits()
+        except Exception as exc:
+            # Never an unretrieved task exception; the budget from the 429 stands, the hourly symbol
+            # refresh tries again.
+            log.warning("weight_limit_refresh_failed", error=f"{exc.__class__.__name__}: {exc}"[:500])
 
     async def _get(
         self,
@@ -177,9 +270,12 @@ class BinanceClient:
         params: dict[str, str],
         weight: int,
         on_wait: WaitCallback | None,
-        parse: Callable[[bytes], T],
+        parse: Callable[[bytes, float], T],
     ) -> T:
-        """Send, and parse inside the retry: a garbled body is retried like a dropped connection."""
+        """Send, and parse inside the retry: a garbled body is retried like a dropped connection.
+
+        `parse` gets the body and the epoch time at which its request was sent.
+        """
         async for attempt in stamina.retry_context(
             on=TransientExchangeError,
             attempts=self._retry_attempts,
@@ -189,16 +285,21 @@ class BinanceClient:
             wait_jitter=self._retry_wait_initial,
         ):
             with attempt:
-                body = await self._get_once(path, params, weight, on_wait)
+                body, sent_at = await self._get_once(path, params, weight, on_wait)
                 async with self._cpu.turn():
-                    return parse(body)
+                    return parse(body, sent_at)
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _get_once(self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None) -> bytes:
+    async def _get_once(
+        self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None
+    ) -> tuple[bytes, float]:
+        """The body of the first answer that is not an order to wait, and when its request was sent."""
         url = self._base_url + path
         rate_limited = 0
         while True:
             async with self._limiter.slot(weight, on_wait):
+                # Taken before sending: the exchange produced its answer after this moment.
+                sent_at = self._limiter.clock()
                 try:
                     async with self._session.get(url, params=params, timeout=self._timeout) as resp:
                         used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
@@ -212,10 +313,10 @@ class BinanceClient:
                     what = f"{exc.__class__.__name__}: {exc}"
                     raise TransientExchangeError(f"{path}: connection failed ({what})") from None
             if status == 429:
+                self._rate_limited(retry_after, body)
                 rate_limited += 1
                 if rate_limited > _MAX_RATE_LIMITED:
                     raise ExchangeError(f"{path}: rate limited {rate_limited} times in a row")
-                self._limiter.pause(_seconds(retry_after, default=self._seconds_to_next_window()), "rate_limited")
                 continue
             if status == 418:
                 self._limiter.pause(self._ban_seconds(retry_after, body), "banned")
@@ -224,7 +325,7 @@ class BinanceClient:
                 raise TransientExchangeError(f"{path}: HTTP {status} from the exchange")
             if status >= 400:
                 raise _invalid_request(path, status, body)
-            return body
+            return body, sent_at
 
     def _seconds_to_next_window(self) -> float:
         # The limiter's clock, so tests that drive time drive this too.
@@ -249,6 +350,16 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
         return decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise TransientExchangeError(f"{what}: malformed response ({exc})") from None
+
+
+def _stated_weight_limit(body: bytes) -> int | None:
+    """The weight limit per minute a 429's message states, if it states one."""
+    try:
+        message = _error_decoder.decode(body).msg
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    match = _CURRENT_WEIGHT_LIMIT.search(message)
+    return None if match is None else int(match.group(1))
 
 
 def _seconds(header: str | None, *, default: float) -> float:

@@ -15,5 +15,7 @@ Scenarios (numbers as in the issue; `--quick` shrinks every size so the whole co
 3. responsiveness during scenario 2: open-loop GETs of /health and /status, and the event loop's lag;
 4. pacing against a 1200/min weight limit learnt from exchangeInfo, at 50 ms latency;
 5. peak RSS during scenario 2, and again with the backfill doubled;
-6. start-up: process start to the first `/health` 200 on an existing database.
+6. start-up: process start to the first `/health` 200 on an existing database;
+7. readers during a backfill: 40 closed-loop clients of /health, /status and /klines (100 and 1000
+   candles of a stored series) while the other bulk symbols are backfilled; latency and 5xx per route.
 """

@@ -31,14 +31,15 @@ from tests.bench.scenarios import (
     memory_outcome,
     pacing,
     probe_outcome,
+    readers_during_backfill,
     reference,
     say,
     startup,
 )
 
-SCENARIOS = (1, 2, 3, 4, 5, 6)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
 # Which fake exchange each scenario talks to.
-_FAKE_OF = {1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup"}
+_FAKE_OF = {1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup", 7: "bulk"}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -49,7 +50,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes: every scenario in seconds")
     parser.add_argument(
         "--scenario", type=int, nargs="+", action="extend", choices=SCENARIOS, metavar="N",
-        help="run only these scenarios (1-6; 3 and 5 run the backfill of 2); default: all",
+        help="run only these scenarios (1-7; 3 and 5 run the backfill of 2); default: all",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database, logs)")
@@ -106,6 +107,9 @@ async def _run(
                 checks["before 5"] = cpu_check_ms()
                 double = await bulk_run(bench, "5", 2 * sizes.bulk_candles, ceiling=False)
                 outcomes.append(memory_outcome(single, double))
+        if 7 in scenarios:
+            checks["before 7"] = cpu_check_ms()
+            outcomes.append(await readers_during_backfill(bench))
         if 6 in scenarios:
             checks["before 6"] = cpu_check_ms()
             outcomes.append(await startup(bench))

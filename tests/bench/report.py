@@ -91,6 +91,15 @@ def at_most(value: float | None, limit: float, unit_fmt: Any = secs) -> str:
     return f"MISS by {unit_fmt(value - limit)} (+{100 * (value / limit - 1):.0f}%)"
 
 
+def below(value: float | None, limit: float, unit_fmt: Any = secs) -> str:
+    """PASS if strictly under `limit`, else MISS with by how much."""
+    if value is None:
+        return "n/a"
+    if value < limit:
+        return "PASS"
+    return f"MISS by {unit_fmt(value - limit)} (+{100 * (value / limit - 1):.0f}%)"
+
+
 def at_least(value: float | None, floor: float) -> str:
     if value is None:
         return "n/a"

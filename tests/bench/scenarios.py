@@ -1,4 +1,4 @@
-"""The six scenarios of the benchmark, and the sizes of a full and a --quick run."""
+"""The seven scenarios of the benchmark, and the sizes of a full and a --quick run."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tests.bench.report import (
     Outcome,
     at_least,
     at_most,
+    below,
     count,
     cpu,
     median,
@@ -33,6 +34,7 @@ from tests.fakes.binance import bench_symbols
 
 STATUS = "/api/v1/data-collector/status"
 HEALTH = "/health"
+KLINES = "/api/v1/klines"
 REFERENCE_TIMEFRAMES = ("1m", "5m", "15m", "1h", "4h", "1d")
 # Every Binance interval but 1s: one series each, with fewer candles than a page, is one request.
 PACING_TIMEFRAMES = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
@@ -57,6 +59,9 @@ class Sizes:
     pace_latency_ms: float = 50.0
     pace_limit: int = 1200
     startup_runs: int = 5
+    readers: int = 40  # closed-loop clients of scenario 7, spread evenly over its four routes
+    readers_max_s: float = 120.0  # scenario 7's readers stop here at the latest, backfill or not
+    readers_max_requests: int = 200_000
 
     @property
     def ref_target_s(self) -> float:
@@ -66,7 +71,8 @@ class Sizes:
 FULL = Sizes(quick=False)
 QUICK = Sizes(
     quick=True, ref_symbols=10, ref_runs=1, bulk_symbols=4, bulk_candles=25_000, pace_symbols=20,
-    pace_timeframes=("1m", "5m", "15m", "1h", "4h"), startup_runs=2,
+    pace_timeframes=("1m", "5m", "15m", "1h", "4h"), startup_runs=2, readers_max_s=15.0,
+    readers_max_requests=20_000,
 )
 
 
@@ -536,4 +542,116 @@ async def startup(b: Bench) -> Outcome:
     out.add("  runs", ", ".join(f"{t:.3f}" for t in times) + " s")
     out.add("  service CPU until the first 200 (median)", cpu(median(cpus)))
     out.add("  the same without any bytecode cache (compiling every module)", secs(cold))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. Concurrent readers during a backfill
+# ---------------------------------------------------------------------------------------------
+
+
+async def _closed_loop(
+    base: str, routes: dict[str, str], clients: int, stop: asyncio.Event, max_s: float, max_requests: int
+) -> dict[str, dict[str, Any]]:
+    """`clients` readers, client i on route i mod len(routes), each sending its next request as soon
+    as the last one has answered (body read), until `stop`, `max_s` or `max_requests`."""
+    loop = asyncio.get_running_loop()
+    labels = list(routes)
+    latencies: dict[str, list[float]] = {label: [] for label in labels}
+    statuses: dict[str, dict[int, int]] = {label: {} for label in labels}
+    sent = 0
+    deadline = loop.time() + max_s
+    async with aiohttp.ClientSession(
+        base_url=base, connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+
+        async def client(label: str) -> None:
+            nonlocal sent
+            while not stop.is_set() and loop.time() < deadline and sent < max_requests:
+                sent += 1
+                began = loop.time()
+                try:
+                    async with session.get(routes[label]) as response:
+                        await response.read()
+                        status = response.status
+                except (aiohttp.ClientError, TimeoutError):
+                    status = 0  # no HTTP answer at all
+                latencies[label].append(loop.time() - began)
+                statuses[label][status] = statuses[label].get(status, 0) + 1
+
+        await asyncio.gather(*(client(labels[i % len(labels)]) for i in range(clients)))
+    return {
+        label: {
+            "requests": len(latencies[label]),
+            "status_counts": {str(code): n for code, n in sorted(statuses[label].items())},
+            "status_5xx": sum(n for code, n in statuses[label].items() if code >= 500),
+            "failed": sum(n for code, n in statuses[label].items() if code != 200),
+            "p50_ms": _ms(percentile(latencies[label], 0.50)), "p99_ms": _ms(percentile(latencies[label], 0.99)),
+            "max_ms": _ms(max(latencies[label], default=None)),
+        }
+        for label in labels
+    }
+
+
+async def readers_during_backfill(b: Bench) -> Outcome:
+    """Closed-loop readers of /health, /status and /klines (100 and 1000 candles of a stored series)
+    while the other bulk symbols are backfilled."""
+    s = b.sizes
+    fake = b.fakes["bulk"]
+    symbols = bench_symbols(s.bulk_symbols)
+    read_symbol, backfill_symbols = symbols[0], symbols[1:]
+    klines = f"{KLINES}?symbol={read_symbol}&timeframe=1m&limit="
+    routes = {
+        "/health": HEALTH, "/status": STATUS,
+        "/klines?limit=100": klines + "100", "/klines?limit=1000": klines + "1000",
+    }
+    name, dsn = await b.pg.clone("readers")
+    env = {"DEFAULT_HISTORY_CANDLES": str(s.bulk_candles), "BINANCE_WEIGHT_LIMIT": NO_LIMIT}
+    svc = await b.service("readers", dsn, fake, env)
+    try:
+        say(f"scenario 7: storing {read_symbol} ({s.bulk_candles:,} 1m candles) for the readers")
+        stored, _ = await svc.wait_task(await svc.start_collection([read_symbol], ["1m"]), poll=0.05, timeout=600)
+        _check_result(stored, 1)
+        say(f"scenario 7: {s.readers} readers during a backfill of {len(backfill_symbols)} x {s.bulk_candles:,}")
+        await b.pg.admin("CHECKPOINT")
+        stop = asyncio.Event()
+        t0 = time.perf_counter()
+        task_id = await svc.start_collection(backfill_symbols, ["1m"])
+        readers = asyncio.create_task(
+            _closed_loop(svc.base, routes, s.readers, stop, s.readers_max_s, s.readers_max_requests)
+        )
+        try:
+            task, t1 = await svc.wait_task(task_id, poll=0.05, timeout=3600)
+        finally:
+            stop.set()
+            results = await readers
+        lag = (await svc.get(STATUS)).get("event_loop_lag_ms")
+    finally:
+        await b.stop(svc)
+        await b.pg.drop(name)
+    written = _check_result(task, len(backfill_symbols))
+    total = sum(r["requests"] for r in results.values())
+    errors_5xx = sum(r["status_5xx"] for r in results.values())
+    out = Outcome(7, "readers", raw={
+        "clients": s.readers, "routes": results, "status_5xx": errors_5xx, "requests": total,
+        "backfill_symbols": len(backfill_symbols), "backfill_candles": written, "backfill_wall_s": t1 - t0,
+        "read_series_candles": s.bulk_candles, "event_loop_lag_ms": lag,
+    })
+    out.add(f"{s.readers} closed-loop readers during a backfill of {len(backfill_symbols)} x {s.bulk_candles:,}",
+            f"{total:,} requests", "", f"backfill {written:,} candles in {t1 - t0:.1f} s")
+    targets = {"/health": 100.0, "/klines?limit=1000": 250.0}
+    for label, r in results.items():
+        figure = f"GET {label} p50 / p99 / max ({r['requests']:,} answers, {r['status_5xx']} 5xx)"
+        value = " / ".join("n/a" if v is None else f"{v:.1f}" for v in (r["p50_ms"], r["p99_ms"], r["max_ms"])) + " ms"
+        limit = targets.get(label)
+        if limit is None:
+            out.add(figure, value)
+        else:
+            out.add(figure, value, f"p99 < {limit:g} ms", below(r["p99_ms"], limit, msecs))
+    others = sum(r["failed"] - r["status_5xx"] for r in results.values())
+    out.add(f"5xx answers, all routes (other failures: {others})", f"{errors_5xx}", "0",
+            "PASS" if errors_5xx == 0 else "MISS")
+    if lag is not None:
+        out.add(f"event-loop lag p99 / max ({lag['samples']} samples of the last 60 s)",
+                f"{lag['p99']:.1f} / {lag['max']:.1f} ms")
     return out

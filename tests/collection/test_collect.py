@@ -119,7 +119,8 @@ async def test_pages_through_a_long_history_in_order(
 async def test_all_pairs_run_and_one_failure_does_not_stop_the_others(
     fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
 ) -> None:
-    """A symbol the exchange refuses (-1121) fails its pairs only; the result lists each pair."""
+    """A symbol the exchange refuses (-1121) fails its pairs only; the result lists each pair, and the
+    task says failed: a series that could not be completed is never reported as a success."""
     clock = frozen_at(fake, T0)
     fake.add_symbol("GONEUSDT", "GONE", "USDT")
     fake.generate_klines("BTCUSDT", "1m", T0 - 99 * MINUTE, 100)
@@ -128,13 +129,14 @@ async def test_all_pairs_run_and_one_failure_does_not_stop_the_others(
         await api.wait_idle()
         fake.remove_symbol("GONEUSDT")  # delisted after our symbol refresh
         task = await api.wait(await api.start(["BTCUSDT", "GONEUSDT"], ["1m", "1h"]))
-    assert task["status"] == "completed"
+    assert task["status"] == "failed"
     pairs = {(p["symbol"], p["timeframe"]): p for p in task["result"]["pairs"]}
     assert pairs[("BTCUSDT", "1m")]["candles_written"] == 100
     assert pairs[("BTCUSDT", "1h")]["candles_written"] == 100
     assert "Invalid symbol" in pairs[("GONEUSDT", "1m")]["error"]
     assert task["result"]["pairs_failed"] == 2
-    assert "2 series failed" in task["message"]
+    assert "2 of 4 series failed" in task["message"]
+    assert await db.fetchval("SELECT count(*) FROM klines") == 200  # the good series are kept
 
 
 async def test_progress_is_reported_per_series(fake: FakeBinance, make_settings: Callable[..., Settings]) -> None:

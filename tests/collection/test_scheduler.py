@@ -170,7 +170,7 @@ async def test_a_run_with_a_failing_timeframe_is_failed_and_keeps_the_good_candl
         await api.wait_idle()
         config = await create(api, symbol="ETHUSDT", enabled=False, timeframes=["1h", "5m"])
         task = await api.wait((await api.http.post(f"{CONFIGS}/{config['id']}/trigger")).json()["task_id"])
-    assert task["status"] == "completed"  # the task completed; its log says what failed
+    assert task["status"] == "failed"  # a series failed; the log says which, the good one is kept
     [logged] = await runs(db, f"collect_data_{config['id']}")
     assert logged["status"] == "failed"
     assert logged["error_message"].startswith("5m: ")
@@ -277,12 +277,20 @@ async def test_manual_starts_and_symbol_refreshes_are_logged(
 ) -> None:
     """A manual start writes one log row per symbol; the start-up symbol refresh writes its own."""
     clock = fast_clock(fake)
+    fake.generate_klines("BTCUSDT", "1h", T0 - 10 * 3_600_000, 8)
+    fake.generate_klines("ETHUSDT", "1d", T0 - 10 * 86_400_000, 5)
     async with serve_app(settings, clock) as api:
         await api.wait_idle()
         task = await api.wait(await api.start(["BTCUSDT", "ETHUSDT"], ["1h", "1d"]))
+        stats = (await api.http.get("/api/v1/admin/data-collection/stats")).json()
     manual = await runs(db, "manual_data_collection")
     assert sorted(r["symbol"] for r in manual) == ["BTCUSDT", "ETHUSDT"]
     assert {str(r["task_id"]) for r in manual} == {task["task_id"]}
     assert all(r["job_type"] == "data_collection" and r["status"] == "success" for r in manual)
     [refresh] = await runs(db, "symbol_refresh")
-    assert (refresh["status"], refresh["records_collected"]) == ("success", 3)
+    # records_collected counts candles (stats add it up); the symbols a refresh loaded are metadata.
+    assert (refresh["status"], refresh["records_collected"], refresh["metadata"]) == ("success", 0, {"symbols": 3})
+    assert task["result"]["candles_written"] == 13
+    assert stats["total_records_collected"] == sum(r["records_collected"] for r in manual) == task["result"][
+        "candles_written"
+    ]

@@ -9,13 +9,13 @@ import pytest
 
 from service.db import klines as klines_db
 from service.db.pool import create_pool
-from service.exchanges.base import Kline
+from service.exchanges.base import Kline, KlinePage
 
 MINUTE = 60_000
 
 
 async def store(conn: Any, series_id: int, klines: list[Kline], *, stored_until: int | None, now_ms: int) -> int:
-    page = klines_db.encode_page(series_id, klines, stored_until=stored_until, now_ms=now_ms)
+    page = klines_db.encode_page(series_id, [KlinePage(klines, as_of_ms=now_ms)], stored_until=stored_until)
     return await klines_db.store_page(conn, page)
 
 
@@ -41,7 +41,7 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
         ids = await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m"), ("BTCUSDT", "1h")])
         series = ids["BTCUSDT", "1m"]
         assert await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m")]) == {("BTCUSDT", "1m"): series}
-        assert await klines_db.last_open_times(conn, [series]) == {series: None}
+        assert await klines_db.stored_ends(conn, [series]) == {series: klines_db.StoredEnd(None, None)}
         assert await store(conn, series, page, stored_until=None, now_ms=10**13) == 1000
         # The last candle again, unchanged, plus two new ones: 2 written.
         again = [page[-1], candle(1000 * MINUTE), candle(1001 * MINUTE)]
@@ -49,8 +49,9 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
         # The last candle corrected: 1 written.
         fixed = [candle(1001 * MINUTE, close="9.00000000")]
         assert await store(conn, series, fixed, stored_until=1001 * MINUTE, now_ms=10**13) == 1
-        assert await klines_db.last_open_times(conn, list(ids.values())) == {
-            series: 1001 * MINUTE, ids["BTCUSDT", "1h"]: None,
+        assert await klines_db.stored_ends(conn, list(ids.values())) == {
+            series: klines_db.StoredEnd(newest=1001 * MINUTE, oldest_open=None),
+            ids["BTCUSDT", "1h"]: klines_db.StoredEnd(None, None),
         }
     assert await db.fetchval("SELECT count(*) FROM klines") == 1002
     assert await db.fetchval("SELECT close::text FROM klines WHERE open_time = $1", 1001 * MINUTE) == "9.00000000"
@@ -77,5 +78,28 @@ async def test_open_candles_are_marked(pool: asyncpg.Pool, db: asyncpg.Connectio
     async with pool.acquire() as conn:
         series = (await klines_db.series_ids(conn, "binance", [("XRPETH", "1m")]))["XRPETH", "1m"]
         await store(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=MINUTE + 5)
+    flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
+    assert [r["is_closed"] for r in flags] == [True, False]
+
+
+async def test_the_next_run_resumes_at_the_oldest_open_candle(pool: asyncpg.Pool) -> None:
+    """A candle stored as open is re-read by the next run even when newer candles were stored after it."""
+    async with pool.acquire() as conn:
+        series = (await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m")]))["BTCUSDT", "1m"]
+        # Two answers: the first produced while its last candle (open_time 2 min) was still open.
+        first = KlinePage([candle(0), candle(MINUTE), candle(2 * MINUTE)], as_of_ms=2 * MINUTE + 5)
+        second = KlinePage([candle(3 * MINUTE), candle(4 * MINUTE)], as_of_ms=10 * MINUTE)
+        await klines_db.store_page(conn, klines_db.encode_page(series, [first, second], stored_until=None))
+        end = (await klines_db.stored_ends(conn, [series]))[series]
+    assert end == klines_db.StoredEnd(newest=4 * MINUTE, oldest_open=2 * MINUTE)
+    assert end.resume_at == 2 * MINUTE
+
+
+async def test_closed_is_decided_by_when_the_exchange_answered(pool: asyncpg.Pool, db: asyncpg.Connection[Any]) -> None:
+    """However late a page is written, a candle open when the exchange answered is stored as open."""
+    async with pool.acquire() as conn:
+        series = (await klines_db.series_ids(conn, "binance", [("ETHUSDT", "1m")]))["ETHUSDT", "1m"]
+        page = KlinePage([candle(0), candle(MINUTE)], as_of_ms=MINUTE + 59_000)
+        await klines_db.store_page(conn, klines_db.encode_page(series, [page], stored_until=None))
     flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
     assert [r["is_closed"] for r in flags] == [True, False]

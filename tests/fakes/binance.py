@@ -332,6 +332,10 @@ class FakeBinance:
         self.in_flight = 0
         self.max_in_flight = 0
 
+        # Called with the query of every klines request once its body is built (before it is sent):
+        # a test moves the exchange (its clock, its candles) between the answer and the service's write.
+        self.after_klines: Callable[[Mapping[str, str]], None] | None = None
+
         self._symbols: dict[str, _Symbol] = {}
         self._series: dict[str, dict[str, _Series]] = {}
         self._symbols_json: bytes | None = None
@@ -343,7 +347,7 @@ class FakeBinance:
                 _Route("/api/v3/ping", lambda p: 1, lambda p, now: (200, b"{}")),
                 _Route("/api/v3/time", lambda p: 1, lambda p, now: (200, _dumps({"serverTime": now}))),
                 _Route("/api/v3/exchangeInfo", lambda p: 20, self._exchange_info),
-                _Route("/api/v3/klines", lambda p: 2, self._klines),
+                _Route("/api/v3/klines", lambda p: 2, self._klines_then_hook),
                 _Route("/api/v3/ticker/price", lambda p: 2 if "symbol" in p else 4, self._ticker_price),
             )
         }
@@ -761,6 +765,12 @@ class FakeBinance:
         ]
         head = _dumps({"timezone": "UTC", "serverTime": now, "rateLimits": rate_limits, "exchangeFilters": []})
         return 200, head[:-1] + b',"symbols":' + self._symbols_json + b"}"
+
+    def _klines_then_hook(self, params: Mapping[str, str], now: int) -> _Result:
+        result = self._klines(params, now)
+        if self.after_klines is not None:
+            self.after_klines(params)
+        return result
 
     def _klines(self, params: Mapping[str, str], now: int) -> _Result:
         symbol = params.get("symbol")

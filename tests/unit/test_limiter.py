@@ -96,3 +96,56 @@ async def test_concurrency_is_capped() -> None:
 
     await asyncio.gather(*(request() for _ in range(20)))
     assert peak == 3
+
+
+async def test_a_429_stating_a_lower_limit_cuts_the_budget_at_once() -> None:
+    """After a 429 stating a limit of 100 (exchange count 100), nothing more is sent in that minute
+    even when Retry-After ends early, and each later minute gets a budget of 97."""
+    clock = Clock(60 * 10 + 5)
+    lim = limiter(clock, limit=300, margin=0.03)
+    for _ in range(30):
+        await take(lim, 2)
+    lim.observe_used(100)  # the exchange's count, from the 429's header
+    lim.rate_limited(1.0, limit=100)
+    assert (lim.limit, lim.state.budget) == (100, 97)
+    windows: list[int] = []
+    for _ in range(100):
+        await take(lim, 2)
+        windows.append(int(clock.now // 60))
+    assert 10 not in windows  # the rest of the minute of the 429 stays unused
+    assert max(windows.count(w) for w in set(windows)) * 2 <= 97
+
+
+async def test_a_429_never_raises_the_limit() -> None:
+    """A 429 stating a higher limit, or none, leaves the budget as it was."""
+    lim = limiter(Clock(60 * 3), limit=300)
+    lim.rate_limited(1.0, limit=6000)
+    lim.rate_limited(1.0, limit=None)
+    assert lim.limit == 300
+
+
+async def test_after_a_429_one_request_at_a_time_until_the_window_rolls_over() -> None:
+    """After a 429 and its pause, requests go one at a time for the rest of that minute (a misjudged
+    budget then costs one more 429, not one per request in flight); the next minute, as many as allowed."""
+    clock = Clock(60 * 20 + 1)
+    lim = limiter(clock, limit=1000, concurrency=10)
+    inside = 0
+    peaks: list[int] = []
+
+    async def request() -> None:
+        nonlocal inside
+        async with lim.slot(2):
+            inside += 1
+            peaks.append(inside)
+            await asyncio.sleep(0.001)
+            inside -= 1
+
+    lim.rate_limited(2.0)
+    await asyncio.gather(*(request() for _ in range(5)))
+    assert clock.now >= 60 * 20 + 3  # the pause was served first
+    assert int(clock.now // 60) == 20
+    assert max(peaks) == 1
+    peaks.clear()
+    clock.now = 60 * 21 + 1
+    await asyncio.gather(*(request() for _ in range(5)))
+    assert max(peaks) == 5

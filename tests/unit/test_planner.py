@@ -60,3 +60,10 @@ def test_every_binance_timeframe_has_a_length() -> None:
     """All 16 intervals are planned."""
     assert len(TIMEFRAMES) == 16
     assert all(interval_ms(tf) > 0 for tf in TIMEFRAMES)
+
+
+@pytest.mark.parametrize("timeframe", ["1d", "3d", "1w", "1M"])
+def test_a_history_deeper_than_1970_starts_at_the_epoch(timeframe: str) -> None:
+    """History reaching before 1970 is clamped to 0: the series starts at its first candle."""
+    assert history_start(timeframe, NOW, 100_000) == 0
+    assert plan_windows(0, NOW, timeframe, 1000)[0].start_ms == 0
