@@ -25,10 +25,8 @@ __all__ = [
     "StoredEnd",
     "encode_copy_rows",
     "encode_page",
-    "fetch_klines",
     "fetch_klines_json",
     "latest_prices",
-    "series_exists",
     "series_ids",
     "store_page",
     "stored_ends",
@@ -205,51 +203,6 @@ async def store_page(conn: Connection, page: EncodedPage) -> int:
             return await _upsert(conn, page.overlap + page.fresh)
 
 
-async def fetch_klines(
-    conn: Connection,
-    exchange: str,
-    symbol: str,
-    timeframe: str,
-    *,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int,
-) -> list[asyncpg.Record]:
-    """Stored candles oldest first: from `start_ms` on if given, else the newest `limit` up to `end_ms`."""
-    columns = """k.open_time, k.open::text AS open, k.high::text AS high, k.low::text AS low,
-                 k.close::text AS close, k.volume::text AS volume, k.close_time,
-                 k.quote_volume::text AS quote_volume, k.trades,
-                 k.taker_buy_base_volume::text AS taker_buy_base_volume,
-                 k.taker_buy_quote_volume::text AS taker_buy_quote_volume, k.is_closed"""
-    if start_ms is not None:
-        rows: list[asyncpg.Record] = await conn.fetch(
-            f"""
-            SELECT {columns}
-              FROM klines k JOIN series s ON s.id = k.series_id
-             WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3
-               AND k.open_time >= $4 AND ($5::bigint IS NULL OR k.open_time <= $5)
-             ORDER BY k.open_time
-             LIMIT $6
-            """,
-            exchange, symbol, timeframe, start_ms, end_ms, limit,
-        )
-        return rows
-    rows = await conn.fetch(
-        f"""
-        SELECT * FROM (
-            SELECT {columns}
-              FROM klines k JOIN series s ON s.id = k.series_id
-             WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3
-               AND ($4::bigint IS NULL OR k.open_time <= $4)
-             ORDER BY k.open_time DESC
-             LIMIT $5
-        ) newest ORDER BY open_time
-        """,
-        exchange, symbol, timeframe, end_ms, limit,
-    )
-    return rows
-
-
 # Reads for GET /api/v1/klines, with the response body built by PostgreSQL. Encoding thousands of
 # candles in Python (a Record, two datetimes and a Struct each, then msgspec) held the event loop
 # for milliseconds per thousand candles; PostgreSQL assembles the same bytes on its own CPU.
@@ -258,7 +211,7 @@ async def fetch_klines(
 # numeric's text, in quotes (that text is digits, '-', '.', 'NaN' or 'Infinity': nothing to
 # escape), integers and booleans bare, NULL as null, times as msgspec writes an aware UTC
 # datetime. Keys come in the order of the API's Candle struct, without spaces: the body is
-# byte-for-byte what msgspec wrote from `fetch_klines`' rows.
+# byte-for-byte what msgspec wrote from the stored rows before.
 
 
 def _json_time(ms: str) -> str:
@@ -345,22 +298,15 @@ async def fetch_klines_json(
     end_ms: int | None,
     limit: int,
 ) -> bytes | None:
-    """The API's Candles body (UTF-8 JSON) for the candles `fetch_klines` selects, oldest first;
-    None if the exchange neither lists the symbol nor has it ever been collected."""
+    """The API's Candles body (UTF-8 JSON), oldest first: from `start_ms` on if given, else the
+    newest `limit` up to `end_ms`. None if the exchange neither lists the symbol nor has it ever
+    been collected."""
     args: list[object] = [exchange, symbol, timeframe, _NO_END if end_ms is None else end_ms, limit]
     if start_ms is None:
         body: bytes | None = await conn.fetchval(_KLINES_JSON_NEWEST, *args)
     else:
         body = await conn.fetchval(_KLINES_JSON_FROM_START, *args, start_ms)
     return body
-
-
-async def series_exists(conn: Connection, exchange: str, symbol: str) -> bool:
-    """Whether any series of this symbol has ever been collected."""
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM series WHERE exchange = $1 AND symbol = $2)", exchange, symbol
-    )
-    return found
 
 
 async def latest_prices(conn: Connection) -> list[asyncpg.Record]:
