@@ -22,8 +22,9 @@ from service.collection.planner import Window, plan_windows, resume_start
 from service.cpu_turns import CpuTurns
 from service.db import klines as klines_db
 from service.db.pool import Connection, Pool, retrying
-from service.exchanges.base import ExchangeClient, ExchangeError, KlinePage, WaitCallback
+from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
 from service.logging import get_logger
+from service.records import KlinePage
 
 __all__ = ["CollectionResult", "Collector", "Pair", "PairResult", "ProgressSink"]
 

@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from service.db.pool import Connection
-from service.exchanges.base import Kline, KlinePage
+from service.records import Kline, KlinePage
 
 __all__ = [
     "EncodedPage",

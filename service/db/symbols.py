@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from service.db.pool import Connection
-from service.exchanges.base import SymbolInfo
+from service.records import SymbolInfo
 
 __all__ = ["count_symbols", "find_symbol", "list_symbols", "replace_symbols"]
 

@@ -1,73 +1,22 @@
-"""What the collection needs from an exchange: a small protocol, neutral records, and the errors."""
+"""What the collection needs from an exchange: a small protocol and the errors.
+
+The records it speaks in (Kline, KlinePage, SymbolInfo, TickerPrice) live in service/records.py,
+which the database layer shares without depending on any exchange.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-import msgspec
+from service.records import KlinePage, SymbolInfo, TickerPrice
 
 __all__ = [
     "ExchangeClient",
     "ExchangeError",
     "InvalidRequestError",
-    "Kline",
-    "KlinePage",
-    "SymbolInfo",
-    "TickerPrice",
     "TransientExchangeError",
     "WaitCallback",
 ]
-
-
-class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
-    """One candle, in Binance's row order (extra trailing fields are ignored when decoding).
-
-    Prices and volumes stay the exchange's decimal strings: they go to PostgreSQL `numeric` untouched.
-    """
-
-    open_time: int
-    open: str
-    high: str
-    low: str
-    close: str
-    volume: str
-    close_time: int
-    quote_volume: str | None = None
-    trades: int | None = None
-    taker_buy_base_volume: str | None = None
-    taker_buy_quote_volume: str | None = None
-
-
-class KlinePage(msgspec.Struct, frozen=True):
-    """The candles of one answer, and a moment no later than when the exchange produced it.
-
-    Whether a candle is final is decided against `as_of_ms`, never against the time of writing: a
-    candle that was still open when the exchange answered holds its open values, however late the
-    page is written.
-    """
-
-    klines: list[Kline]
-    as_of_ms: int
-    """Epoch ms, taken just before the request that got this answer was sent."""
-
-    def closed_count(self) -> int:
-        """How many leading candles had closed when the exchange answered (close_time before as_of)."""
-        n = len(self.klines)
-        while n and self.klines[n - 1].close_time >= self.as_of_ms:
-            n -= 1
-        return n
-
-
-class SymbolInfo(msgspec.Struct, frozen=True):
-    symbol: str
-    base_asset: str
-    quote_asset: str
-    status: str
-
-
-class TickerPrice(msgspec.Struct, frozen=True):
-    symbol: str
-    price: str
 
 
 class ExchangeError(Exception):

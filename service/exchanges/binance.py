@@ -20,18 +20,10 @@ import msgspec
 import stamina
 
 from service.cpu_turns import CpuTurns
-from service.exchanges.base import (
-    ExchangeError,
-    InvalidRequestError,
-    Kline,
-    KlinePage,
-    SymbolInfo,
-    TickerPrice,
-    TransientExchangeError,
-    WaitCallback,
-)
+from service.exchanges.base import ExchangeError, InvalidRequestError, TransientExchangeError, WaitCallback
 from service.exchanges.limiter import WINDOW_SECONDS, WeightLimiter
 from service.logging import get_logger
+from service.records import Kline, KlinePage, SymbolInfo, TickerPrice
 
 __all__ = ["CLOCK_SKEW_ALLOWANCE_MS", "EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient"]
 

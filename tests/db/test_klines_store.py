@@ -9,7 +9,7 @@ import pytest
 
 from service.db import klines as klines_db
 from service.db.pool import create_pool
-from service.exchanges.base import Kline, KlinePage
+from service.records import Kline, KlinePage
 
 MINUTE = 60_000
 

@@ -1,0 +1,58 @@
+"""Exchange-neutral records: what exchanges answer and what the database stores, shared by both."""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = ["Kline", "KlinePage", "SymbolInfo", "TickerPrice"]
+
+
+class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """One candle, in Binance's row order (extra trailing fields are ignored when decoding).
+
+    Prices and volumes stay the exchange's decimal strings: they go to PostgreSQL `numeric` untouched.
+    """
+
+    open_time: int
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    close_time: int
+    quote_volume: str | None = None
+    trades: int | None = None
+    taker_buy_base_volume: str | None = None
+    taker_buy_quote_volume: str | None = None
+
+
+class KlinePage(msgspec.Struct, frozen=True):
+    """The candles of one answer, and a moment no later than when the exchange produced it.
+
+    Whether a candle is final is decided against `as_of_ms`, never against the time of writing: a
+    candle that was still open when the exchange answered holds its open values, however late the
+    page is written.
+    """
+
+    klines: list[Kline]
+    as_of_ms: int
+    """Epoch ms, taken just before the request that got this answer was sent."""
+
+    def closed_count(self) -> int:
+        """How many leading candles had closed when the exchange answered (close_time before as_of)."""
+        n = len(self.klines)
+        while n and self.klines[n - 1].close_time >= self.as_of_ms:
+            n -= 1
+        return n
+
+
+class SymbolInfo(msgspec.Struct, frozen=True):
+    symbol: str
+    base_asset: str
+    quote_asset: str
+    status: str
+
+
+class TickerPrice(msgspec.Struct, frozen=True):
+    symbol: str
+    price: str
