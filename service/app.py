@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
 
 from service import __version__
+from service.api.auth import AuthController
 from service.api.collector import DataCollectorController
 from service.api.configs import ConfigsController
 from service.api.deps import dependencies
@@ -19,8 +20,12 @@ from service.api.errors import exception_handlers
 from service.api.execution_logs import ExecutionLogsController
 from service.api.health import HealthController
 from service.api.klines import KlinesController
+from service.api.middleware import REQUEST_ID_HEADER, JsonBodyMiddleware, RequestIdMiddleware, add_response_headers
+from service.api.openapi import DocumentedSchemaPlugin, docs_assets_router, openapi_config
+from service.auth.guards import document_read_access
+from service.auth.tokens import build_jwt_auth
 from service.collection.runtime import open_runtime
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 __all__ = ["create_app"]
 
@@ -37,8 +42,12 @@ def create_app(
 
     `on_shutdown` callbacks run after everything else has closed (the CLI stops the embedded
     PostgreSQL there: under uvicorn, atexit handlers never run on SIGTERM). `clock` and `sleep`
-    drive every time decision of the collection; tests inject their own.
+    drive every time decision of the collection; tests inject their own. `settings.secret_key`
+    must be set (the CLI fills it in embedded mode: service/auth/secret_key.py).
     """
+    if settings.secret_key is None:
+        raise SettingsError("SECRET_KEY: required to sign the login tokens")
+    jwt_auth = build_jwt_auth(secret_key=settings.secret_key, expire_minutes=settings.access_token_expire_minutes)
 
     @asynccontextmanager
     async def runtime_lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -46,20 +55,34 @@ def create_app(
             app.state.runtime = runtime
             yield
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
-            HealthController, DataCollectorController, KlinesController, ConfigsController, ExecutionLogsController,
+            HealthController, AuthController, DataCollectorController, KlinesController, ConfigsController,
+            ExecutionLogsController, docs_assets_router(),
         ],
         dependencies=dependencies,
+        # JWTAuth's middleware and scheme only: its on_app_init would mark every operation, public
+        # ones included, as needing the token; the protected routes declare it themselves.
+        # The request id first, so every log line of the request carries it (auth failures too);
+        # bodies are read and checked only once the caller is authenticated.
+        middleware=[RequestIdMiddleware(), jwt_auth.middleware, JsonBodyMiddleware()],
+        before_send=[add_response_headers],
+        request_max_body_size=settings.max_body_bytes,
+        cors_config=_cors(settings),
+        state=State({"jwt_auth": jwt_auth}),
         exception_handlers=exception_handlers,
         lifespan=[runtime_lifespan],
         on_shutdown=list(on_shutdown),
-        openapi_config=OpenAPIConfig(
-            title="kline-collector",
-            version=__version__,
-            description="Keeps exchange candles flowing into PostgreSQL.",
-            path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
-        ),
+        openapi_config=openapi_config(version=__version__, components=[jwt_auth.openapi_components]),
+        plugins=[DocumentedSchemaPlugin()],
         logging_config=None,  # structlog is configured by the CLI
     )
+    document_read_access(app, public_reads=settings.public_reads)
+    return app
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    """Browsers on CORS_ORIGINS may call the API (tokens travel in a header, not cookies); unset: CORS off."""
+    if not settings.cors_origin_list:
+        return None
+    return CORSConfig(allow_origins=list(settings.cors_origin_list), expose_headers=[REQUEST_ID_HEADER], max_age=600)

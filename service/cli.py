@@ -1,27 +1,35 @@
-"""Command line: `kline-collector serve | migrate`. Each setting is an environment variable."""
+"""Command line: `kline-collector serve | migrate | create-user`. Each setting is an environment variable."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 import uvicorn
 
+from service.auth.secret_key import with_secret_key
 from service.db.embedded import EmbeddedPostgres, start_embedded_postgres
 from service.db.migrate import is_at_head, upgrade
 from service.logging import configure_logging, get_logger
 from service.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from service.auth.accounts import User
 
 __all__ = ["main"]
 
 log = get_logger(__name__)
 
 
-def _settings() -> Settings:
+def _settings(*, serving: bool = False) -> Settings:
+    """The settings, or exit 2 naming the bad variable; `serving` also needs the token key (SECRET_KEY)."""
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        return with_secret_key(settings) if serving else settings
     except SettingsError as exc:
         click.echo(f"kline-collector: bad setting: {exc}", err=True)
         sys.exit(2)
@@ -49,7 +57,7 @@ def main() -> None:
 @main.command()
 def serve() -> None:
     """Apply migrations and serve the API (HOST, PORT); embedded PostgreSQL unless DATABASE_URL is set."""
-    settings = _settings()
+    settings = _settings(serving=True)
     configure_logging(settings.log_level, settings.log_format)
     with _database(settings) as (dsn, server):
         if not is_at_head(dsn):
@@ -76,3 +84,52 @@ def migrate() -> None:
     with _database(settings) as (dsn, _):
         upgrade(dsn)
     log.info("migrations_applied")
+
+
+@main.command("create-user")
+@click.option("--email", required=True, help="The account's email (unique whatever its case).")
+@click.option("--admin", is_flag=True, help="Make it an admin (admin routes need one). Never demotes an admin.")
+@click.option(
+    "--password-stdin", is_flag=True,
+    help="Read the password from the first line of standard input; without it, a hidden prompt on a terminal.",
+)
+def create_user(email: str, admin: bool, password_stdin: bool) -> None:
+    """Create an account, or set the password of an existing one (DATABASE_URL, or the embedded server).
+
+    The password is never a command-line argument: other users can read those in the process list.
+    """
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        click.echo("kline-collector: no terminal to ask for the password on: use --password-stdin", err=True)
+        sys.exit(2)
+    from service.auth.accounts import check_new_credentials
+    from service.errors import InvalidInputError
+
+    try:
+        email = check_new_credentials(email, password)
+    except InvalidInputError as exc:
+        click.echo(f"kline-collector: {exc.detail}", err=True)
+        sys.exit(2)
+    with _database(settings) as (dsn, _):
+        if not is_at_head(dsn):
+            upgrade(dsn)
+        user, created = asyncio.run(_save_user(dsn, email, password, admin))
+    role = "admin" if user.is_admin else "user"
+    click.echo(f"{'created' if created else 'updated'} {role} {user.email} (id {user.id})")
+
+
+async def _save_user(dsn: str, email: str, password: str, is_admin: bool) -> tuple[User, bool]:
+    from service.auth.accounts import save_user
+    from service.auth.passwords import PasswordHasher
+    from service.db.pool import create_pool
+
+    pool = await create_pool(dsn, min_size=1, max_size=1)
+    try:
+        return await save_user(pool, PasswordHasher(), email=email, password=password, is_admin=is_admin)
+    finally:
+        await pool.close()

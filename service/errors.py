@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "ConflictError",
     "DatabaseUnavailableError",
     "DomainError",
     "InvalidInputError",
     "NotFoundError",
     "ServiceUnavailableError",
+    "TooManyAttemptsError",
 ]
 
 
@@ -41,3 +43,15 @@ class ServiceUnavailableError(DomainError):
 
 class DatabaseUnavailableError(ServiceUnavailableError):
     """The database cannot be reached, or dropped the connection in the middle of the work."""
+
+
+class AuthenticationError(DomainError):
+    """The credentials are wrong; never says which part (an unknown email looks like a wrong password)."""
+
+
+class TooManyAttemptsError(DomainError):
+    """Too many failed attempts lately; `retry_after` is how many seconds until the next is allowed."""
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after

@@ -4,17 +4,43 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["TIMEFRAMES", "Settings", "SettingsError"]
+__all__ = ["TIMEFRAMES", "Settings", "SettingsError", "Timeframe", "TimeframeName"]
 
-#: Binance's kline intervals; the only timeframes the service accepts.
-TIMEFRAMES: tuple[str, ...] = (
-    "1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M",
-)
+
+class Timeframe(StrEnum):
+    """Binance's kline intervals; the only timeframes the service accepts."""
+
+    SECOND_1 = "1s"
+    MINUTE_1 = "1m"
+    MINUTE_3 = "3m"
+    MINUTE_5 = "5m"
+    MINUTE_15 = "15m"
+    MINUTE_30 = "30m"
+    HOUR_1 = "1h"
+    HOUR_2 = "2h"
+    HOUR_4 = "4h"
+    HOUR_6 = "6h"
+    HOUR_8 = "8h"
+    HOUR_12 = "12h"
+    DAY_1 = "1d"
+    DAY_3 = "3d"
+    WEEK_1 = "1w"
+    MONTH_1 = "1M"
+
+
+TIMEFRAMES: tuple[str, ...] = tuple(t.value for t in Timeframe)
+
+#: A timeframe held as a plain str, as the exchange and the database take it (an unknown one is
+#: refused with a 422 that lists the allowed ones); the enum in the metadata is what the OpenAPI
+#: document shows (service/api/openapi.py).
+TimeframeName = Annotated[str, Timeframe]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -37,7 +63,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     """HTTP port (Heroku sets PORT)."""
     binance_api_url: str = "https://api.binance.com"
-    """Base URL of Binance's spot REST API."""
+    """Base URL of Binance's spot REST API (http or https, with a host)."""
+    max_body_bytes: PositiveInt = 1_048_576
+    """Largest request body accepted; a larger one is a 413 before it is parsed."""
+    cors_origins: str | None = None
+    """Comma-separated origins (https://app.example) allowed to call the API from a browser; unset: CORS off."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_tasks: PositiveInt = 5
@@ -81,6 +111,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Smallest interval_minutes a collection config may have."""
     log_retention_days: PositiveInt = 30
     """Execution logs and finished tasks older than this are deleted daily."""
+    secret_key: Annotated[str, msgspec.Meta(min_length=32)] | None = None
+    """Signs the login tokens (HS256). Required with DATABASE_URL; embedded: generated once and kept
+    beside the data directory."""
+    access_token_expire_minutes: PositiveInt = 60
+    """Minutes a login token stays valid."""
+    admin_email: Annotated[str, msgspec.Meta(max_length=320, pattern=r"^\s*[^@\s]+@[^@\s]+\s*$")] | None = None
+    """With ADMIN_PASSWORD: this admin is created, or given that password, at every start."""
+    admin_password: Annotated[str, msgspec.Meta(min_length=8, max_length=1024)] | None = None
+    public_reads: bool = True
+    """GETs of /api/v1/data-collector and /api/v1/klines need no token (false: any valid token)."""
+    trusted_proxy_count: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
+    """Proxies in front of the service that append to X-Forwarded-For (Heroku: 1); 0 ignores the header."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -100,12 +142,36 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"DB_WRITE_CONNECTIONS: must leave two of DB_POOL_MAX ({settings.db_pool_max}) free for the API"
             )
         if settings.database_url is not None:
-            settings = msgspec.structs.replace(settings, database_url=normalise_dsn(settings.database_url))
+            database_url = normalise_dsn(settings.database_url)
+            _check_url("DATABASE_URL", database_url, ("postgresql",), host_required=False)
+            settings = msgspec.structs.replace(settings, database_url=database_url)
+        _check_url("BINANCE_API_URL", settings.binance_api_url, ("http", "https"), host_required=True)
+        for origin in settings.cors_origin_list:
+            _check_origin(origin)
+        if (settings.admin_email is None) != (settings.admin_password is None):
+            missing = "ADMIN_PASSWORD" if settings.admin_password is None else "ADMIN_EMAIL"
+            raise SettingsError(f"{missing}: ADMIN_EMAIL and ADMIN_PASSWORD go together; set both or neither")
         return settings
+
+    def __repr__(self) -> str:
+        # Settings end up in tracebacks and debug output: never with the key or the admin password.
+        hidden = {"secret_key", "admin_password"}
+        fields = ", ".join(
+            f"{name}={'***' if name in hidden and getattr(self, name) is not None else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"Settings({fields})"
 
     @property
     def embedded_pg_path(self) -> Path:
         return Path(self.embedded_pg_dir).expanduser().resolve()
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """CORS_ORIGINS as a tuple (empty: CORS off)."""
+        if self.cors_origins is None:
+            return ()
+        return tuple(origin.strip() for origin in self.cors_origins.split(",") if origin.strip())
 
 
 def normalise_dsn(url: str) -> str:
@@ -115,6 +181,33 @@ def normalise_dsn(url: str) -> str:
     if not url.startswith("postgresql://"):
         raise SettingsError(f"DATABASE_URL must start with postgres:// or postgresql://, got {url.split(':', 1)[0]!r}")
     return url
+
+
+def _check_url(variable: str, url: str, schemes: tuple[str, ...], *, host_required: bool) -> None:
+    """SettingsError naming `variable` unless `url` is a usable URL of one of `schemes`.
+
+    The value itself is never repeated: a database URL holds a password.
+    """
+    expected = " or ".join(f"{scheme}://" for scheme in schemes)
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        raise SettingsError(f"{variable}: must be a URL ({expected}...) without spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in 0..65535
+    except ValueError as exc:
+        raise SettingsError(f"{variable}: not a usable URL ({exc})") from None
+    if parts.scheme not in schemes:
+        raise SettingsError(f"{variable}: must be a URL starting with {expected}")
+    if host_required and not parts.hostname:
+        raise SettingsError(f"{variable}: the URL has no host")
+
+
+def _check_origin(origin: str) -> None:
+    """A CORS origin is a scheme and a host (and port), nothing more: https://app.example:8443."""
+    _check_url("CORS_ORIGINS", origin, ("http", "https"), host_required=True)
+    parts = urlsplit(origin)
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
 
 
 def _name_the_variable(message: str) -> str:

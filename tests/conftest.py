@@ -1,5 +1,11 @@
 """Shared fixtures: one real PostgreSQL per session, a migrated template database cloned per test,
-the fake Binance the tests own, and the app served in the test's own event loop."""
+the fake Binance the tests own, and the app served in the test's own event loop.
+
+Every app the tests serve has an admin account (TEST_ADMIN_EMAIL), and `Api.http` sends its bearer
+token on every request; `Api.anonymous` sends none, and `Api.token_for()` makes a token for another
+account (`await api.add_user(email, is_admin=False)`). Accounts made here share one password hash,
+computed once per session: no test pays for argon2 unless it logs in.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,44 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import argon2
 import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
 
 from service.app import create_app
+from service.auth.accounts import User
+from service.auth.tokens import create_access_token
+from service.db import users as users_db
 from service.db.embedded import start_embedded_postgres
 from service.settings import Settings
 from tests.fakes.binance import FakeBinance
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_DB = "kc_template"
+#: Signs the tokens of every test app (HS256 wants at least 32 characters).
+TEST_SECRET_KEY = "tests-only-secret-key-0123456789abcdefghij"
+#: The admin every served app has; `Api.http` carries its token.
+TEST_ADMIN_EMAIL = "admin@kline-collector.test"
+#: The password of every account the fixtures make.
+TEST_PASSWORD = "correct horse battery staple"
+
+
+@cache
+def password_hash_for_tests() -> str:
+    """argon2 hash of TEST_PASSWORD, made once per session (one hash costs ~100 ms of CPU)."""
+    return argon2.PasswordHasher().hash(TEST_PASSWORD)
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for `token`."""
+    return {"Authorization": f"Bearer {token}"}
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -122,6 +150,7 @@ def make_settings(db_dsn: str, fake: FakeBinance) -> Callable[..., Settings]:
             "binance_timeout": 2.0,
             "task_cleanup_delay": 300.0,
             "log_level": "WARNING",
+            "secret_key": TEST_SECRET_KEY,
         }
         values.update(overrides)
         return Settings(**values)
@@ -135,11 +164,23 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 class Api:
-    """The app in this event loop, over httpx's ASGI transport, plus a few waiting helpers."""
+    """The app in this event loop, over httpx's ASGI transport, plus a few waiting helpers.
 
-    def __init__(self, http: httpx.AsyncClient, app: Litestar) -> None:
+    `http` sends the test admin's bearer token with every request; `anonymous` sends none.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, app: Litestar, anonymous: httpx.AsyncClient) -> None:
         self.http = http
         self.app = app
+        self.anonymous = anonymous
+
+    async def add_user(self, email: str, *, is_admin: bool = False) -> User:
+        """An active account with TEST_PASSWORD (no hashing: the session's one hash)."""
+        return await add_test_user(self.app, email, is_admin=is_admin)
+
+    def token_for(self, user: User) -> str:
+        """A token for `user`, minted by this app's own JWT auth (as a login would)."""
+        return create_access_token(self.app.state.jwt_auth, user)
 
     async def start(self, symbols: list[str], timeframes: list[str]) -> str:
         body = {"symbols": symbols, "timeframes": timeframes}
@@ -202,9 +243,27 @@ async def serve_app(settings: Settings, clock: Clock | None = None) -> AsyncIter
     else:
         app = create_app(settings, settings.database_url, clock=clock, sleep=clock.sleep)
     async with app.lifespan():
+        admin = await add_test_user(app, TEST_ADMIN_EMAIL, is_admin=True)
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://kline-collector") as http:
-            yield Api(http, app)
+        base_url = "http://kline-collector"
+        admin_headers = bearer(create_access_token(app.state.jwt_auth, admin))
+        async with (
+            httpx.AsyncClient(transport=transport, base_url=base_url, headers=admin_headers) as http,
+            httpx.AsyncClient(transport=transport, base_url=base_url) as anonymous,
+        ):
+            yield Api(http, app, anonymous)
+
+
+async def add_test_user(app: Litestar, email: str, *, is_admin: bool) -> User:
+    """Create (or make active again) an account with TEST_PASSWORD in the app's database."""
+    runtime = app.state.runtime
+    async with runtime.pool.acquire() as conn:
+        row, _ = await users_db.upsert_user(
+            conn, email=email, password_hash=password_hash_for_tests(), is_admin=is_admin
+        )
+    user: User | None = await runtime.accounts.get(row["id"])
+    assert user is not None
+    return user
 
 
 @asynccontextmanager

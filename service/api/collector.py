@@ -9,48 +9,59 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api.deps import JobsDep, PoolDep, RegistryDep, RuntimeDep
-from service.api.schemas import Schema, ms_to_datetime
+from service.api.enums import ExchangeChoice, TaskReplyStatus, TaskReplyStatusName, TaskStatusName, TaskTypeName
+from service.api.openapi import DocumentedAs, error_responses
+from service.api.schemas import Schema, SymbolName, TimeframeText, ms_to_datetime, text_query
+from service.auth.guards import BEARER_SECURITY, requires_admin, requires_reader
 from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH
 from service.collection.registry import TaskView
+from service.collection.task_records import TaskParams, TaskResult
 from service.db import configs as configs_db
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
 from service.loop_monitor import LoopLag
-from service.settings import TIMEFRAMES
+from service.settings import TIMEFRAMES, TimeframeName
 
-__all__ = ["DataCollectorController"]
+__all__ = ["DataCollectorController", "TaskReply"]
 
 DEFAULT_TIMEFRAMES = ["1m", "5m", "15m", "1h", "4h", "1d"]
+#: Symbols one /start may name: more is a collection the exchange's weight budget takes hours to serve.
+MAX_START_SYMBOLS = 1000
 
 
 class StartCollection(Schema):
-    symbols: list[str]
-    """Symbols as the exchange names them (BTCUSDT) or as BASE/QUOTE (BTC/USDT)."""
-    timeframes: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_TIMEFRAMES))
+    symbols: Annotated[list[SymbolName], msgspec.Meta(max_length=MAX_START_SYMBOLS)]
+    """Symbols as the exchange names them (BTCUSDT) or as BASE/QUOTE (BTC/USDT); repeats count once."""
+    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=lambda: list(DEFAULT_TIMEFRAMES)
+    )
     """Any of Binance's intervals: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M."""
 
 
-class Submitted(Schema):
+class TaskReply(Schema):
+    """What submitting a task (start, refresh, trigger) or cancelling one answers."""
+
     task_id: uuid.UUID
-    status: str
+    status: TaskReplyStatusName
     message: str
 
 
 class TaskOut(Schema):
     task_id: uuid.UUID
-    task_type: str
-    status: str
+    task_type: TaskTypeName
+    status: TaskStatusName
     progress: int
     message: str | None
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
     error: str | None
-    result: dict[str, Any] | None
-    params: dict[str, Any]
+    result: Annotated[Any, DocumentedAs(TaskResult | None)]
+    """Per series for a collection, the symbol count for a refresh; null until the task ends (and after a cancel)."""
+    params: TaskParams
 
 
 class TaskList(Schema):
@@ -58,20 +69,24 @@ class TaskList(Schema):
     count: int
 
 
-class Cancelled(Schema):
-    task_id: uuid.UUID
-    status: str
-    message: str
-
-
 class CollectorStatus(Schema):
     symbols_count: int
-    timeframes: list[str]
+    timeframes: list[TimeframeName]
     available_symbols: list[str]
 
 
+class TaskCounts(Schema):
+    """How many tasks are in each status."""
+
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
 class TaskStats(Schema):
-    task_counts: dict[str, int]
+    task_counts: TaskCounts
     active_tasks_count: int
     data_collector_status: CollectorStatus
 
@@ -83,7 +98,7 @@ class SchedulerStatus(Schema):
     symbol_refresh_interval: int
     data_collection_running: bool
     active_tasks_count: int
-    scheduler_task_types: list[str]
+    scheduler_task_types: list[TaskTypeName]
     scheduled_configs: int
     next_run_at: datetime | None
     next_symbol_refresh_at: datetime | None
@@ -99,7 +114,7 @@ class LimiterOut(Schema):
 
 class ServiceStatus(Schema):
     is_running: bool
-    exchange: str
+    exchange: ExchangeChoice
     symbols_count: int
     active_tasks: int
     collection_interval: int | None
@@ -111,10 +126,10 @@ class ServiceStatus(Schema):
 
 
 class LatestPrice(Schema):
-    exchange: str
+    exchange: ExchangeChoice
     symbol: str
     price: str
-    timeframe: str
+    timeframe: TimeframeName
     open_time: datetime
     close_time: datetime
     is_closed: bool
@@ -136,53 +151,77 @@ def _task_out(view: TaskView) -> TaskOut:
 class DataCollectorController(Controller):
     path = "/api/v1/data-collector"
     tags = ["data-collector"]
+    # Reads are public unless PUBLIC_READS=false; the routes that change state need an admin.
+    guards = [requires_reader]
 
     @post(
         "/start", operation_id="startCollection", status_code=202,
+        guards=[requires_admin], security=BEARER_SECURITY,
         summary="Start collecting candles of symbols × timeframes; returns the task id at once",
-        raises=[],
+        responses=error_responses(
+            400, 401, 403, 409, 413, 415, 422,
+            descriptions={409: "A pending or running task already collects one of these series "
+                               "(`extra.active_task_id`), or the service is shutting down"},
+        ),
     )
-    async def start(self, data: JSONBody[StartCollection], jobs: JobsDep) -> Submitted:
+    async def start(self, data: JSONBody[StartCollection], jobs: JobsDep) -> TaskReply:
         view = await jobs.start_collection(data.symbols, data.timeframes, task_type=DATA_COLLECTION)
-        return Submitted(
-            task_id=view.task_id, status="submitted",
+        return TaskReply(
+            task_id=view.task_id, status=TaskReplyStatus.SUBMITTED,
             message="Data collection task submitted successfully. Use the task_id to check status.",
         )
 
-    @get("/task/{task_id:uuid}", operation_id="getTask", summary="One task's status, progress and result")
+    @get(
+        "/task/{task_id:uuid}", operation_id="getTask", summary="One task's status, progress and result",
+        responses=error_responses(400, 401, 404),
+    )
     async def get_task(self, task_id: FromPath[uuid.UUID], registry: RegistryDep) -> TaskOut:
         return _task_out(await registry.get(task_id))
 
-    @get("/tasks", operation_id="listTasks", summary="Tasks, newest first")
+    @get(
+        "/tasks", operation_id="listTasks", summary="Tasks, newest first",
+        responses=error_responses(400, 401),
+    )
     async def list_tasks(
         self,
         registry: RegistryDep,
-        task_type: FromQuery[str | None] = None,
+        task_type: Annotated[TaskTypeName | None, text_query(max_length=64)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> TaskList:
         views = await registry.list(task_type=task_type, limit=limit)
         return TaskList(tasks=[_task_out(v) for v in views], count=len(views))
 
-    @get("/tasks/active", operation_id="listActiveTasks", summary="Pending and running tasks")
+    @get(
+        "/tasks/active", operation_id="listActiveTasks", summary="Pending and running tasks",
+        responses=error_responses(401),
+    )
     async def active_tasks(self, registry: RegistryDep) -> TaskList:
         views = await registry.list(active_only=True, limit=1000)
         return TaskList(tasks=[_task_out(v) for v in views], count=len(views))
 
     @post(
         "/task/{task_id:uuid}/cancel", operation_id="cancelTask", status_code=200,
+        guards=[requires_admin], security=BEARER_SECURITY,
         summary="Cancel a pending or running task; candles already written stay",
+        responses=error_responses(
+            400, 401, 403, 404, 409,
+            descriptions={409: "The task has already ended, is recording its end, or is run by another process"},
+        ),
     )
-    async def cancel(self, task_id: FromPath[uuid.UUID], registry: RegistryDep) -> Cancelled:
+    async def cancel(self, task_id: FromPath[uuid.UUID], registry: RegistryDep) -> TaskReply:
         view = await registry.cancel(task_id)
-        return Cancelled(task_id=view.task_id, status=view.status, message=view.message or "Cancelled")
+        return TaskReply(task_id=view.task_id, status=view.status, message=view.message or "Cancelled")
 
-    @get("/tasks/stats", operation_id="taskStats", summary="Task counts by status and collector overview")
+    @get(
+        "/tasks/stats", operation_id="taskStats", summary="Task counts by status and collector overview",
+        responses=error_responses(401),
+    )
     async def stats(self, registry: RegistryDep, jobs: JobsDep, pool: PoolDep) -> TaskStats:
         counts = await registry.counts()
         async with pool.acquire() as conn:
             symbols = await symbols_db.list_symbols(conn, jobs.exchange)
         return TaskStats(
-            task_counts=counts,
+            task_counts=TaskCounts(**counts),
             active_tasks_count=counts["pending"] + counts["running"],
             data_collector_status=CollectorStatus(
                 symbols_count=len(symbols), timeframes=list(TIMEFRAMES), available_symbols=symbols
@@ -191,13 +230,22 @@ class DataCollectorController(Controller):
 
     @post(
         "/refresh-symbols", operation_id="refreshSymbols", status_code=202,
+        guards=[requires_admin], security=BEARER_SECURITY,
         summary="Reload the exchange's symbol list (and weight limit) as a task",
+        responses=error_responses(
+            401, 403, 409, descriptions={409: "A symbol refresh is already running, or the service is shutting down"}
+        ),
     )
-    async def refresh_symbols(self, jobs: JobsDep) -> Submitted:
+    async def refresh_symbols(self, jobs: JobsDep) -> TaskReply:
         view = await jobs.start_symbol_refresh()
-        return Submitted(task_id=view.task_id, status="submitted", message="Symbol refresh task submitted.")
+        return TaskReply(
+            task_id=view.task_id, status=TaskReplyStatus.SUBMITTED, message="Symbol refresh task submitted."
+        )
 
-    @get("/status", operation_id="collectorStatus", summary="Collector, scheduler and rate-limiter state")
+    @get(
+        "/status", operation_id="collectorStatus", summary="Collector, scheduler and rate-limiter state",
+        responses=error_responses(401),
+    )
     async def status(self, runtime: RuntimeDep) -> ServiceStatus:
         async def symbols_and_configs() -> tuple[list[str], list[Any]]:
             async with runtime.pool.acquire() as conn:
@@ -241,7 +289,10 @@ class DataCollectorController(Controller):
             event_loop_lag_ms=runtime.loop_monitor.lag(),
         )
 
-    @get("/latest-prices", operation_id="latestPrices", summary="Latest stored close per collected symbol")
+    @get(
+        "/latest-prices", operation_id="latestPrices", summary="Latest stored close per collected symbol",
+        responses=error_responses(401),
+    )
     async def latest_prices(self, pool: PoolDep) -> LatestPrices:
         async with pool.acquire() as conn:
             rows = await klines_db.latest_prices(conn)

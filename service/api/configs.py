@@ -7,40 +7,59 @@ promptly; a changed interval counts from the config's last run.
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
-from litestar import Controller, delete, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar import Controller, Request, delete, get, post, put
+from litestar.params import FromQuery, JSONBody, QueryParameter
+from litestar.security.jwt import Token
 from msgspec import UNSET, UnsetType
 
+from service.api.collector import TaskReply
 from service.api.deps import RuntimeDep
-from service.api.schemas import Schema
+from service.api.enums import ExchangeChoice, TaskReplyStatus
+from service.api.openapi import error_responses
+from service.api.schemas import (
+    INT4_MAX,
+    Description,
+    ExchangeName,
+    Schema,
+    SymbolName,
+    TimeframeText,
+    id_path,
+    skip_query,
+    text_query,
+)
+from service.auth.accounts import User
+from service.auth.guards import BEARER_SECURITY, requires_admin
 from service.collection.jobs import validate_timeframes
 from service.collection.runtime import Runtime
 from service.db import configs as configs_db
 from service.db.pool import Connection
 from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.settings import TimeframeName
 
 __all__ = ["Config", "ConfigsController", "CreateConfig", "UpdateConfig"]
 
-Symbol = Annotated[str, msgspec.Meta(min_length=1, max_length=40, description="BTCUSDT or BTC/USDT")]
-Exchange = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
-# Any int the database column holds; the minimum (MIN_INTERVAL_MINUTES) is checked with a 422.
-IntervalMinutes = Annotated[int, msgspec.Meta(le=2_147_483_647, description="Minutes between runs")]
-Description = Annotated[str, msgspec.Meta(max_length=1000)]
-Timeframes = Annotated[list[str], msgspec.Meta(description="Binance intervals, e.g. 1m 5m 1h 1d")]
+# At most a week; the minimum (MIN_INTERVAL_MINUTES, a setting) is checked with a 422.
+IntervalMinutes = Annotated[int, msgspec.Meta(le=10_080, description="Minutes between runs (at most 10080, a week)")]
+Timeframes = Annotated[
+    list[TimeframeText], msgspec.Meta(max_length=16, description="Binance intervals, e.g. 1m 5m 1h 1d")
+]
+# An int4 column: a larger id is a 400 naming config_id, not a driver error.
+ConfigId = Annotated[int, id_path(INT4_MAX, "Id of the collection config")]
+
+_DUPLICATE = "A config for this symbol on this exchange already exists (`extra.config_id`)"
 
 
 class Config(Schema):
     id: int
     symbol: str
     """As the exchange names it (BTCUSDT), whatever form was sent."""
-    exchange: str
-    timeframes: list[str]
+    exchange: ExchangeChoice
+    timeframes: list[TimeframeName]
     interval_minutes: int
     enabled: bool
     job_id: str
@@ -56,10 +75,10 @@ class Config(Schema):
 
 
 class CreateConfig(Schema):
-    symbol: Symbol
+    symbol: SymbolName
     timeframes: Timeframes
     interval_minutes: IntervalMinutes
-    exchange: Exchange = "binance"
+    exchange: ExchangeName = "binance"
     enabled: bool = True
     description: Description | None = None
 
@@ -67,18 +86,12 @@ class CreateConfig(Schema):
 class UpdateConfig(Schema):
     """Only the fields sent change; `description: null` clears the description."""
 
-    symbol: Symbol | UnsetType = UNSET
-    exchange: Exchange | UnsetType = UNSET
+    symbol: SymbolName | UnsetType = UNSET
+    exchange: ExchangeName | UnsetType = UNSET
     timeframes: Timeframes | UnsetType = UNSET
     interval_minutes: IntervalMinutes | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     description: Description | UnsetType | None = UNSET
-
-
-class Triggered(Schema):
-    task_id: uuid.UUID
-    status: str
-    message: str
 
 
 def _config(row: asyncpg.Record) -> Config:
@@ -130,15 +143,17 @@ async def _conflict_after_race(conn: Connection, exchange: str, symbol: str, exc
 
 class ConfigsController(Controller):
     path = "/api/v1/admin/data-collection/configs"
-    tags = ["admin: collection configs"]
+    tags = ["admin"]
+    guards = [requires_admin]
+    security = BEARER_SECURITY
 
-    @get(operation_id="listConfigs", summary="Collection configs, by id")
+    @get(operation_id="listConfigs", summary="Collection configs, by id", responses=error_responses(400, 401, 403))
     async def list_configs(
         self,
         runtime: RuntimeDep,
         enabled: FromQuery[bool | None] = None,
-        exchange: FromQuery[str | None] = None,
-        skip: Annotated[int, QueryParameter(ge=0)] = 0,
+        exchange: Annotated[ExchangeChoice | None, text_query(max_length=40)] = None,
+        skip: Annotated[int, skip_query()] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 100,
     ) -> list[Config]:
         async with runtime.pool.acquire() as conn:
@@ -148,8 +163,11 @@ class ConfigsController(Controller):
     @post(
         operation_id="createConfig", status_code=201,
         summary="Add a symbol to collect on an interval; it is scheduled at once (first run promptly)",
+        responses=error_responses(400, 401, 403, 409, 413, 415, 422, descriptions={409: _DUPLICATE}),
     )
-    async def create_config(self, data: JSONBody[CreateConfig], runtime: RuntimeDep) -> Config:
+    async def create_config(
+        self, data: JSONBody[CreateConfig], runtime: RuntimeDep, request: Request[User, Token, Any]
+    ) -> Config:
         runtime.jobs.check_exchange(data.exchange)
         timeframes = validate_timeframes(data.timeframes)
         _check_interval(runtime, data.interval_minutes)
@@ -162,7 +180,7 @@ class ConfigsController(Controller):
                     inserted = await configs_db.insert_config(
                         conn, symbol=symbol, exchange=data.exchange, timeframes=timeframes,
                         interval_minutes=data.interval_minutes, enabled=data.enabled,
-                        description=data.description, created_by=None, next_run_at=None,
+                        description=data.description, created_by=request.user.email, next_run_at=None,
                     )
                     await configs_db.reschedule(conn, inserted["id"], _now(runtime))
                     row = await configs_db.get_config(conn, inserted["id"])
@@ -172,8 +190,11 @@ class ConfigsController(Controller):
         assert row is not None
         return _config(row)
 
-    @get("/{config_id:int}", operation_id="getConfig", summary="One collection config")
-    async def get_config(self, config_id: FromPath[int], runtime: RuntimeDep) -> Config:
+    @get(
+        "/{config_id:int}", operation_id="getConfig", summary="One collection config",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def get_config(self, config_id: ConfigId, runtime: RuntimeDep) -> Config:
         async with runtime.pool.acquire() as conn:
             row = await configs_db.get_config(conn, config_id)
         if row is None:
@@ -183,9 +204,10 @@ class ConfigsController(Controller):
     @put(
         "/{config_id:int}", operation_id="updateConfig",
         summary="Change some fields of a config (the others stay); the schedule follows at once",
+        responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, descriptions={409: _DUPLICATE}),
     )
     async def update_config(
-        self, config_id: FromPath[int], data: JSONBody[UpdateConfig], runtime: RuntimeDep
+        self, config_id: ConfigId, data: JSONBody[UpdateConfig], runtime: RuntimeDep
     ) -> Config:
         async with runtime.pool.acquire() as conn:
             current = await configs_db.get_config(conn, config_id)
@@ -227,8 +249,9 @@ class ConfigsController(Controller):
     @delete(
         "/{config_id:int}", operation_id="deleteConfig", status_code=204,
         summary="Delete a config; it is unscheduled at once (its execution logs stay)",
+        responses=error_responses(400, 401, 403, 404),
     )
-    async def delete_config(self, config_id: FromPath[int], runtime: RuntimeDep) -> None:
+    async def delete_config(self, config_id: ConfigId, runtime: RuntimeDep) -> None:
         async with runtime.pool.acquire() as conn:
             deleted = await configs_db.delete_config(conn, config_id)
         if not deleted:
@@ -238,8 +261,9 @@ class ConfigsController(Controller):
     @post(
         "/{config_id:int}/enable", operation_id="enableConfig", status_code=200,
         summary="Enable a config; it is scheduled at once",
+        responses=error_responses(400, 401, 403, 404),
     )
-    async def enable(self, config_id: FromPath[int], runtime: RuntimeDep) -> Config:
+    async def enable(self, config_id: ConfigId, runtime: RuntimeDep) -> Config:
         async with runtime.pool.acquire() as conn, conn.transaction():
             row = await configs_db.set_enabled(conn, config_id, True)
             if row is not None:
@@ -253,8 +277,9 @@ class ConfigsController(Controller):
     @post(
         "/{config_id:int}/disable", operation_id="disableConfig", status_code=200,
         summary="Disable a config; no further scheduled runs (a run under way finishes)",
+        responses=error_responses(400, 401, 403, 404),
     )
-    async def disable(self, config_id: FromPath[int], runtime: RuntimeDep) -> Config:
+    async def disable(self, config_id: ConfigId, runtime: RuntimeDep) -> Config:
         async with runtime.pool.acquire() as conn:
             row = await configs_db.set_enabled(conn, config_id, False)
         if row is None:
@@ -265,10 +290,15 @@ class ConfigsController(Controller):
     @post(
         "/{config_id:int}/trigger", operation_id="triggerConfig", status_code=202,
         summary="Run a config now, outside its schedule; returns the task id (409 if its run is active)",
+        responses=error_responses(
+            400, 401, 403, 404, 409,
+            descriptions={409: "A pending or running task already collects this config's series "
+                               "(`extra.active_task_id`), or the service is shutting down"},
+        ),
     )
-    async def trigger(self, config_id: FromPath[int], runtime: RuntimeDep) -> Triggered:
+    async def trigger(self, config_id: ConfigId, runtime: RuntimeDep) -> TaskReply:
         view = await runtime.scheduler.trigger(config_id)
-        return Triggered(
-            task_id=view.task_id, status="submitted",
+        return TaskReply(
+            task_id=view.task_id, status=TaskReplyStatus.SUBMITTED,
             message=f"Collection of config {config_id} submitted. Use the task_id to check status.",
         )

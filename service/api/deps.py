@@ -5,13 +5,16 @@ from __future__ import annotations
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
+from service.auth.accounts import Accounts
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.runtime import Runtime
 from service.db.health import HealthProbe
 from service.db.pool import Pool
 
-__all__ = ["HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies"]
+__all__ = [
+    "AccountsDep", "HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies",
+]
 
 
 def _runtime(state: State) -> Runtime:
@@ -39,12 +42,17 @@ async def provide_health_probe(state: State) -> HealthProbe:
     return _runtime(state).health
 
 
+async def provide_accounts(state: State) -> Accounts:
+    return _runtime(state).accounts
+
+
 dependencies = {
     "pool": Provide(provide_pool),
     "registry": Provide(provide_registry),
     "jobs": Provide(provide_jobs),
     "runtime": Provide(provide_runtime),
     "health_probe": Provide(provide_health_probe),
+    "accounts": Provide(provide_accounts),
 }
 
 # Handler parameter types: the parameter's name picks the provider above.
@@ -53,3 +61,4 @@ RegistryDep = NamedDependency[TaskRegistry]
 JobsDep = NamedDependency[CollectionJobs]
 RuntimeDep = NamedDependency[Runtime]
 HealthProbeDep = NamedDependency[HealthProbe]
+AccountsDep = NamedDependency[Accounts]

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
-from service.api.schemas import ErrorBody
-from service.errors import ConflictError, DomainError, InvalidInputError, NotFoundError, ServiceUnavailableError
+from service.api.middleware import request_id_of
+from service.api.schemas import NO_NUL_PATTERN, ErrorBody
+from service.errors import (
+    AuthenticationError,
+    ConflictError,
+    DomainError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceUnavailableError,
+    TooManyAttemptsError,
+)
 from service.logging import get_logger
 
 __all__ = ["RETRY_AFTER", "exception_handlers"]
@@ -22,6 +34,8 @@ _STATUS: dict[type[DomainError], int] = {
     NotFoundError: 404,
     ConflictError: 409,
     ServiceUnavailableError: 503,
+    AuthenticationError: 401,
+    TooManyAttemptsError: 429,
 }
 
 
@@ -30,23 +44,67 @@ _STATUS: dict[type[DomainError], int] = {
 RETRY_AFTER = "5"
 
 
-def _response(status: int, detail: str, extra: object = None) -> Response[ErrorBody]:
+def _response(
+    status: int,
+    detail: str,
+    extra: Mapping[str, Any] | None = None,
+    *,
+    retry_after: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[ErrorBody]:
+    headers = dict(headers or {})  # e.g. Allow on a 405
+    if status == 503:
+        headers["Retry-After"] = RETRY_AFTER
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"  # RFC 9110: a 401 names the scheme to authenticate with
     # Always JSON, also on routes that answer text/csv.
     return Response(
-        ErrorBody(status_code=status, detail=detail, extra=extra),  # type: ignore[arg-type]
+        ErrorBody(status_code=status, detail=detail, extra=dict(extra or {})),
         status_code=status,
         media_type=MediaType.JSON,
-        headers={"Retry-After": RETRY_AFTER} if status == 503 else None,
+        headers=headers or None,
     )
 
 
 def _domain(_: Request[Any, Any, Any], exc: DomainError) -> Response[ErrorBody]:
     status = next(code for kind, code in _STATUS.items() if isinstance(exc, kind))
-    return _response(status, exc.detail, exc.extra or None)
+    retry_after = exc.retry_after if isinstance(exc, TooManyAttemptsError) else None
+    return _response(status, exc.detail, exc.extra or None, retry_after=retry_after)
 
 
-def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    return _response(exc.status_code, exc.detail, exc.extra or None)
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    if exc.status_code == HTTP_500_INTERNAL_SERVER_ERROR:  # Litestar's own: no more to say than ours
+        return _unexpected(request, exc)
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        errors = [_explained(error) for error in exc.extra if isinstance(error, dict)]
+        return _response(
+            exc.status_code, "; ".join(map(_described, errors)) or exc.detail, {"errors": errors}, headers=exc.headers
+        )
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = request.route_handler.resolve_request_max_body_size()
+        return _response(
+            exc.status_code, f"the request body is larger than {limit} bytes (MAX_BODY_BYTES)",
+            {"max_body_bytes": limit}, headers=exc.headers,
+        )
+    extra = exc.extra if isinstance(exc.extra, Mapping) else {"errors": exc.extra} if exc.extra else None
+    return _response(exc.status_code, exc.detail, extra, headers=exc.headers)
+
+
+def _explained(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error with the NUL rule's regex said in words."""
+    if repr(NO_NUL_PATTERN) in str(error.get("message", "")):  # msgspec quotes the pattern with repr
+        return {**error, "message": "must not contain NUL (U+0000) characters, which PostgreSQL text cannot hold"}
+    return error
+
+
+def _described(error: dict[str, Any]) -> str:
+    """`invalid config_id (path): Expected `int` <= 2147483647`: the field first, then what is wrong."""
+    source = error.get("source") or "request"
+    source = getattr(source, "value", source)  # Litestar's ParamType enum for parameters
+    where = f"{error['key']} ({source})" if error.get("key") else source
+    return f"invalid {where}: {error.get('message', 'invalid value')}"
 
 
 def _database(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -54,9 +112,15 @@ def _database(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     return _response(503, "the database is not answering; try again shortly")
 
 
-def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.exception("unhandled_error", exc_info=exc)
-    return _response(500, "internal error; the log has the details")
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    # The body says only that something failed; the log line has the rest, under the same id.
+    request_id = request_id_of(request.scope)
+    log.error(
+        "unhandled_error", method=request.method, path=request.url.path, request_id=request_id, exc_info=exc
+    )
+    return _response(
+        500, "internal error; the log has the details under this request_id", {"request_id": request_id}
+    )
 
 
 exception_handlers: ExceptionHandlersMap = {

@@ -13,18 +13,25 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
+import msgspec
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.exceptions import ValidationException
+from litestar.params import QueryParameter
 
 from service.api.deps import RuntimeDep
-from service.api.schemas import Schema
+from service.api.enums import ExchangeChoice, LogStatusName, TaskTypeName
+from service.api.openapi import error_responses
+from service.api.schemas import INT8_MAX, Schema, id_path, skip_query, text_query
+from service.auth.guards import BEARER_SECURITY, requires_admin
 from service.collection.runtime import Runtime
+from service.collection.task_records import LogMetadata
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
 from service.db.execution_logs import LogFilter
 from service.errors import InvalidInputError, NotFoundError
+from service.settings import TimeframeName
 
 __all__ = ["ExecutionLogsController", "LogOut", "StatsOut", "StatusOut"]
 
@@ -36,20 +43,20 @@ class LogOut(Schema):
     id: int
     job_name: str
     """`collect_data_{config id}`, `manual_data_collection` or `symbol_refresh`."""
-    job_type: str
+    job_type: TaskTypeName
     """`scheduled_data_collection`, `data_collection` (trigger or manual start) or `symbol_refresh`."""
     symbol: str | None
-    exchange: str | None
-    timeframe: str | None
+    exchange: ExchangeChoice | None
+    timeframe: TimeframeName | None
     started_at: datetime
     finished_at: datetime | None
     duration_seconds: float | None
-    status: str
+    status: LogStatusName
     """running, success, failed or skipped."""
     records_collected: int
     error_message: str | None
     error_type: str | None
-    metadata: dict[str, Any]
+    metadata: LogMetadata
     task_id: uuid.UUID | None
 
 
@@ -85,7 +92,7 @@ def _log(row: asyncpg.Record) -> LogOut:
         exchange=row["exchange"], timeframe=row["timeframe"], started_at=row["started_at"],
         finished_at=row["finished_at"], duration_seconds=row["duration_seconds"], status=row["status"],
         records_collected=row["records_collected"], error_message=row["error_message"],
-        error_type=row["error_type"], metadata=row["metadata"], task_id=row["task_id"],
+        error_type=row["error_type"], metadata=msgspec.convert(row["metadata"], LogMetadata), task_id=row["task_id"],
     )
 
 
@@ -97,18 +104,27 @@ async def _stats(runtime: Runtime, *, job_type: str | None, hours: int) -> Stats
     return StatsOut(**figures)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+def _utc(value: datetime | None, field: str) -> datetime | None:
+    """Naive means UTC; an aware time is converted to UTC (a 400 naming `field` if that leaves years 1..9999)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00+01:00: the driver could not send it either
+        message = "Expected a time between years 1 and 9999 once converted to UTC"
+        raise ValidationException(
+            detail=f"invalid {field}: {message}", extra=[{"message": message, "key": field, "source": "query"}]
+        ) from None
 
 
 async def provide_log_filters(
-    job_name: FromQuery[str | None] = None,
-    job_type: FromQuery[str | None] = None,
-    symbol: FromQuery[str | None] = None,
+    job_name: Annotated[str | None, text_query(max_length=200)] = None,
+    job_type: Annotated[TaskTypeName | None, text_query(max_length=64)] = None,
+    symbol: Annotated[str | None, text_query(max_length=40)] = None,
     status: Annotated[
-        str | None, QueryParameter(description="running, success, failed or skipped")
+        LogStatusName | None, QueryParameter(description="running, success, failed or skipped", max_length=16)
     ] = None,
     start_date: Annotated[
         datetime | None, QueryParameter(description="Runs started at or after; ISO 8601, naive means UTC")
@@ -116,7 +132,7 @@ async def provide_log_filters(
     end_date: Annotated[
         datetime | None, QueryParameter(description="Runs started at or before; ISO 8601, naive means UTC")
     ] = None,
-    skip: Annotated[int, QueryParameter(ge=0)] = 0,
+    skip: Annotated[int, skip_query()] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> LogFilter:
     """The list's query parameters, checked."""
@@ -124,7 +140,7 @@ async def provide_log_filters(
         raise InvalidInputError(
             f"unknown status {status!r}; one of: {', '.join(logs_db.STATUSES)}", allowed=list(logs_db.STATUSES)
         )
-    start, end = _utc(start_date), _utc(end_date)
+    start, end = _utc(start_date, "start_date"), _utc(end_date, "end_date")
     if start is not None and end is not None and end < start:
         raise InvalidInputError("end_date must not be before start_date")
     return LogFilter(
@@ -148,12 +164,15 @@ LogFilterDep = NamedDependency[LogFilter]
 
 class ExecutionLogsController(Controller):
     path = "/api/v1/admin/data-collection"
-    tags = ["admin: execution logs"]
+    tags = ["admin"]
+    guards = [requires_admin]
+    security = BEARER_SECURITY
     dependencies = {"filters": Provide(provide_log_filters)}
 
     @get(
         "/execution-logs", operation_id="listExecutionLogs",
         summary="Execution logs, newest first; CSV instead with Accept: text/csv",
+        responses=error_responses(400, 401, 403, 422),
         response_headers=[ResponseHeader(name="Vary", value="Accept", description="The body follows Accept")],
     )
     async def list_logs(
@@ -168,28 +187,40 @@ class ExecutionLogsController(Controller):
     @get(
         "/execution-logs.csv", operation_id="exportExecutionLogsCsv", media_type=CSV_MEDIA_TYPE,
         summary="The execution-log list as a CSV download (same filters and rows as the JSON list)",
+        responses=error_responses(400, 401, 403, 422),
     )
     async def export_csv(self, filters: LogFilterDep, runtime: RuntimeDep) -> Response[bytes]:
         return await _csv(runtime, filters)
 
-    @get("/execution-logs/{log_id:int}", operation_id="getExecutionLog", summary="One execution log")
-    async def get_log(self, log_id: FromPath[int], runtime: RuntimeDep) -> LogOut:
+    @get(
+        "/execution-logs/{log_id:int}", operation_id="getExecutionLog", summary="One execution log",
+        responses=error_responses(400, 401, 403, 404),
+    )
+    async def get_log(
+        self, log_id: Annotated[int, id_path(INT8_MAX, "Id of the execution log")], runtime: RuntimeDep
+    ) -> LogOut:
         async with runtime.pool.acquire() as conn:
             row = await logs_db.get_log(conn, log_id)
         if row is None:
             raise NotFoundError(f"no execution log with id {log_id}")
         return _log(row)
 
-    @get("/stats", operation_id="executionStats", summary="Run counts, success rate, durations and records")
+    @get(
+        "/stats", operation_id="executionStats", summary="Run counts, success rate, durations and records",
+        responses=error_responses(400, 401, 403),
+    )
     async def stats(
         self,
         runtime: RuntimeDep,
-        job_type: FromQuery[str | None] = None,
+        job_type: Annotated[TaskTypeName | None, text_query(max_length=64)] = None,
         hours: Annotated[int, QueryParameter(ge=1, le=8760, description="The last N hours")] = 24,
     ) -> StatsOut:
         return await _stats(runtime, job_type=job_type, hours=hours)
 
-    @get("/status", operation_id="adminStatus", summary="Overview: configs, scheduled jobs, recent runs, 24 h stats")
+    @get(
+        "/status", operation_id="adminStatus", summary="Overview: configs, scheduled jobs, recent runs, 24 h stats",
+        responses=error_responses(401, 403),
+    )
     async def status(self, runtime: RuntimeDep) -> StatusOut:
         async with runtime.pool.acquire() as conn:
             total, enabled = await configs_db.count_configs(conn)

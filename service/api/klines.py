@@ -10,11 +10,15 @@ from litestar.openapi import ResponseSpec
 from litestar.params import QueryParameter
 
 from service.api.deps import JobsDep, PoolDep
-from service.api.schemas import Schema, datetime_to_ms
+from service.api.enums import ExchangeChoice
+from service.api.openapi import error_responses
+from service.api.schemas import NO_NUL_PATTERN, Schema, datetime_to_ms, text_query
+from service.auth.guards import requires_reader
 from service.collection.jobs import validate_timeframes
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
 from service.errors import InvalidInputError
+from service.settings import TimeframeName
 
 __all__ = ["KlinesController"]
 
@@ -37,9 +41,9 @@ class Candle(Schema):
 class Candles(Schema):
     """The documented 200 body; PostgreSQL writes it (klines_db.fetch_klines_json): change both together."""
 
-    exchange: str
+    exchange: ExchangeChoice
     symbol: str
-    timeframe: str
+    timeframe: TimeframeName
     count: int
     klines: list[Candle]
 
@@ -47,21 +51,28 @@ class Candles(Schema):
 class KlinesController(Controller):
     path = "/api/v1/klines"
     tags = ["klines"]
+    guards = [requires_reader]  # public unless PUBLIC_READS=false
 
     @get(
         operation_id="getKlines", summary="Stored candles of one series, oldest first",
         # The body is built by PostgreSQL (see fetch_klines_json); the document still shows its shape.
         responses={
-            200: ResponseSpec(Candles, description="Request fulfilled, document follows", generate_examples=False)
+            200: ResponseSpec(Candles, description="Request fulfilled, document follows", generate_examples=False),
+            **error_responses(400, 401, 422),
         },
     )
     async def klines(
         self,
         pool: PoolDep,
         jobs: JobsDep,
-        symbol: Annotated[str, QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40)],
-        timeframe: Annotated[str, QueryParameter(description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")],
-        exchange: Annotated[str, QueryParameter(description="Only binance for now")] = "binance",
+        symbol: Annotated[
+            str,
+            QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40, pattern=NO_NUL_PATTERN),
+        ],
+        timeframe: Annotated[
+            TimeframeName, text_query(max_length=8, description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")
+        ],
+        exchange: Annotated[ExchangeChoice, text_query(max_length=40, description="Only binance for now")] = "binance",
         start: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         end: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,

@@ -25,6 +25,7 @@ from service.db.pool import Connection, Pool, retrying
 from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
 from service.logging import get_logger
 from service.records import KlinePage
+from service.settings import TimeframeName
 
 __all__ = ["CollectionResult", "Collector", "Pair", "PairResult", "ProgressSink"]
 
@@ -41,13 +42,19 @@ class Pair(msgspec.Struct, frozen=True):
 
 
 class PairResult(msgspec.Struct):
+    """How one series of a collection ended."""
+
     symbol: str
-    timeframe: str
+    timeframe: TimeframeName
     candles_written: int = 0
+    """Candles inserted or changed."""
     error: str | None = None
+    """Why the series could not be completed (null: it was)."""
 
 
 class CollectionResult(msgspec.Struct):
+    """How a collection ended, in total and per series."""
+
     exchange: str
     candles_written: int
     pairs_total: int

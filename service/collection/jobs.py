@@ -13,6 +13,14 @@ import msgspec
 
 from service.collection.collector import CollectionResult, Collector, Pair, PairResult
 from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
+from service.collection.task_records import (
+    DATA_COLLECTION,
+    SCHEDULED_DATA_COLLECTION,
+    SYMBOL_REFRESH,
+    LogMetadata,
+    SymbolRefreshResult,
+    TaskParams,
+)
 from service.db import execution_logs as logs_db
 from service.db import symbols as symbols_db
 from service.db.pool import Connection, Pool, retrying
@@ -34,12 +42,10 @@ __all__ = [
 
 log = get_logger(__name__)
 
-# Task types (and execution-log job types).
-DATA_COLLECTION = "data_collection"
-SCHEDULED_DATA_COLLECTION = "scheduled_data_collection"
-SYMBOL_REFRESH = "symbol_refresh"
 # Job name of the execution logs of collections started by hand through /data-collector/start.
 MANUAL_JOB_NAME = "manual_data_collection"
+# Unknown symbols a 422 names (it also says how many there were in all).
+_UNKNOWN_SHOWN = 20
 # How long opening a run's log rows, or closing them after a failure or cancel, waits for a lost
 # database; past it the run fails (opening) or the next start closes them as Interrupted (closing).
 _LOG_RETRY_SECONDS = 30.0
@@ -85,37 +91,41 @@ def collection_outcome(result: CollectionResult) -> TaskOutcome:
     A series that could not be completed is never reported as a success: the candles of the
     series that did complete are kept (see result.pairs), and the next run resumes the others.
     """
-    builtins: dict[str, Any] = msgspec.to_builtins(result)
     if result.pairs_failed:
         first = next(p.error for p in result.pairs if p.error)
         failed = f"{result.pairs_failed} of {result.pairs_total} series failed"
         return TaskOutcome(
             status="failed",
             message=f"Failed: {failed}; {result.candles_written} candles written (see result)",
-            result=builtins, error=f"{failed}; first error: {first}",
+            result=result, error=f"{failed}; first error: {first}",
         )
     message = f"Completed: {result.candles_written} candles written for {result.pairs_total} series"
-    return TaskOutcome(status="completed", message=message, result=builtins)
+    return TaskOutcome(status="completed", message=message, result=result)
 
 
 def _symbol_log(pairs: list[PairResult], timeframes: list[str]) -> dict[str, Any]:
     """One symbol's execution-log outcome: status, records, error and metadata."""
     failed = {p.timeframe: p.error for p in pairs if p.error}
-    metadata: dict[str, Any] = {
-        "timeframes": timeframes,
-        "timeframes_collected": sum(1 for p in pairs if not p.error),
-        "timeframes_failed": len(failed),
-        "records_per_timeframe": {p.timeframe: p.candles_written for p in pairs},
-    }
-    if failed:
-        metadata["failed_timeframes"] = failed
+    metadata = LogMetadata(
+        timeframes=timeframes,
+        timeframes_collected=sum(1 for p in pairs if not p.error),
+        timeframes_failed=len(failed),
+        records_per_timeframe={p.timeframe: p.candles_written for p in pairs},
+        failed_timeframes=failed or msgspec.UNSET,
+    )
     return {
         "status": "failed" if failed else "success",
         "records_collected": sum(p.candles_written for p in pairs),
         "error_message": "; ".join(f"{tf}: {error}" for tf, error in failed.items()) or None,
         "error_type": "TimeframesFailed" if failed else None,
-        "metadata": metadata,
+        "metadata": msgspec.to_builtins(metadata),
     }
+
+
+def _timeframes_only(timeframes: list[str]) -> dict[str, Any]:
+    """The metadata of a symbol's log while its run is under way, or after it failed as a whole."""
+    builtins: dict[str, Any] = msgspec.to_builtins(LogMetadata(timeframes=timeframes))
+    return builtins
 
 
 class CollectionJobs:
@@ -157,32 +167,38 @@ class CollectionJobs:
         return count
 
     async def resolve_symbols(self, names: Sequence[str]) -> list[str]:
-        """Exchange symbols for 'BTCUSDT' / 'BTC/USDT' names, de-duplicated; 422 naming the unknown ones."""
+        """Exchange symbols for 'BTCUSDT' / 'BTC/USDT' names, de-duplicated, resolved in one query.
+
+        InvalidInputError (422) for unknown names: the first _UNKNOWN_SHOWN of them and how many
+        there are, so that a long list of typos gives a short answer.
+        """
         if not names:
             raise InvalidInputError("symbols must not be empty")
+        distinct = list(dict.fromkeys(names))
         async with self._pool.acquire() as conn:
-            empty = await symbols_db.count_symbols(conn, self.exchange) == 0
-        if empty:
+            resolved = await symbols_db.resolve_symbols(conn, self.exchange, distinct)
+            # Unknown names, and no symbols at all: the start-up refresh has not run (or failed).
+            load = None in resolved.values() and await symbols_db.count_symbols(conn, self.exchange) == 0
+        if load:
             try:
                 await self.refresh_symbols()
             except ExchangeError as exc:
                 raise InvalidInputError(
                     f"the symbols of {self.exchange} are not known yet and could not be loaded: {exc}"
                 ) from None
-        resolved: list[str] = []
-        unknown: list[str] = []
-        async with self._pool.acquire() as conn:
-            for name in names:
-                row = await symbols_db.find_symbol(conn, self.exchange, name)
-                if row is None:
-                    unknown.append(name)
-                else:
-                    resolved.append(row["symbol"])
+            async with self._pool.acquire() as conn:
+                resolved = await symbols_db.resolve_symbols(conn, self.exchange, distinct)
+        unknown = [name for name, symbol in resolved.items() if symbol is None]
         if unknown:
-            raise InvalidInputError(
-                f"unknown symbol {', '.join(map(repr, unknown))} on {self.exchange}", unknown_symbols=unknown
-            )
-        return list(dict.fromkeys(resolved))
+            shown = unknown[:_UNKNOWN_SHOWN]
+            listed = ", ".join(map(repr, shown))
+            if len(unknown) == 1:
+                detail = f"unknown symbol {listed} on {self.exchange}"
+            else:
+                more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
+                detail = f"{len(unknown)} unknown symbols on {self.exchange}: {listed}{more}"
+            raise InvalidInputError(detail, unknown_symbols=shown, unknown_count=len(unknown))
+        return list(dict.fromkeys(symbol for symbol in resolved.values() if symbol is not None))
 
     async def start_collection(
         self,
@@ -197,7 +213,7 @@ class CollectionJobs:
         pairs = [Pair(symbol=s, timeframe=tf) for s in names for tf in frames]
         return await self._registry.submit(
             task_type, self._collection_body(pairs, task_type, dict.fromkeys(names, MANUAL_JOB_NAME)),
-            params={"exchange": self.exchange, "symbols": names, "timeframes": frames},
+            params=TaskParams(exchange=self.exchange, symbols=names, timeframes=frames),
             series=[p.key(self.exchange) for p in pairs],
         )
 
@@ -206,10 +222,10 @@ class CollectionJobs:
         pairs = [Pair(symbol=config.symbol, timeframe=tf) for tf in config.timeframes]
         return await self._registry.submit(
             task_type, self._collection_body(pairs, task_type, {config.symbol: config.job_name}),
-            params={
-                "exchange": config.exchange, "symbols": [config.symbol], "timeframes": config.timeframes,
-                "config_id": config.id, "job_name": config.job_name,
-            },
+            params=TaskParams(
+                exchange=config.exchange, symbols=[config.symbol], timeframes=config.timeframes,
+                config_id=config.id, job_name=config.job_name,
+            ),
             series=[p.key(self.exchange) for p in pairs],
         )
 
@@ -225,7 +241,7 @@ class CollectionJobs:
                     return {
                         symbol: await logs_db.start_log(
                             conn, job_name=job_name, job_type=job_type, symbol=symbol, exchange=self.exchange,
-                            timeframe=None, metadata={"timeframes": frames_of[symbol]}, task_id=handle.task_id,
+                            timeframe=None, metadata=_timeframes_only(frames_of[symbol]), task_id=handle.task_id,
                             started_at=started_at,
                         )
                         for symbol, job_name in job_names.items()
@@ -263,7 +279,7 @@ class CollectionJobs:
             for symbol, log_id in log_ids.items():
                 await logs_db.finish_log(
                     conn, log_id, status="failed", records_collected=0, error_message=message[:1000],
-                    error_type=error_type, metadata={"timeframes": frames_of[symbol]}, finished_at=finished_at,
+                    error_type=error_type, metadata=_timeframes_only(frames_of[symbol]), finished_at=finished_at,
                 )
 
         try:
@@ -293,13 +309,13 @@ class CollectionJobs:
             async with self._pool.acquire() as conn:
                 await logs_db.finish_log(
                     conn, log_id, status="success", records_collected=0, error_message=None,
-                    error_type=None, metadata={"symbols": count}, finished_at=self._now(),
+                    error_type=None, metadata=msgspec.to_builtins(LogMetadata(symbols=count)), finished_at=self._now(),
                 )
             return TaskOutcome(
                 status="completed", message=f"Refreshed {count} symbols",
-                result={"exchange": self.exchange, "symbols": count},
+                result=SymbolRefreshResult(exchange=self.exchange, symbols=count),
             )
 
         return await self._registry.submit(
-            SYMBOL_REFRESH, body, params={"exchange": self.exchange}, series=[f"{self.exchange}:symbols"],
+            SYMBOL_REFRESH, body, params=TaskParams(exchange=self.exchange), series=[f"{self.exchange}:symbols"],
         )

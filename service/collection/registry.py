@@ -13,12 +13,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import asyncpg
 import msgspec
 import structlog
 
+from service.collection.task_records import TaskParams, TaskResult, task_params_from_json, task_result_from_json
 from service.db import tasks as tasks_db
 from service.db.pool import Connection, Pool, connection, retrying
 from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
@@ -48,15 +49,16 @@ class TaskView(msgspec.Struct, kw_only=True):
     started_at: datetime | None
     completed_at: datetime | None
     error: str | None
-    result: dict[str, Any] | None
-    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    result: TaskResult | None
+    params: TaskParams = msgspec.field(default_factory=TaskParams)
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> TaskView:
         return cls(
             task_id=row["id"], task_type=row["task_type"], status=row["status"], progress=row["progress"],
             message=row["message"], created_at=row["created_at"], started_at=row["started_at"],
-            completed_at=row["completed_at"], error=row["error"], result=row["result"], params=row["params"],
+            completed_at=row["completed_at"], error=row["error"],
+            result=task_result_from_json(row["task_type"], row["result"]), params=task_params_from_json(row["params"]),
         )
 
 
@@ -65,7 +67,7 @@ class TaskOutcome(msgspec.Struct, kw_only=True):
 
     status: Literal["completed", "failed"]
     message: str
-    result: dict[str, Any] | None = None
+    result: TaskResult | None = None
     error: str | None = None
 
 
@@ -139,7 +141,7 @@ class TaskRegistry:
         task_type: str,
         body: TaskBody,
         *,
-        params: dict[str, Any],
+        params: TaskParams,
         series: Sequence[str] = (),
         message: str = "Waiting for a free slot",
     ) -> TaskView:
@@ -160,7 +162,7 @@ class TaskRegistry:
                         series=shared,
                     )
             row = await tasks_db.insert_task(
-                conn, task_id, task_type, params, series, message, created_at=datetime.now(UTC)
+                conn, task_id, task_type, msgspec.to_builtins(params), series, message, created_at=datetime.now(UTC)
             )
         entry = _Entry(TaskHandle(self, TaskView.from_record(row)))
         self._entries[task_id] = entry
@@ -172,18 +174,20 @@ class TaskRegistry:
         view = entry.handle.view
         structlog.contextvars.bind_contextvars(task_id=str(view.task_id), task_type=view.task_type)
         status: TaskStatus
+        holds_slot = False
         try:
-            async with self._slots:
-                started_at = datetime.now(UTC)
+            await self._slots.acquire()
+            holds_slot = True
+            started_at = datetime.now(UTC)
 
-                async def mark_running(conn: Connection) -> None:
-                    await tasks_db.mark_running(conn, view.task_id, "Started", started_at)  # idempotent
+            async def mark_running(conn: Connection) -> None:
+                await tasks_db.mark_running(conn, view.task_id, "Started", started_at)  # idempotent
 
-                await retrying(self.pool, mark_running, give_up_after=_START_RETRY_SECONDS)
-                view.status, view.started_at, view.message = "running", started_at, "Started"
-                log.info("task_started")
-                outcome = await body(entry.handle)
-                status = outcome.status
+            await retrying(self.pool, mark_running, give_up_after=_START_RETRY_SECONDS)
+            view.status, view.started_at, view.message = "running", started_at, "Started"
+            log.info("task_started")
+            outcome = await body(entry.handle)
+            status = outcome.status
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None:
@@ -195,7 +199,13 @@ class TaskRegistry:
             status = "failed"
             outcome = TaskOutcome(status="failed", message="Failed", error=f"{exc.__class__.__name__}: {exc}")
         entry.finishing = True
-        await self._finish(view, status, outcome)
+        try:
+            await self._finish(view, status, outcome)
+        finally:
+            # Held until the end is recorded: a task still showing as running keeps its slot, so
+            # no more than MAX_CONCURRENT_TASKS ever show as running.
+            if holds_slot:
+                self._slots.release()
         log.info("task_finished", status=status, message=outcome.message)
 
     async def _finish(self, view: TaskView, status: TaskStatus, outcome: TaskOutcome) -> None:
@@ -211,7 +221,8 @@ class TaskRegistry:
         async def record(conn: Connection) -> None:
             await tasks_db.finish_task(
                 conn, view.task_id, status=status, progress=progress, message=outcome.message,
-                result=outcome.result, error=error, completed_at=completed_at,
+                result=None if outcome.result is None else msgspec.to_builtins(outcome.result),
+                error=error, completed_at=completed_at,
             )
 
         await retrying(self.pool, record, give_up_after=None)

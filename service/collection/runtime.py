@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 
 import aiohttp
 
+from service.auth.accounts import Accounts
+from service.auth.limiter import LoginLimiter
+from service.auth.passwords import PasswordHasher
 from service.collection.collector import Collector
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
@@ -44,6 +47,8 @@ class Runtime:
     loop_monitor: LoopMonitor
     health: HealthProbe
     """/health's own database check: one connection outside the pool, so load cannot starve it."""
+    accounts: Accounts
+    """Users: login (and its limiter), the start-up admin."""
 
 
 @asynccontextmanager
@@ -99,16 +104,24 @@ async def open_runtime(
             await registry.recover()
             async with pool.acquire() as conn:
                 await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
+            login_limiter = LoginLimiter(pool, key=(settings.secret_key or "").encode())
+            accounts = Accounts(pool, PasswordHasher(), login_limiter)
             loop_monitor = LoopMonitor()
-            runtime = Runtime(settings, pool, client, registry, collector, jobs, scheduler, clock, loop_monitor, health)
+            runtime = Runtime(
+                settings, pool, client, registry, collector, jobs, scheduler, clock, loop_monitor, health,
+                accounts=accounts,
+            )
             # Learn the exchange's symbols and weight limit without holding up start-up.
             await jobs.start_symbol_refresh()
             if settings.scheduler_enabled:
                 await scheduler.start()
             loop_monitor.start()
+            if settings.admin_email is not None and settings.admin_password is not None:
+                accounts.start_bootstrap(settings.admin_email, settings.admin_password)
             try:
                 yield runtime
             finally:
+                await accounts.close()
                 await loop_monitor.stop()
                 await scheduler.stop()
                 await registry.shutdown()

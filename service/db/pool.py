@@ -8,6 +8,7 @@ fresh connection until it succeeds or its time is up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -85,8 +86,10 @@ async def connection(pool: Pool) -> AsyncIterator[Connection]:
             try:
                 yield conn
             except CONNECTION_LOST:
-                # Its protocol state is unknown: never hand it to the next user.
-                conn.terminate()
+                # Its protocol state is unknown: never hand it to the next user. (A connection the
+                # server closed has already been taken back by the pool, which refuses this.)
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
                 raise
     except CONNECTION_LOST as exc:
         raise DatabaseUnavailableError(

@@ -9,7 +9,9 @@ import asyncpg
 from service.db.pool import Connection
 from service.records import SymbolInfo
 
-__all__ = ["count_symbols", "find_symbol", "list_symbols", "replace_symbols"]
+__all__ = [
+    "count_symbols", "find_symbol", "list_symbols", "normalise_symbol_name", "replace_symbols", "resolve_symbols",
+]
 
 
 async def replace_symbols(conn: Connection, exchange: str, symbols: Sequence[SymbolInfo]) -> int:
@@ -43,7 +45,7 @@ async def count_symbols(conn: Connection, exchange: str) -> int:
 
 async def find_symbol(conn: Connection, exchange: str, name: str) -> asyncpg.Record | None:
     """A symbol by its exchange name ('BTCUSDT') or as BASE/QUOTE ('BTC/USDT'), case-insensitive."""
-    name = name.strip().upper()
+    name = normalise_symbol_name(name)
     if "/" in name:
         base, _, quote = name.partition("/")
         row: asyncpg.Record | None = await conn.fetchrow(
@@ -60,6 +62,37 @@ async def find_symbol(conn: Connection, exchange: str, name: str) -> asyncpg.Rec
         exchange, name,
     )
     return row
+
+
+def normalise_symbol_name(name: str) -> str:
+    """How a user's spelling is looked up: trimmed and upper-cased ('btc/usdt ' -> 'BTC/USDT')."""
+    return name.strip().upper()
+
+
+async def resolve_symbols(conn: Connection, exchange: str, names: Sequence[str]) -> dict[str, str | None]:
+    """Each name ('BTCUSDT' or 'BTC/USDT', any case) mapped to the exchange's symbol, or None if unknown.
+
+    One statement for the whole list, however long: exchange names join the primary key, BASE/QUOTE
+    names the assets (the TRADING listing first, as find_symbol does).
+    """
+    wanted = {name: normalise_symbol_name(name) for name in names}
+    plain = sorted({n for n in wanted.values() if "/" not in n})
+    pairs = sorted({n.partition("/")[::2] for n in wanted.values() if "/" in n})
+    rows = await conn.fetch(
+        """
+        SELECT s.symbol AS name, s.symbol
+          FROM unnest($2::text[]) AS n(name)
+          JOIN symbols s ON s.exchange = $1 AND s.symbol = n.name
+        UNION ALL
+        (SELECT DISTINCT ON (p.base, p.quote) p.base || '/' || p.quote, s.symbol
+           FROM unnest($3::text[], $4::text[]) AS p(base, quote)
+           JOIN symbols s ON s.exchange = $1 AND s.base_asset = p.base AND s.quote_asset = p.quote
+          ORDER BY p.base, p.quote, s.status = 'TRADING' DESC, s.symbol)
+        """,
+        exchange, plain, [base for base, _ in pairs], [quote for _, quote in pairs],
+    )
+    found: dict[str, str] = {row["name"]: row["symbol"] for row in rows}
+    return {name: found.get(key) for name, key in wanted.items()}
 
 
 async def list_symbols(conn: Connection, exchange: str, *, trading_only: bool = True) -> list[str]:

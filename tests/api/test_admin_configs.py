@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.conftest import Api, running_app
+from tests.conftest import TEST_ADMIN_EMAIL, Api, running_app
 from tests.fakes.binance import FakeBinance
 
 URL = "/api/v1/admin/data-collection/configs"
@@ -66,7 +66,8 @@ async def test_crud_round_trip_with_the_reference_fields(admin: Api, db: asyncpg
     assert {k: v for k, v in created.items() if k not in ("id", "created_at", "next_run_at")} == {
         "symbol": "ETHUSDT", "exchange": "binance", "timeframes": ["1m", "5m", "15m", "1h", "4h", "1d"],
         "interval_minutes": 10, "enabled": True, "job_id": f"collect_data_{config_id}",
-        "description": "Ethereum data collection", "updated_at": None, "created_by": None, "last_run_at": None,
+        "description": "Ethereum data collection", "updated_at": None, "created_by": TEST_ADMIN_EMAIL,
+        "last_run_at": None,
     }
     assert near_now(created["created_at"])
     # A new enabled config is scheduled to run promptly.

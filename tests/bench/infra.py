@@ -203,6 +203,11 @@ class FakeExchange:
 # ---------------------------------------------------------------------------------------------
 
 
+BENCH_SECRET_KEY = "bench-only-signing-key-0123456789abcdef"
+BENCH_ADMIN_EMAIL = "bench-admin@example.com"
+BENCH_ADMIN_PASSWORD = "bench-admin-password"
+
+
 class Service:
     """One `serve` process on a free port, its HTTP session and log file."""
 
@@ -226,6 +231,10 @@ class Service:
             "PORT": str(self.port),
             "BINANCE_API_URL": exchange_url,
             "LOG_LEVEL": "WARNING",
+            # Required with DATABASE_URL; starting collections needs an admin's token.
+            "SECRET_KEY": BENCH_SECRET_KEY,
+            "ADMIN_EMAIL": BENCH_ADMIN_EMAIL,
+            "ADMIN_PASSWORD": BENCH_ADMIN_PASSWORD,
             **env,
         }
         self.settings = env
@@ -236,6 +245,7 @@ class Service:
         self._proc: asyncio.subprocess.Process | None = None
         self._ps: psutil.Process | None = None
         self.http: aiohttp.ClientSession | None = None
+        self._token: str | None = None
 
     async def start(self) -> None:
         self.http = aiohttp.ClientSession(
@@ -321,11 +331,24 @@ class Service:
     async def ready(self) -> None:
         await self.wait_healthy()
         await self.wait_idle()
+        await self._admin_token()  # log in now: its password hash must not land in a timed region
+
+    async def _admin_token(self) -> str:
+        """Log in as the bench's admin once (the service creates it at start-up from ADMIN_EMAIL)."""
+        if self._token is None:
+            assert self.http is not None
+            body = {"email": BENCH_ADMIN_EMAIL, "password": BENCH_ADMIN_PASSWORD}
+            async with self.http.post("/api/v1/auth/login", json=body) as response:
+                if response.status != 200:
+                    raise BenchError(f"POST /auth/login: HTTP {response.status} {await response.text()}{self.tail()}")
+                self._token = str((await response.json())["access_token"])
+        return self._token
 
     async def start_collection(self, symbols: list[str], timeframes: list[str]) -> str:
         assert self.http is not None
         body = {"symbols": symbols, "timeframes": timeframes}
-        async with self.http.post("/api/v1/data-collector/start", json=body) as response:
+        headers = {"Authorization": f"Bearer {await self._admin_token()}"}
+        async with self.http.post("/api/v1/data-collector/start", json=body, headers=headers) as response:
             if response.status != 202:
                 raise BenchError(f"POST /start: HTTP {response.status} {await response.text()}{self.tail()}")
             task_id: str = (await response.json())["task_id"]

@@ -41,6 +41,10 @@ def free_port() -> int:
         return port
 
 
+ADMIN_EMAIL = "e2e-admin@example.com"
+ADMIN_PASSWORD = "e2e-admin-password"
+
+
 class Serve:
     """One `serve` subprocess, its HTTP client and its log file."""
 
@@ -80,7 +84,17 @@ class Serve:
             while (await self.http.get("/api/v1/data-collector/tasks/active")).json()["count"]:
                 await asyncio.sleep(0.05)
 
+    async def login(self) -> None:
+        """Log in as the admin the service created at start-up; later calls carry the token."""
+        response = await self.http.post(
+            "/api/v1/auth/login", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        )
+        assert response.status_code == 200, f"{response.status_code} {response.text}{self.tail()}"
+        self.http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
     async def start_collection(self, symbols: list[str], timeframes: list[str]) -> str:
+        if "Authorization" not in self.http.headers:
+            await self.login()
         response = await self.http.post(
             "/api/v1/data-collector/start", json={"symbols": symbols, "timeframes": timeframes}
         )
@@ -164,6 +178,8 @@ async def start_serve(tmp: Path, name: str, fake: FakeBinance, servers: list[Ser
         "LOG_FORMAT": "json",
         "LOG_LEVEL": "INFO",
         "DEFAULT_HISTORY_CANDLES": str(HISTORY_CANDLES),
+        "ADMIN_EMAIL": ADMIN_EMAIL,
+        "ADMIN_PASSWORD": ADMIN_PASSWORD,
     }
     env.pop("DATABASE_URL", None)
     log_path = tmp / f"{name}.log"

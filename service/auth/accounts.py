@@ -1,0 +1,151 @@
+"""Accounts: log in (behind the failed-login limiter), the start-up admin, creating users."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from service.auth.limiter import LoginLimiter
+from service.auth.passwords import PasswordHasher
+from service.db import users as users_db
+from service.db.pool import Pool, connection
+from service.errors import AuthenticationError, InvalidInputError, TooManyAttemptsError
+from service.logging import get_logger
+
+__all__ = [
+    "MAX_EMAIL_LENGTH",
+    "MAX_PASSWORD_LENGTH",
+    "MIN_PASSWORD_LENGTH",
+    "Accounts",
+    "User",
+    "check_new_credentials",
+    "save_user",
+]
+
+log = get_logger(__name__)
+
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024
+MAX_EMAIL_LENGTH = 320
+_EMAIL = re.compile(r"[^@\s\x00]+@[^@\s\x00]+")
+_INVALID = "invalid email or password"
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    """An account as the rest of the service sees it (never with its password hash)."""
+
+    id: int
+    email: str
+    is_admin: bool
+    is_active: bool
+    created_at: datetime
+
+
+def _user(row: asyncpg.Record) -> User:
+    return User(
+        id=row["id"], email=row["email"], is_admin=row["is_admin"], is_active=row["is_active"],
+        created_at=row["created_at"],
+    )
+
+
+def check_new_credentials(email: str, password: str) -> str:
+    """The email, trimmed, if it and the password are acceptable for a new account; else InvalidInputError."""
+    email = email.strip()
+    if len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
+        raise InvalidInputError("email: not an email address", field="email")
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise InvalidInputError(
+            f"password: must be {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters long", field="password"
+        )
+    return email
+
+
+async def save_user(
+    pool: Pool, hasher: PasswordHasher, *, email: str, password: str, is_admin: bool
+) -> tuple[User, bool]:
+    """Create the account, or give the existing one (same email, any case) this password and make it
+    active; `is_admin` never demotes. Returns (user, created)."""
+    email = check_new_credentials(email, password)
+    password_hash = await hasher.hash(password)  # before taking a connection: it takes ~100 ms
+    async with connection(pool) as conn:
+        row, created = await users_db.upsert_user(conn, email=email, password_hash=password_hash, is_admin=is_admin)
+    return _user(row), created
+
+
+class Accounts:
+    """The users of one database."""
+
+    def __init__(self, pool: Pool, hasher: PasswordHasher, limiter: LoginLimiter) -> None:
+        self._pool = pool
+        self._hasher = hasher
+        self._limiter = limiter
+        self._bootstrap: asyncio.Task[None] | None = None
+
+    def start_bootstrap(self, email: str, password: str) -> None:
+        """Run `bootstrap_admin` in the background: start-up does not wait for its password hash
+        (~100 ms), logins do. A failure is logged (the database was unreachable, say)."""
+
+        async def bootstrap() -> None:
+            try:
+                await self.bootstrap_admin(email, password)
+            except Exception as exc:  # the service still serves; the log says why there is no admin
+                log.error("admin_bootstrap_failed", email=email.strip(), error=repr(exc))
+
+        self._bootstrap = asyncio.create_task(bootstrap(), name="admin-bootstrap")
+
+    async def close(self) -> None:
+        """Let a bootstrap under way finish (it is short), so the pool can close under it."""
+        if self._bootstrap is not None:
+            await self._bootstrap
+
+    async def get(self, user_id: int) -> User | None:
+        async with connection(self._pool) as conn:
+            row = await users_db.get_user(conn, user_id)
+        return None if row is None else _user(row)
+
+    async def login(self, email: str, password: str, *, client_address: str) -> User:
+        """The active user with these credentials.
+
+        AuthenticationError, the same for an unknown email, a wrong password and a disabled
+        account (each after one password verify); TooManyAttemptsError from the limiter, before
+        any password is checked.
+        """
+        email = email.strip()
+        if self._bootstrap is not None:
+            await asyncio.shield(self._bootstrap)  # the start-up admin may be this very user
+        try:
+            attempt = await self._limiter.admit(email, client_address)
+        except TooManyAttemptsError:
+            log.warning("login_refused", reason="too_many_failures", client_address=client_address)
+            raise
+        async with connection(self._pool) as conn:
+            row = await users_db.find_by_email(conn, email)
+        matched = await self._hasher.verify(None if row is None else row["password_hash"], password)
+        if row is None or not matched or not row["is_active"]:
+            await self._limiter.failed(attempt)
+            log.info("login_failed", client_address=client_address)
+            raise AuthenticationError(_INVALID)
+        await self._limiter.succeeded(attempt)
+        log.info("login_succeeded", user_id=row["id"], client_address=client_address)
+        return _user(row)
+
+    async def bootstrap_admin(self, email: str, password: str) -> str:
+        """Make `email` an active admin with this password (ADMIN_EMAIL / ADMIN_PASSWORD at start-up).
+
+        Idempotent: an admin whose password already matches is left as it is (no new hash, so
+        nothing changes at each restart). Returns what happened: created, updated or unchanged.
+        """
+        async with connection(self._pool) as conn:
+            row = await users_db.find_by_email(conn, email.strip())
+        if row is None or not await self._hasher.verify(row["password_hash"], password):
+            _, created = await save_user(self._pool, self._hasher, email=email, password=password, is_admin=True)
+            action = "created" if created else "updated"
+        else:
+            async with connection(self._pool) as conn:
+                action = "updated" if await users_db.make_active_admin(conn, row["id"]) else "unchanged"
+        log.info("admin_bootstrap", email=email.strip(), action=action)
+        return action

@@ -1,0 +1,80 @@
+"""Bearer tokens through Litestar's own JWT security (`litestar.security.jwt.JWTAuth`), HS256 with SECRET_KEY.
+
+A token's subject is the user id. Every request that carries a token is checked (signature,
+expiry) and its user looked up: an unknown or disabled account gets 401 at once, and an admin who
+lost the flag loses admin rights at once, without waiting for the token to expire.
+A request without an Authorization header goes on anonymously; the route's guards decide
+whether that is enough (service/auth/guards.py).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.middleware.authentication import AuthenticationResult
+from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
+
+from service.auth.accounts import Accounts, User
+
+__all__ = ["ALWAYS_PUBLIC_PATHS", "BEARER_SCHEME", "build_jwt_auth", "create_access_token"]
+
+#: The OpenAPI security scheme the protected operations name.
+BEARER_SCHEME = "BearerToken"
+#: Never authenticated, whatever header comes with them (a stale token must not break a probe).
+ALWAYS_PUBLIC_PATHS = [r"^/health$", r"^/docs"]
+_INT4_MAX = 2**31 - 1
+
+
+class _BearerAuthMiddleware(JWTAuthenticationMiddleware):
+    """Litestar's JWT middleware, with two differences.
+
+    A request with no Authorization header is anonymous (`user` None) instead of refused: public
+    reads need no token (a token that is sent is always checked). And the route's guards run
+    here already: the middleware after this one reads and validates JSON bodies, which Litestar's
+    own guard call would only follow, so a caller without the right would learn the body schema
+    (400) instead of getting 401 or 403. The guards are pure checks; Litestar runs them again.
+    """
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        if connection.headers.get(self.auth_header):
+            result = await super().authenticate_request(connection)
+        else:
+            result = AuthenticationResult(user=None, auth=None)
+        connection.scope["user"], connection.scope["auth"] = result.user, result.auth
+        handler = connection.route_handler
+        if handler.resolve_guards():
+            await handler.authorize_connection(connection)
+        return result
+
+
+async def _current_user(token: Token, connection: ASGIConnection[Any, Any, Any, Any]) -> User | None:
+    try:
+        user_id = int(token.sub)
+    except ValueError:
+        return None
+    if not 0 < user_id <= _INT4_MAX:
+        return None
+    accounts: Accounts = connection.app.state.runtime.accounts
+    user = await accounts.get(user_id)
+    # A disabled account's tokens stop working at once: 401, as for a token that is not valid.
+    return user if user is not None and user.is_active else None
+
+
+def build_jwt_auth(*, secret_key: str, expire_minutes: int) -> JWTAuth[User, Token]:
+    """The app's JWT security: its middleware, its OpenAPI scheme, and the tokens it issues."""
+    return JWTAuth[User, Token](
+        token_secret=secret_key,
+        retrieve_user_handler=_current_user,
+        authentication_middleware_class=_BearerAuthMiddleware,
+        default_token_expiration=timedelta(minutes=expire_minutes),
+        exclude=ALWAYS_PUBLIC_PATHS,
+        openapi_security_scheme_name=BEARER_SCHEME,
+        description="Access token from POST /api/v1/auth/login, sent as `Authorization: Bearer <token>`.",
+    )
+
+
+def create_access_token(jwt_auth: JWTAuth[User, Token], user: User) -> str:
+    """A signed token for `user`, valid for ACCESS_TOKEN_EXPIRE_MINUTES."""
+    return jwt_auth.create_token(identifier=str(user.id))
