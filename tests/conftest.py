@@ -300,3 +300,23 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     """The app with default test settings, start-up symbol refresh done."""
     async with running_app(settings) as client:
         yield client
+
+
+def assert_error(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
+    """The response is the one error shape (JSON `{status_code, detail, extra}`) with this status,
+    and names each needle in its detail or extra."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"status_code", "detail", "extra"}, body
+    assert body["status_code"] == status
+    for needle in needles:
+        assert needle in body["detail"] or needle in str(body["extra"]), body
+    return body
+
+
+@pytest.fixture
+async def admin(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
+    """The app with its scheduler off, so nothing but the test touches the configs."""
+    async with running_app(make_settings(scheduler_enabled=False)) as api:
+        yield api

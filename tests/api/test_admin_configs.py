@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from service.settings import Settings
-from tests.conftest import TEST_ADMIN_EMAIL, Api, running_app
+from tests.conftest import TEST_ADMIN_EMAIL, Api, assert_error, running_app
 from tests.fakes.binance import FakeBinance
 
 URL = "/api/v1/admin/data-collection/configs"
@@ -19,23 +18,6 @@ CONFIG_FIELDS = {
     "id", "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "job_id", "description",
     "created_at", "updated_at", "created_by", "last_run_at", "next_run_at",
 }
-
-
-@pytest.fixture
-async def admin(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
-    """The app with its scheduler off, so nothing but the test touches the configs."""
-    async with running_app(make_settings(scheduler_enabled=False)) as api:
-        yield api
-
-
-def assert_error(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert body["status_code"] == status
-    for needle in needles:
-        assert needle in body["detail"] or needle in str(body.get("extra")), body
-    return body
 
 
 async def create(api: Api, **fields: Any) -> dict[str, Any]:

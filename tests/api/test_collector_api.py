@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from urllib.parse import urlsplit
-
-import asyncpg
 
 from service.settings import Settings
 from tests.collection.test_collect import MINUTE, T0, frozen_at
-from tests.conftest import Api, serve_app
+from tests.conftest import Api, assert_error, serve_app
 from tests.fakes.binance import FakeBinance
-
-
-def assert_error(response, status: int, *needles: str) -> dict:  # type: ignore[no-untyped-def,type-arg]
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert body["status_code"] == status
-    for needle in needles:
-        assert needle in body["detail"] or needle in str(body.get("extra")), body
-    return body
 
 
 async def test_start_answers_202_with_the_reference_shape(api: Api) -> None:
@@ -168,20 +155,3 @@ async def test_health_and_openapi(api: Api) -> None:
     operations = {op["operationId"] for path in doc["paths"].values() for op in path.values()}
     assert {"startCollection", "getTask", "cancelTask", "getKlines", "health", "latestPrices"} <= operations
     assert (await api.http.get("/docs")).status_code == 200
-
-
-async def test_health_is_503_when_the_database_is_gone(settings: Settings, pg_dsn: str, db_dsn: str) -> None:
-    """With its database dropped under it, /health answers 503 (JSON), and other routes a JSON 5xx, not a crash."""
-    async with serve_app(settings) as api:
-        await api.wait_idle()
-        admin = await asyncpg.connect(pg_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE "{urlsplit(db_dsn).path.lstrip("/")}" WITH (FORCE)')
-        finally:
-            await admin.close()
-        health = await api.http.get("/health")
-        tasks = await api.http.get("/api/v1/data-collector/tasks")
-    assert health.status_code == 503
-    assert health.json()["status"] == "unavailable"
-    assert tasks.status_code == 503
-    assert tasks.json()["status_code"] == 503

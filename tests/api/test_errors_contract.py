@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,13 +24,6 @@ SECURITY_HEADERS = {
     "x-frame-options": "DENY",
     "content-security-policy": "frame-ancestors 'none'",
 }
-
-
-@pytest.fixture
-async def admin(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
-    """The app with its scheduler off, so nothing but the test touches the configs."""
-    async with running_app(make_settings(scheduler_enabled=False)) as api:
-        yield api
 
 
 def assert_contract(response: httpx.Response, status: int) -> dict[str, Any]:

@@ -6,17 +6,16 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from service.db import symbols as symbols_db
 from service.settings import Settings, SettingsError
-from tests.conftest import Api, running_app
+from tests.conftest import Api, assert_error, running_app
 
 CONFIGS = "/api/v1/admin/data-collection/configs"
 LOGS = "/api/v1/admin/data-collection/execution-logs"
@@ -25,25 +24,6 @@ INT4_MAX = 2**31 - 1
 INT8_MAX = 2**63 - 1
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def admin(make_settings: Callable[..., Settings]) -> AsyncIterator[Api]:
-    """The app with its scheduler off, so nothing but the test touches the configs."""
-    async with running_app(make_settings(scheduler_enabled=False)) as api:
-        yield api
-
-
-def assert_error(response: httpx.Response, status: int, *needles: str) -> dict[str, Any]:
-    """The response is the one error shape with this status, and names each needle in its detail."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"status_code", "detail", "extra"}, body
-    assert body["status_code"] == status
-    for needle in needles:
-        assert needle in body["detail"], body
-    return body
 
 
 async def create_config(api: Api, **fields: Any) -> dict[str, Any]:

@@ -265,6 +265,7 @@ async def test_reads_answer_503_with_retry_after_when_the_database_is_gone(
         reads = [
             await api.http.get(KLINES, params={"symbol": "BTCUSDT", "timeframe": "1m"}),
             await api.http.get(STATUS),
+            await api.http.get("/api/v1/data-collector/tasks"),
         ]
     assert health.status_code == 503
     assert health.json()["status"] == "unavailable"
