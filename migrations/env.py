@@ -1,4 +1,8 @@
-"""Alembic environment: async, on asyncpg. The URL comes from the caller (service.db.migrate) or DATABASE_URL."""
+"""Alembic environment: async, on asyncpg, under the migration lock (service.db.migrate.hold_migration_lock).
+
+The connection comes from the caller (service.db.migrate); run by hand (`uv run alembic …`), the URL
+comes from DATABASE_URL.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db.migrate import sqlalchemy_url
+from service.db.migrate import hold_migration_lock, sqlalchemy_url
 from service.settings import Settings
 
 
@@ -23,6 +27,9 @@ def _url() -> str:
 
 
 def _run(connection: Connection) -> None:
+    # Taken before Alembic reads the current revision, so a process that waited here finds the
+    # migrations applied by the one before it and does nothing.
+    hold_migration_lock(connection)
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -38,9 +45,13 @@ async def _run_async() -> None:
         await engine.dispose()
 
 
+shared: Connection | None = context.config.attributes.get("connection")
 if context.is_offline_mode():
     context.configure(url=_url(), literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
+elif shared is not None:
+    _run(shared)
+    shared.commit()
 else:
     asyncio.run(_run_async())

@@ -22,6 +22,7 @@ from service.api.health import HealthController
 from service.api.klines import KlinesController
 from service.api.middleware import REQUEST_ID_HEADER, JsonBodyMiddleware, RequestIdMiddleware, add_response_headers
 from service.api.openapi import DocumentedSchemaPlugin, docs_assets_router, openapi_config
+from service.api.startup import require_started
 from service.auth.guards import document_read_access
 from service.auth.tokens import build_jwt_auth
 from service.collection.runtime import open_runtime
@@ -38,7 +39,8 @@ def create_app(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Litestar:
-    """Build the app for an already migrated database at `dsn`.
+    """Build the app for the database at `dsn`, which may be down, or behind on migrations, at start-up:
+    /api routes answer 503 until the runtime's background start has reached it (service/api/startup.py).
 
     `on_shutdown` callbacks run after everything else has closed (the CLI stops the embedded
     PostgreSQL there: under uvicorn, atexit handlers never run on SIGTERM). `clock` and `sleep`
@@ -61,6 +63,7 @@ def create_app(
             ExecutionLogsController, docs_assets_router(),
         ],
         dependencies=dependencies,
+        guards=[require_started],
         # JWTAuth's middleware and scheme only: its on_app_init would mark every operation, public
         # ones included, as needing the token; the protected routes declare it themselves.
         # The request id first, so every log line of the request carries it (auth failures too);

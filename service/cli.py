@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
@@ -14,6 +16,7 @@ import uvicorn
 from service.auth.secret_key import with_secret_key
 from service.db.embedded import EmbeddedPostgres, start_embedded_postgres
 from service.db.migrate import is_at_head, upgrade
+from service.errors import DatabaseUnavailableError
 from service.logging import configure_logging, get_logger
 from service.settings import Settings, SettingsError
 
@@ -33,6 +36,54 @@ def _settings(*, serving: bool = False) -> Settings:
     except SettingsError as exc:
         click.echo(f"kline-collector: bad setting: {exc}", err=True)
         sys.exit(2)
+
+
+class _StopRequest:
+    """A SIGTERM or SIGINT that arrived before uvicorn took the signals over, kept for the next safe point.
+
+    The default SIGTERM action kills the process on the spot, leaving the embedded PostgreSQL it
+    was starting (or had started) running; instead start-up finishes its current step, then unwinds.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signal = signum  # nothing else: a handler may interrupt any line, logging included
+
+    def pending(self) -> bool:
+        """Whether a signal came in; logs it once when it did."""
+        if self.signal is None:
+            return False
+        log.info("start_up_interrupted", signal=signal.Signals(self.signal).name)
+        return True
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[_StopRequest]:
+    """SIGTERM and SIGINT recorded instead of acted on, until the block ends (uvicorn restores this handler)."""
+    request = _StopRequest()
+    previous = {sig: signal.signal(sig, request.handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield request
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, told at once about a signal that came in while start-up was deferring them."""
+
+    def __init__(self, config: uvicorn.Config, stop: _StopRequest) -> None:
+        super().__init__(config)
+        self._stop = stop
+
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            if self._stop.signal is not None:
+                self.handle_exit(self._stop.signal, None)  # start up and shut down at once
+            yield
 
 
 @contextmanager
@@ -59,9 +110,13 @@ def serve() -> None:
     """Apply migrations and serve the API (HOST, PORT); embedded PostgreSQL unless DATABASE_URL is set."""
     settings = _settings(serving=True)
     configure_logging(settings.log_level, settings.log_format)
-    with _database(settings) as (dsn, server):
-        if not is_at_head(dsn):
-            upgrade(dsn)
+    # A signal during start-up stops it at the next step, never half-way through starting PostgreSQL.
+    with _signals_deferred() as stop, _database(settings) as (dsn, server):
+        if stop.pending():
+            return
+        _migrate_if_reachable(dsn)
+        if stop.pending():
+            return
         from service.app import create_app  # imported late: start-up errors above print faster
 
         app = create_app(settings, dsn, on_shutdown=[server.stop] if server is not None else [])
@@ -73,7 +128,16 @@ def serve() -> None:
             lifespan="on",
             timeout_graceful_shutdown=3,
         )
-        uvicorn.Server(config).run()
+        _Server(config, stop).run()
+
+
+def _migrate_if_reachable(dsn: str) -> None:
+    """Apply missing migrations now; with the database down, leave them to the app's background start."""
+    try:
+        if not is_at_head(dsn):
+            upgrade(dsn)
+    except DatabaseUnavailableError as exc:
+        log.warning("database_unreachable_at_start", error=exc.detail)
 
 
 @main.command()
@@ -81,9 +145,44 @@ def migrate() -> None:
     """Apply database migrations (DATABASE_URL, or the embedded server) and exit."""
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    with _database(settings) as (dsn, _):
+    with _signals_deferred() as stop, _database(settings) as (dsn, _):
+        if stop.pending():
+            sys.exit(1)
         upgrade(dsn)
     log.info("migrations_applied")
+
+
+@main.command()
+@click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds to wait for the answer.")
+def healthcheck(timeout: float) -> None:
+    """Exit 0 if the server on this machine answers GET /health (on PORT) with 200, else 1.
+
+    For a container's HEALTHCHECK: it only asks the running server, and starts or opens nothing else.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    try:
+        port = Settings.from_env().port
+    except SettingsError as exc:
+        click.echo(f"unhealthy: bad setting: {exc}", err=True)
+        sys.exit(1)
+    url = f"http://127.0.0.1:{port}/health"
+    # No proxy: an HTTP_PROXY meant for outgoing traffic must not carry a loopback probe away.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            status: int = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, http.client.HTTPException) as exc:
+        click.echo(f"unhealthy: {url}: {exc}", err=True)
+        sys.exit(1)
+    if status != 200:
+        click.echo(f"unhealthy: {url} answered {status}", err=True)
+        sys.exit(1)
+    click.echo(f"healthy: {url} answered 200")
 
 
 @main.command("create-user")

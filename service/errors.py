@@ -9,6 +9,7 @@ __all__ = [
     "ConflictError",
     "DatabaseUnavailableError",
     "DomainError",
+    "DuplicateError",
     "InvalidInputError",
     "NotFoundError",
     "ServiceUnavailableError",
@@ -35,6 +36,18 @@ class NotFoundError(DomainError):
 
 class ConflictError(DomainError):
     """The request collides with work already under way (overlapping collection)."""
+
+
+class DuplicateError(ConflictError):
+    """A row with the same unique key exists already; `constraint` names the unique constraint.
+
+    The constraint stays out of `extra` (the error body): it names the schema, not the user's request.
+    Callers that know what the constraint means catch this and say so in their own words.
+    """
+
+    def __init__(self, detail: str, *, constraint: str | None) -> None:
+        super().__init__(detail)
+        self.constraint = constraint
 
 
 class ServiceUnavailableError(DomainError):

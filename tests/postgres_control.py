@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
-from service.db.embedded import EmbeddedPostgres, start_embedded_postgres
+from service.db.embedded import EmbeddedPostgres, is_embedded_running, start_embedded_postgres
 from tests.conftest import migrate, with_database
 
 
@@ -69,6 +69,9 @@ async def own_postgres(pgdata: Path) -> AsyncIterator[tuple[PostgresControl, str
         await migrate(dsn)
         yield PostgresControl(server), dsn
     finally:
+        # The package stops only the postmaster it started: one restarted by start() would outlive the test.
+        if is_embedded_running(server.pgdata):
+            await PostgresControl(server).stop()
         server.stop()
 
 

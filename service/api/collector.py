@@ -22,6 +22,7 @@ from service.collection.task_records import TaskParams, TaskResult
 from service.db import configs as configs_db
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
+from service.db.pool import connection
 from service.loop_monitor import LoopLag
 from service.settings import TIMEFRAMES, TimeframeName
 
@@ -218,7 +219,7 @@ class DataCollectorController(Controller):
     )
     async def stats(self, registry: RegistryDep, jobs: JobsDep, pool: PoolDep) -> TaskStats:
         counts = await registry.counts()
-        async with pool.acquire() as conn:
+        async with connection(pool) as conn:
             symbols = await symbols_db.list_symbols(conn, jobs.exchange)
         return TaskStats(
             task_counts=TaskCounts(**counts),
@@ -248,7 +249,7 @@ class DataCollectorController(Controller):
     )
     async def status(self, runtime: RuntimeDep) -> ServiceStatus:
         async def symbols_and_configs() -> tuple[list[str], list[Any]]:
-            async with runtime.pool.acquire() as conn:
+            async with connection(runtime.pool) as conn:
                 symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
                 enabled = await configs_db.list_configs(conn, enabled=True, exchange=None, skip=0, limit=10_000)
             return symbols, enabled
@@ -259,7 +260,7 @@ class DataCollectorController(Controller):
         active, (symbols, enabled) = await asyncio.gather(
             runtime.registry.list(active_only=True, limit=1000), symbols_and_configs()
         )
-        limiter = runtime.client.limiter.state
+        limiter = runtime.exchanges[runtime.jobs.exchange].limiter_state()
         scheduler = runtime.scheduler.state
         collecting = any(v.task_type != SYMBOL_REFRESH for v in active)
         interval = min((c["interval_minutes"] * 60 for c in enabled), default=None)
@@ -294,7 +295,7 @@ class DataCollectorController(Controller):
         responses=error_responses(401),
     )
     async def latest_prices(self, pool: PoolDep) -> LatestPrices:
-        async with pool.acquire() as conn:
+        async with connection(pool) as conn:
             rows = await klines_db.latest_prices(conn)
         prices = [
             LatestPrice(

@@ -1,16 +1,14 @@
 """/api/v1/admin/data-collection/configs: what the scheduler collects, created and changed live.
 
-Every change (create, update, enable, disable, delete) is stored first, then the scheduler is
-woken, so the new schedule applies at once without a restart. A new or re-enabled config runs
-promptly; a changed interval counts from the config's last run.
+HTTP only: the rules and the schedule are service/collection/configs.py's. Every change applies
+at once, without a restart.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
 from litestar.params import FromQuery, JSONBody, QueryParameter
@@ -18,7 +16,7 @@ from litestar.security.jwt import Token
 from msgspec import UNSET, UnsetType
 
 from service.api.collector import TaskReply
-from service.api.deps import RuntimeDep
+from service.api.deps import ConfigsDep
 from service.api.enums import ExchangeChoice, TaskReplyStatus
 from service.api.openapi import error_responses
 from service.api.schemas import (
@@ -34,11 +32,7 @@ from service.api.schemas import (
 )
 from service.auth.accounts import User
 from service.auth.guards import BEARER_SECURITY, requires_admin
-from service.collection.jobs import validate_timeframes
-from service.collection.runtime import Runtime
-from service.db import configs as configs_db
-from service.db.pool import Connection
-from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.collection.configs import CollectionConfig, ConfigChanges
 from service.settings import TimeframeName
 
 __all__ = ["Config", "ConfigsController", "CreateConfig", "UpdateConfig"]
@@ -94,51 +88,13 @@ class UpdateConfig(Schema):
     description: Description | UnsetType | None = UNSET
 
 
-def _config(row: asyncpg.Record) -> Config:
+def _config(config: CollectionConfig) -> Config:
     return Config(
-        id=row["id"], symbol=row["symbol"], exchange=row["exchange"], timeframes=list(row["timeframes"]),
-        interval_minutes=row["interval_minutes"], enabled=row["enabled"], job_id=row["job_id"],
-        description=row["description"], created_at=row["created_at"], updated_at=row["updated_at"],
-        created_by=row["created_by"], last_run_at=row["last_run_at"], next_run_at=row["next_run_at"],
+        id=config.id, symbol=config.symbol, exchange=config.exchange, timeframes=config.timeframes,
+        interval_minutes=config.interval_minutes, enabled=config.enabled, job_id=config.job_id,
+        description=config.description, created_at=config.created_at, updated_at=config.updated_at,
+        created_by=config.created_by, last_run_at=config.last_run_at, next_run_at=config.next_run_at,
     )
-
-
-def _now(runtime: Runtime) -> datetime:
-    return datetime.fromtimestamp(runtime.clock(), UTC)
-
-
-def _not_found(config_id: int) -> NotFoundError:
-    return NotFoundError(f"no collection config with id {config_id}")
-
-
-def _check_interval(runtime: Runtime, minutes: int) -> None:
-    minimum = runtime.settings.min_interval_minutes
-    if minutes < minimum:
-        raise InvalidInputError(
-            f"interval_minutes must be at least {minimum} (MIN_INTERVAL_MINUTES); got {minutes}",
-            minimum=minimum,
-        )
-
-
-async def _resolve_symbol(runtime: Runtime, symbol: str) -> str:
-    """The exchange's own name of the symbol (BTC/USDT → BTCUSDT); 422 naming it if unknown."""
-    return (await runtime.jobs.resolve_symbols([symbol]))[0]
-
-
-async def _duplicate(conn: Connection, exchange: str, symbol: str, *, except_id: int | None) -> ConflictError | None:
-    existing = await configs_db.find_by_pair(conn, exchange, symbol)
-    if existing is None or existing["id"] == except_id:
-        return None
-    return ConflictError(
-        f"a collection config for {symbol} on {exchange} already exists (id {existing['id']})",
-        config_id=existing["id"],
-    )
-
-
-async def _conflict_after_race(conn: Connection, exchange: str, symbol: str, except_id: int | None) -> ConflictError:
-    """The 409 for a unique violation another request won between our check and our write."""
-    found = await _duplicate(conn, exchange, symbol, except_id=except_id)
-    return found or ConflictError(f"a collection config for {symbol} on {exchange} already exists")
 
 
 class ConfigsController(Controller):
@@ -150,15 +106,14 @@ class ConfigsController(Controller):
     @get(operation_id="listConfigs", summary="Collection configs, by id", responses=error_responses(400, 401, 403))
     async def list_configs(
         self,
-        runtime: RuntimeDep,
+        configs: ConfigsDep,
         enabled: FromQuery[bool | None] = None,
         exchange: Annotated[ExchangeChoice | None, text_query(max_length=40)] = None,
         skip: Annotated[int, skip_query()] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 100,
     ) -> list[Config]:
-        async with runtime.pool.acquire() as conn:
-            rows = await configs_db.list_configs(conn, enabled=enabled, exchange=exchange, skip=skip, limit=limit)
-        return [_config(r) for r in rows]
+        found = await configs.list_configs(enabled=enabled, exchange=exchange, skip=skip, limit=limit)
+        return [_config(c) for c in found]
 
     @post(
         operation_id="createConfig", status_code=201,
@@ -166,40 +121,21 @@ class ConfigsController(Controller):
         responses=error_responses(400, 401, 403, 409, 413, 415, 422, descriptions={409: _DUPLICATE}),
     )
     async def create_config(
-        self, data: JSONBody[CreateConfig], runtime: RuntimeDep, request: Request[User, Token, Any]
+        self, data: JSONBody[CreateConfig], configs: ConfigsDep, request: Request[User, Token, Any]
     ) -> Config:
-        runtime.jobs.check_exchange(data.exchange)
-        timeframes = validate_timeframes(data.timeframes)
-        _check_interval(runtime, data.interval_minutes)
-        symbol = await _resolve_symbol(runtime, data.symbol)
-        async with runtime.pool.acquire() as conn:
-            if (conflict := await _duplicate(conn, data.exchange, symbol, except_id=None)) is not None:
-                raise conflict
-            try:
-                async with conn.transaction():
-                    inserted = await configs_db.insert_config(
-                        conn, symbol=symbol, exchange=data.exchange, timeframes=timeframes,
-                        interval_minutes=data.interval_minutes, enabled=data.enabled,
-                        description=data.description, created_by=request.user.email, next_run_at=None,
-                    )
-                    await configs_db.reschedule(conn, inserted["id"], _now(runtime))
-                    row = await configs_db.get_config(conn, inserted["id"])
-            except asyncpg.UniqueViolationError:
-                raise await _conflict_after_race(conn, data.exchange, symbol, None) from None
-        runtime.scheduler.notify_changed()
-        assert row is not None
-        return _config(row)
+        created = await configs.create(
+            symbol=data.symbol, exchange=data.exchange, timeframes=data.timeframes,
+            interval_minutes=data.interval_minutes, enabled=data.enabled, description=data.description,
+            created_by=request.user.email,
+        )
+        return _config(created)
 
     @get(
         "/{config_id:int}", operation_id="getConfig", summary="One collection config",
         responses=error_responses(400, 401, 403, 404),
     )
-    async def get_config(self, config_id: ConfigId, runtime: RuntimeDep) -> Config:
-        async with runtime.pool.acquire() as conn:
-            row = await configs_db.get_config(conn, config_id)
-        if row is None:
-            raise _not_found(config_id)
-        return _config(row)
+    async def get_config(self, config_id: ConfigId, configs: ConfigsDep) -> Config:
+        return _config(await configs.get(config_id))
 
     @put(
         "/{config_id:int}", operation_id="updateConfig",
@@ -207,85 +143,34 @@ class ConfigsController(Controller):
         responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, descriptions={409: _DUPLICATE}),
     )
     async def update_config(
-        self, config_id: ConfigId, data: JSONBody[UpdateConfig], runtime: RuntimeDep
+        self, config_id: ConfigId, data: JSONBody[UpdateConfig], configs: ConfigsDep
     ) -> Config:
-        async with runtime.pool.acquire() as conn:
-            current = await configs_db.get_config(conn, config_id)
-        if current is None:
-            raise _not_found(config_id)
-        changes: dict[str, object] = {}
-        if data.exchange is not UNSET:
-            runtime.jobs.check_exchange(data.exchange)
-            changes["exchange"] = data.exchange
-        if data.timeframes is not UNSET:
-            changes["timeframes"] = validate_timeframes(data.timeframes)
-        if data.interval_minutes is not UNSET:
-            _check_interval(runtime, data.interval_minutes)
-            changes["interval_minutes"] = data.interval_minutes
-        if data.symbol is not UNSET:
-            changes["symbol"] = await _resolve_symbol(runtime, data.symbol)
-        if data.enabled is not UNSET:
-            changes["enabled"] = data.enabled
-        if data.description is not UNSET:
-            changes["description"] = data.description
-        exchange = str(changes.get("exchange", current["exchange"]))
-        symbol = str(changes.get("symbol", current["symbol"]))
-        async with runtime.pool.acquire() as conn:
-            if (conflict := await _duplicate(conn, exchange, symbol, except_id=config_id)) is not None:
-                raise conflict
-            try:
-                async with conn.transaction():
-                    row = await configs_db.update_config(conn, config_id, changes=changes)
-                    if row is not None:
-                        await configs_db.reschedule(conn, config_id, _now(runtime))
-                        row = await configs_db.get_config(conn, config_id)
-            except asyncpg.UniqueViolationError:
-                raise await _conflict_after_race(conn, exchange, symbol, config_id) from None
-        if row is None:  # deleted meanwhile
-            raise _not_found(config_id)
-        runtime.scheduler.notify_changed()
-        return _config(row)
+        changes = ConfigChanges(**msgspec.structs.asdict(data))
+        return _config(await configs.update(config_id, changes))
 
     @delete(
         "/{config_id:int}", operation_id="deleteConfig", status_code=204,
         summary="Delete a config; it is unscheduled at once (its execution logs stay)",
         responses=error_responses(400, 401, 403, 404),
     )
-    async def delete_config(self, config_id: ConfigId, runtime: RuntimeDep) -> None:
-        async with runtime.pool.acquire() as conn:
-            deleted = await configs_db.delete_config(conn, config_id)
-        if not deleted:
-            raise _not_found(config_id)
-        runtime.scheduler.notify_changed()
+    async def delete_config(self, config_id: ConfigId, configs: ConfigsDep) -> None:
+        await configs.delete(config_id)
 
     @post(
         "/{config_id:int}/enable", operation_id="enableConfig", status_code=200,
         summary="Enable a config; it is scheduled at once",
         responses=error_responses(400, 401, 403, 404),
     )
-    async def enable(self, config_id: ConfigId, runtime: RuntimeDep) -> Config:
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await configs_db.set_enabled(conn, config_id, True)
-            if row is not None:
-                await configs_db.reschedule(conn, config_id, _now(runtime))
-                row = await configs_db.get_config(conn, config_id)
-        if row is None:
-            raise _not_found(config_id)
-        runtime.scheduler.notify_changed()
-        return _config(row)
+    async def enable(self, config_id: ConfigId, configs: ConfigsDep) -> Config:
+        return _config(await configs.enable(config_id))
 
     @post(
         "/{config_id:int}/disable", operation_id="disableConfig", status_code=200,
         summary="Disable a config; no further scheduled runs (a run under way finishes)",
         responses=error_responses(400, 401, 403, 404),
     )
-    async def disable(self, config_id: ConfigId, runtime: RuntimeDep) -> Config:
-        async with runtime.pool.acquire() as conn:
-            row = await configs_db.set_enabled(conn, config_id, False)
-        if row is None:
-            raise _not_found(config_id)
-        runtime.scheduler.notify_changed()
-        return _config(row)
+    async def disable(self, config_id: ConfigId, configs: ConfigsDep) -> Config:
+        return _config(await configs.disable(config_id))
 
     @post(
         "/{config_id:int}/trigger", operation_id="triggerConfig", status_code=202,
@@ -296,8 +181,8 @@ class ConfigsController(Controller):
                                "(`extra.active_task_id`), or the service is shutting down"},
         ),
     )
-    async def trigger(self, config_id: ConfigId, runtime: RuntimeDep) -> TaskReply:
-        view = await runtime.scheduler.trigger(config_id)
+    async def trigger(self, config_id: ConfigId, configs: ConfigsDep) -> TaskReply:
+        view = await configs.trigger(config_id)
         return TaskReply(
             task_id=view.task_id, status=TaskReplyStatus.SUBMITTED,
             message=f"Collection of config {config_id} submitted. Use the task_id to check status.",

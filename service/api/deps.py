@@ -6,6 +6,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from service.auth.accounts import Accounts
+from service.collection.configs import Configs
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.runtime import Runtime
@@ -13,7 +14,7 @@ from service.db.health import HealthProbe
 from service.db.pool import Pool
 
 __all__ = [
-    "AccountsDep", "HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies",
+    "AccountsDep", "ConfigsDep", "HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies",
 ]
 
 
@@ -34,6 +35,10 @@ async def provide_jobs(state: State) -> CollectionJobs:
     return _runtime(state).jobs
 
 
+async def provide_configs(state: State) -> Configs:
+    return _runtime(state).configs
+
+
 async def provide_runtime(state: State) -> Runtime:
     return _runtime(state)
 
@@ -50,6 +55,7 @@ dependencies = {
     "pool": Provide(provide_pool),
     "registry": Provide(provide_registry),
     "jobs": Provide(provide_jobs),
+    "configs": Provide(provide_configs),
     "runtime": Provide(provide_runtime),
     "health_probe": Provide(provide_health_probe),
     "accounts": Provide(provide_accounts),
@@ -59,6 +65,7 @@ dependencies = {
 PoolDep = NamedDependency[Pool]
 RegistryDep = NamedDependency[TaskRegistry]
 JobsDep = NamedDependency[CollectionJobs]
+ConfigsDep = NamedDependency[Configs]
 RuntimeDep = NamedDependency[Runtime]
 HealthProbeDep = NamedDependency[HealthProbe]
 AccountsDep = NamedDependency[Accounts]

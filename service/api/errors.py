@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
@@ -17,6 +16,7 @@ from service.api.schemas import NO_NUL_PATTERN, ErrorBody
 from service.errors import (
     AuthenticationError,
     ConflictError,
+    DatabaseUnavailableError,
     DomainError,
     InvalidInputError,
     NotFoundError,
@@ -107,8 +107,9 @@ def _described(error: dict[str, Any]) -> str:
     return f"invalid {where}: {error.get('message', 'invalid value')}"
 
 
-def _database(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    log.error("database_unavailable", error=str(exc))
+def _database(_: Request[Any, Any, Any], exc: DatabaseUnavailableError) -> Response[ErrorBody]:
+    # The driver's words (host, port, error text) go to the log, not to the client.
+    log.error("database_unavailable", error=exc.detail)
     return _response(503, "the database is not answering; try again shortly")
 
 
@@ -125,12 +126,8 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Err
 
 exception_handlers: ExceptionHandlersMap = {
     DomainError: _domain,
+    # The database is unreachable, restarting, or gone (service/db/ says so): the client can retry later.
+    DatabaseUnavailableError: _database,
     HTTPException: _http,
-    # The database is unreachable, restarting, or gone: the client can retry later.
-    asyncpg.InterfaceError: _database,
-    asyncpg.PostgresConnectionError: _database,
-    asyncpg.OperatorInterventionError: _database,
-    asyncpg.InvalidCatalogNameError: _database,
-    OSError: _database,
     Exception: _unexpected,
 }

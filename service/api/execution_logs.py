@@ -12,7 +12,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import asyncpg
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get
 from litestar.datastructures import ResponseHeader
@@ -30,6 +29,7 @@ from service.collection.task_records import LogMetadata
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
 from service.db.execution_logs import LogFilter
+from service.db.pool import Row, connection
 from service.errors import InvalidInputError, NotFoundError
 from service.settings import TimeframeName
 
@@ -86,7 +86,7 @@ class StatusOut(Schema):
     """The last 24 hours."""
 
 
-def _log(row: asyncpg.Record) -> LogOut:
+def _log(row: Row) -> LogOut:
     return LogOut(
         id=row["id"], job_name=row["job_name"], job_type=row["job_type"], symbol=row["symbol"],
         exchange=row["exchange"], timeframe=row["timeframe"], started_at=row["started_at"],
@@ -97,7 +97,7 @@ def _log(row: asyncpg.Record) -> LogOut:
 
 
 async def _stats(runtime: Runtime, *, job_type: str | None, hours: int) -> StatsOut:
-    async with runtime.pool.acquire() as conn:
+    async with connection(runtime.pool) as conn:
         figures = await logs_db.stats(
             conn, job_type=job_type, hours=hours, now=datetime.fromtimestamp(runtime.clock(), UTC)
         )
@@ -150,7 +150,7 @@ async def provide_log_filters(
 
 
 async def _csv(runtime: Runtime, filters: LogFilter) -> Response[Any]:
-    async with runtime.pool.acquire() as conn:
+    async with connection(runtime.pool) as conn:
         body = await logs_db.logs_csv(conn, filters)
     return Response(
         body,
@@ -180,7 +180,7 @@ class ExecutionLogsController(Controller):
     ) -> Response[list[LogOut]]:
         if request.accept.best_match([MediaType.JSON, "text/csv"], default=MediaType.JSON) == "text/csv":
             return await _csv(runtime, filters)  # the OpenAPI document shows the JSON form
-        async with runtime.pool.acquire() as conn:
+        async with connection(runtime.pool) as conn:
             rows = await logs_db.list_logs(conn, filters)
         return Response([_log(r) for r in rows])
 
@@ -199,7 +199,7 @@ class ExecutionLogsController(Controller):
     async def get_log(
         self, log_id: Annotated[int, id_path(INT8_MAX, "Id of the execution log")], runtime: RuntimeDep
     ) -> LogOut:
-        async with runtime.pool.acquire() as conn:
+        async with connection(runtime.pool) as conn:
             row = await logs_db.get_log(conn, log_id)
         if row is None:
             raise NotFoundError(f"no execution log with id {log_id}")
@@ -222,7 +222,7 @@ class ExecutionLogsController(Controller):
         responses=error_responses(401, 403),
     )
     async def status(self, runtime: RuntimeDep) -> StatusOut:
-        async with runtime.pool.acquire() as conn:
+        async with connection(runtime.pool) as conn:
             total, enabled = await configs_db.count_configs(conn)
             recent = await logs_db.recent_logs(conn, 10)
         return StatusOut(

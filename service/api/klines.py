@@ -17,6 +17,7 @@ from service.auth.guards import requires_reader
 from service.collection.jobs import validate_timeframes
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
+from service.db.pool import connection
 from service.errors import InvalidInputError
 from service.settings import TimeframeName
 
@@ -83,7 +84,7 @@ class KlinesController(Controller):
         end_ms = None if end is None else datetime_to_ms(end)
         if start_ms is not None and end_ms is not None and end_ms < start_ms:
             raise InvalidInputError("end must not be before start")
-        async with pool.acquire() as conn:
+        async with connection(pool) as conn:
             # Only a BASE/QUOTE name needs the symbol table to find the exchange's name; any other
             # name is looked up by the read itself (one round trip while holding the connection).
             found = await symbols_db.find_symbol(conn, exchange, symbol) if "/" in symbol else None

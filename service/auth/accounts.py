@@ -6,13 +6,12 @@ import asyncio
 import re
 from datetime import datetime
 
-import asyncpg
 import msgspec
 
 from service.auth.limiter import LoginLimiter
 from service.auth.passwords import PasswordHasher
 from service.db import users as users_db
-from service.db.pool import Pool, connection
+from service.db.pool import Pool, Row, connection
 from service.errors import AuthenticationError, InvalidInputError, TooManyAttemptsError
 from service.logging import get_logger
 
@@ -45,7 +44,7 @@ class User(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
 
 
-def _user(row: asyncpg.Record) -> User:
+def _user(row: Row) -> User:
     return User(
         id=row["id"], email=row["email"], is_admin=row["is_admin"], is_active=row["is_active"],
         created_at=row["created_at"],

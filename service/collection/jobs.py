@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from service.collection.collector import CollectionResult, Collector, Pair, PairResult
@@ -23,7 +22,7 @@ from service.collection.task_records import (
 )
 from service.db import execution_logs as logs_db
 from service.db import symbols as symbols_db
-from service.db.pool import Connection, Pool, retrying
+from service.db.pool import Connection, Pool, Row, connection, retrying
 from service.errors import DatabaseUnavailableError, InvalidInputError
 from service.exchanges.base import ExchangeClient, ExchangeError
 from service.logging import get_logger
@@ -65,7 +64,7 @@ class ConfigRun(msgspec.Struct, frozen=True):
         return f"collect_data_{self.id}"
 
     @classmethod
-    def from_record(cls, row: asyncpg.Record) -> ConfigRun:
+    def from_record(cls, row: Row) -> ConfigRun:
         return cls(
             id=row["id"], symbol=row["symbol"], exchange=row["exchange"], timeframes=list(row["timeframes"]),
             interval_minutes=row["interval_minutes"],
@@ -161,7 +160,7 @@ class CollectionJobs:
     async def refresh_symbols(self) -> int:
         """Reload the exchange's listing (and its weight limit) into the symbols table."""
         symbols = await self._client.fetch_symbols()
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             count = await symbols_db.replace_symbols(conn, self.exchange, symbols)
         log.info("symbols_refreshed", exchange=self.exchange, count=count)
         return count
@@ -175,7 +174,7 @@ class CollectionJobs:
         if not names:
             raise InvalidInputError("symbols must not be empty")
         distinct = list(dict.fromkeys(names))
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             resolved = await symbols_db.resolve_symbols(conn, self.exchange, distinct)
             # Unknown names, and no symbols at all: the start-up refresh has not run (or failed).
             load = None in resolved.values() and await symbols_db.count_symbols(conn, self.exchange) == 0
@@ -186,7 +185,7 @@ class CollectionJobs:
                 raise InvalidInputError(
                     f"the symbols of {self.exchange} are not known yet and could not be loaded: {exc}"
                 ) from None
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 resolved = await symbols_db.resolve_symbols(conn, self.exchange, distinct)
         unknown = [name for name, symbol in resolved.items() if symbol is None]
         if unknown:
@@ -292,7 +291,7 @@ class CollectionJobs:
 
         async def body(handle: TaskHandle) -> TaskOutcome:
             await handle.report(10, f"Loading the symbol list of {self.exchange}")
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 log_id = await logs_db.start_log(
                     conn, job_name=SYMBOL_REFRESH, job_type=SYMBOL_REFRESH, symbol=None, exchange=self.exchange,
                     timeframe=None, metadata={}, task_id=handle.task_id, started_at=self._now(),
@@ -300,13 +299,13 @@ class CollectionJobs:
             try:
                 count = await self.refresh_symbols()
             except BaseException as exc:
-                async with self._pool.acquire() as conn:
+                async with connection(self._pool) as conn:
                     await logs_db.finish_log(
                         conn, log_id, status="failed", records_collected=0, error_message=str(exc)[:1000],
                         error_type=exc.__class__.__name__, metadata={}, finished_at=self._now(),
                     )
                 raise
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 await logs_db.finish_log(
                     conn, log_id, status="success", records_collected=0, error_message=None,
                     error_type=None, metadata=msgspec.to_builtins(LogMetadata(symbols=count)), finished_at=self._now(),

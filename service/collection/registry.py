@@ -15,13 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Literal
 
-import asyncpg
 import msgspec
 import structlog
 
 from service.collection.task_records import TaskParams, TaskResult, task_params_from_json, task_result_from_json
 from service.db import tasks as tasks_db
-from service.db.pool import Connection, Pool, connection, retrying
+from service.db.pool import Connection, Pool, Row, connection, retrying
 from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from service.logging import get_logger
 
@@ -53,7 +52,7 @@ class TaskView(msgspec.Struct, kw_only=True):
     params: TaskParams = msgspec.field(default_factory=TaskParams)
 
     @classmethod
-    def from_record(cls, row: asyncpg.Record) -> TaskView:
+    def from_record(cls, row: Row) -> TaskView:
         return cls(
             task_id=row["id"], task_type=row["task_type"], status=row["status"], progress=row["progress"],
             message=row["message"], created_at=row["created_at"], started_at=row["started_at"],
@@ -130,7 +129,7 @@ class TaskRegistry:
 
     async def recover(self) -> list[uuid.UUID]:
         """Close tasks a dead process left active (run once at start-up)."""
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             ids = await tasks_db.fail_interrupted(conn)
         if ids:
             log.warning("tasks_interrupted", count=len(ids), task_ids=[str(i) for i in ids])
@@ -149,7 +148,7 @@ class TaskRegistry:
         if self._closing:
             raise ConflictError("the service is shutting down; no new tasks are accepted")
         task_id = uuid.uuid4()
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with connection(self.pool) as conn, conn.transaction():
             await tasks_db.lock_submissions(conn)
             if series:
                 conflict = await tasks_db.active_conflict(conn, series)
@@ -235,7 +234,7 @@ class TaskRegistry:
         entry = self._entries.get(task_id)
         if entry is not None:
             return entry.handle.view
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             row = await tasks_db.get_task(conn, task_id)
         if row is None:
             raise NotFoundError(f"no task with id {task_id}")
@@ -245,7 +244,7 @@ class TaskRegistry:
         self, *, task_type: str | None = None, active_only: bool = False, limit: int = 100
     ) -> builtins.list[TaskView]:
         """Tasks newest first (live views for the ones this process runs)."""
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             rows = await tasks_db.list_tasks(conn, task_type=task_type, active_only=active_only, limit=limit)
         views = []
         for row in rows:
@@ -254,7 +253,7 @@ class TaskRegistry:
         return views
 
     async def counts(self) -> dict[str, int]:
-        async with self.pool.acquire() as conn:
+        async with connection(self.pool) as conn:
             counts = await tasks_db.count_by_status(conn)
         return {status: counts.get(status, 0) for status in ("pending", "running", "completed", "failed", "cancelled")}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,13 +15,17 @@ from service.auth.accounts import Accounts
 from service.auth.limiter import LoginLimiter
 from service.auth.passwords import PasswordHasher
 from service.collection.collector import Collector
+from service.collection.configs import Configs
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.scheduler import Scheduler
+from service.collection.startup import DatabaseStart
 from service.cpu_turns import CpuTurns
 from service.db import execution_logs as execution_logs_db
 from service.db.health import HealthProbe
-from service.db.pool import Pool, create_pool
+from service.db.migrate import migrate_if_behind
+from service.db.pool import Pool, connection, create_pool
+from service.exchanges.base import ExchangeClient
 from service.exchanges.binance import BinanceClient
 from service.exchanges.limiter import WeightLimiter
 from service.logging import get_logger
@@ -32,12 +36,16 @@ __all__ = ["Runtime", "open_runtime"]
 
 log = get_logger(__name__)
 
+#: How long start-up waits for the first attempt at the database work before serving without it.
+_FIRST_ATTEMPT_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class Runtime:
     settings: Settings
     pool: Pool
-    client: BinanceClient
+    exchanges: Mapping[str, ExchangeClient]
+    """Exchange name → its client; everything above exchanges/ speaks to them through the protocol."""
     registry: TaskRegistry
     collector: Collector
     jobs: CollectionJobs
@@ -49,6 +57,10 @@ class Runtime:
     """/health's own database check: one connection outside the pool, so load cannot starve it."""
     accounts: Accounts
     """Users: login (and its limiter), the start-up admin."""
+    configs: Configs
+    """Collection configs: their rules and schedule (the admin API's configs routes call it)."""
+    database_start: DatabaseStart
+    """The start-up work that needs the database, retried in the background until it is reachable."""
 
 
 @asynccontextmanager
@@ -59,12 +71,14 @@ async def open_runtime(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncIterator[Runtime]:
-    """Pool, HTTP session, exchange client, registry; recovers interrupted tasks, loads symbols.
+    """Pool, HTTP session, exchange client, registry; then, in the background once the database answers
+    (`DatabaseStart`), migrations, recovery of interrupted tasks, the symbol refresh and the scheduler.
 
     `clock` (epoch seconds) and `sleep` drive every time decision (weight windows, history, open
     candles); tests pass a faster or fixed clock.
     """
-    pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    # Nothing here waits for the database: with it down the process still serves /health (503).
+    pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, connect_now=False)
     health = HealthProbe(dsn)
     try:
         # One session for the app's life; the limiter, not the connector, bounds concurrency.
@@ -101,26 +115,41 @@ async def open_runtime(
             )
             jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
             scheduler = Scheduler(pool, jobs, settings, clock=clock, sleep=sleep)
-            await registry.recover()
-            async with pool.acquire() as conn:
-                await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
             login_limiter = LoginLimiter(pool, key=(settings.secret_key or "").encode())
             accounts = Accounts(pool, PasswordHasher(), login_limiter)
             loop_monitor = LoopMonitor()
+
+            async def start_with_database() -> None:
+                # Repeated whole after a failure: every step up to the symbol refresh is idempotent.
+                await migrate_if_behind(dsn)
+                await registry.recover()
+                async with connection(pool) as conn:
+                    await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
+                # Learn the exchange's symbols and weight limit without holding up start-up.
+                await jobs.start_symbol_refresh()
+                if settings.scheduler_enabled:
+                    await scheduler.start()
+                if settings.admin_email is not None and settings.admin_password is not None:
+                    accounts.start_bootstrap(settings.admin_email, settings.admin_password)
+
             runtime = Runtime(
-                settings, pool, client, registry, collector, jobs, scheduler, clock, loop_monitor, health,
+                settings, pool, {client.name: client}, registry, collector, jobs, scheduler, clock, loop_monitor,
+                health,
                 accounts=accounts,
+                configs=Configs(
+                    pool, jobs, scheduler, min_interval_minutes=settings.min_interval_minutes, clock=clock
+                ),
+                database_start=DatabaseStart(start_with_database),
             )
-            # Learn the exchange's symbols and weight limit without holding up start-up.
-            await jobs.start_symbol_refresh()
-            if settings.scheduler_enabled:
-                await scheduler.start()
             loop_monitor.start()
-            if settings.admin_email is not None and settings.admin_password is not None:
-                accounts.start_bootstrap(settings.admin_email, settings.admin_password)
+            runtime.database_start.start()
+            # With the database up, start-up is complete before the first request; with it down (or
+            # slow to answer), the process serves /health meanwhile.
+            await runtime.database_start.wait_first_attempt(timeout=_FIRST_ATTEMPT_SECONDS)
             try:
                 yield runtime
             finally:
+                await runtime.database_start.stop()
                 await accounts.close()
                 await loop_monitor.stop()
                 await scheduler.stop()

@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import msgspec
 
 from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, CollectionJobs, ConfigRun
@@ -23,8 +22,8 @@ from service.collection.registry import TaskView
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
 from service.db import tasks as tasks_db
-from service.db.pool import Connection, Pool
-from service.errors import ConflictError, NotFoundError
+from service.db.pool import Connection, Pool, connection
+from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from service.logging import get_logger
 from service.settings import Settings
 
@@ -106,7 +105,7 @@ class Scheduler:
 
     async def trigger(self, config_id: int) -> TaskView:
         """Run a config now as a task; NotFoundError if unknown, ConflictError if its run is active."""
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             config = await configs_db.get_config(conn, config_id)
         if config is None:
             raise NotFoundError(f"no collection config with id {config_id}")
@@ -116,7 +115,7 @@ class Scheduler:
         while not self._stopping.is_set():
             try:
                 await self._turn()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except DatabaseUnavailableError as exc:
                 # The database is away: try again shortly rather than die.
                 log.error("scheduler_turn_failed", error=str(exc))
                 await self._wait(5.0)
@@ -137,11 +136,11 @@ class Scheduler:
         if self._next_retention is not None and now >= self._next_retention:
             self._next_retention = now + RETENTION_EVERY
             await self.apply_retention(now)
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             self._next_run = await configs_db.next_due_at(conn)
 
     async def _run_due_configs(self, now: datetime) -> None:
-        async with self._pool.acquire() as conn:
+        async with connection(self._pool) as conn:
             due = await configs_db.due_configs(conn, now)
         for record in due:
             config = ConfigRun.from_record(record)
@@ -151,7 +150,7 @@ class Scheduler:
             next_at = due_at + interval
             if next_at <= now:
                 next_at = now + interval
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 claimed = await configs_db.claim_due_run(
                     conn, config.id, due_at=due_at, next_run_at=next_at, started_at=now
                 )
@@ -160,7 +159,7 @@ class Scheduler:
             try:
                 await self._jobs.start_config_run(config, task_type=SCHEDULED_DATA_COLLECTION)
             except ConflictError as exc:
-                async with self._pool.acquire() as conn:
+                async with connection(self._pool) as conn:
                     await logs_db.insert_skipped(
                         conn, job_name=config.job_name, job_type=SCHEDULED_DATA_COLLECTION,
                         symbol=config.symbol, exchange=config.exchange,
@@ -188,7 +187,7 @@ class Scheduler:
         """One short transaction per batch, so retention never holds long locks."""
         total = 0
         while True:
-            async with self._pool.acquire() as conn:
+            async with connection(self._pool) as conn:
                 deleted = await delete(conn, cutoff, RETENTION_BATCH)
             total += deleted
             if deleted < RETENTION_BATCH:

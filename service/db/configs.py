@@ -50,7 +50,7 @@ async def insert_config(
     created_by: str | None,
     next_run_at: datetime | None,
 ) -> asyncpg.Record:
-    """Store a new config; asyncpg.UniqueViolationError if (exchange, symbol) already has one."""
+    """Store a new config; a unique violation (DuplicateError out of `connection()`) if (exchange, symbol) has one."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         INSERT INTO data_collection_configs
@@ -100,8 +100,8 @@ async def list_configs(
 async def update_config(conn: Connection, config_id: int, *, changes: dict[str, object]) -> asyncpg.Record | None:
     """Change the given columns (only those in UPDATABLE_COLUMNS) and stamp updated_at; None if unknown id.
 
-    ValueError for a column outside the whitelist. asyncpg.UniqueViolationError if the new
-    (exchange, symbol) belongs to another config.
+    ValueError for a column outside the whitelist. A unique violation (DuplicateError out of
+    `connection()`) if the new (exchange, symbol) belongs to another config.
     """
     unknown = set(changes) - set(UPDATABLE_COLUMNS)
     if unknown:

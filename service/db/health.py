@@ -13,18 +13,10 @@ from typing import Any
 
 import asyncpg
 
-from service.errors import ServiceUnavailableError
+from service.db.pool import domain_errors
+from service.errors import DatabaseUnavailableError, ServiceUnavailableError
 
 __all__ = ["HealthProbe"]
-
-#: Anything the driver or the socket can raise means "the database did not answer".
-#: (TimeoutError is an OSError.)
-_DRIVER_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
 
 
 class HealthProbe:
@@ -57,25 +49,30 @@ class HealthProbe:
 
     async def _check(self) -> None:
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._conn is not None and not self._conn.is_closed():
-                    try:
-                        await self._conn.fetchval("SELECT 1")
-                        return
-                    except _DRIVER_ERRORS:
-                        # Lost since the last check (server restarted, backend terminated): only a
-                        # fresh connection that fails too means the database is down.
-                        self._drop()
-                self._conn = await asyncpg.connect(
-                    self._dsn, server_settings={"application_name": "kline-collector health"}
-                )
-                await self._conn.fetchval("SELECT 1")
-        except _DRIVER_ERRORS as exc:
+            # Outside the timeout: its TimeoutError (an OSError) is translated like a dead link.
+            with domain_errors():
+                async with asyncio.timeout(self._timeout):
+                    if self._conn is not None and not self._conn.is_closed():
+                        try:
+                            with domain_errors():
+                                await self._conn.fetchval("SELECT 1")
+                            return
+                        except DatabaseUnavailableError:
+                            # Lost since the last check (server restarted, backend terminated): only
+                            # a fresh connection that fails too means the database is down.
+                            self._drop()
+                    self._conn = await asyncpg.connect(
+                        self._dsn, server_settings={"application_name": "kline-collector health"}
+                    )
+                    await self._conn.fetchval("SELECT 1")
+        except DatabaseUnavailableError as exc:
             # The connection may be half-way through a statement or already dead: start afresh next time.
             self._drop()
-            raise ServiceUnavailableError(
-                f"the database is not answering ({exc.__class__.__name__})", error=exc.__class__.__name__
-            ) from exc
+            # The driver's error class says why (ConnectionRefusedError, InvalidCatalogNameError, ...).
+            reason = (exc.__cause__ or exc).__class__.__name__
+            raise DatabaseUnavailableError(
+                f"the database is not answering ({reason})", error=reason
+            ) from exc.__cause__
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -91,6 +88,7 @@ class HealthProbe:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
-                await conn.close(timeout=self._timeout)
-            except _DRIVER_ERRORS:
+                with domain_errors():
+                    await conn.close(timeout=self._timeout)
+            except DatabaseUnavailableError:
                 conn.terminate()  # the link or the server is gone: nobody to say goodbye to

@@ -9,10 +9,24 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 
-__all__ = ["execute_script", "head_revision", "is_at_head", "sqlalchemy_url", "upgrade"]
+from service.db.pool import domain_errors
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+__all__ = [
+    "MIGRATION_LOCK_KEY", "current_revision", "execute_script", "head_revision", "hold_migration_lock",
+    "is_at_head", "migrate_if_behind", "sqlalchemy_url", "upgrade", "upgrade_async",
+]
+
+#: The session-level advisory lock every migration run holds: processes starting together on a fresh
+#: database (release + web, several replicas) apply the migrations one after another; the later ones
+#: find the database at head under the lock and do nothing. Any fixed bigint works; this one spells "kline-mg".
+MIGRATION_LOCK_KEY = 0x6B6C696E652D6D67
 
 _ROOT = Path(__file__).resolve().parents[2]
 _VERSIONS = _ROOT / "migrations" / "versions"
@@ -44,7 +58,16 @@ def head_revision() -> str:
     return heads.pop()
 
 
-async def _current_revision(dsn: str) -> str | None:
+async def current_revision(dsn: str) -> str | None:
+    """The revision the database at `dsn` is at, None before the first migration.
+
+    Raises DatabaseUnavailableError when the database cannot be reached.
+    """
+    with domain_errors():
+        return await _read_revision(dsn)
+
+
+async def _read_revision(dsn: str) -> str | None:
     conn = await asyncpg.connect(dsn)
     try:
         exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
@@ -57,20 +80,60 @@ async def _current_revision(dsn: str) -> str | None:
 
 
 def is_at_head(dsn: str) -> bool:
-    """Whether the database already has every migration. Must not be called while a loop runs."""
-    return asyncio.run(_current_revision(dsn)) == head_revision()
+    """Whether the database already has every migration. Must not be called while a loop runs.
+
+    Raises DatabaseUnavailableError when the database cannot be reached.
+    """
+    return asyncio.run(current_revision(dsn)) == head_revision()
+
+
+async def migrate_if_behind(dsn: str) -> None:
+    """Apply the missing migrations, if any (checked without the lock first: the usual case has none)."""
+    if await current_revision(dsn) != head_revision():
+        await upgrade_async(dsn)
 
 
 def upgrade(dsn: str, revision: str = "head") -> None:
     """Bring the database at `dsn` to `revision`. Must not be called while an event loop runs."""
+    asyncio.run(upgrade_async(dsn, revision))
+
+
+async def upgrade_async(dsn: str, revision: str = "head") -> None:
+    """Bring the database at `dsn` to `revision` under the migration lock, from a running event loop.
+
+    Alembic itself is synchronous: it runs on one connection through SQLAlchemy's `run_sync`
+    (Alembic's "connection sharing" recipe), so migrations briefly hold the loop.
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(sqlalchemy_url(dsn))
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_upgrade_on, revision)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade_on(connection: Connection, revision: str) -> None:
     from alembic import command
     from alembic.config import Config
 
     config = Config(str(_ROOT / "alembic.ini"))
     config.set_main_option("script_location", str(_ROOT / "migrations"))
-    # ConfigParser interpolation would choke on a '%' in a password.
-    config.set_main_option("sqlalchemy.url", sqlalchemy_url(dsn).replace("%", "%%"))
+    config.attributes["connection"] = connection  # migrations/env.py runs on it
     command.upgrade(config, revision)
+
+
+def hold_migration_lock(connection: Connection) -> None:
+    """Wait for, then take, the session-level migration lock on `connection` (released when it closes).
+
+    Committed at once so no transaction stays open around it: Alembic then runs one transaction
+    per migration while this session keeps the lock, and reads the current revision under it.
+    """
+    from sqlalchemy import text
+
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    connection.commit()
 
 
 def execute_script(script: str) -> None:

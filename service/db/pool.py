@@ -1,31 +1,37 @@
-"""The service's one asyncpg pool, and the one boundary where a lost connection becomes a domain error.
+"""The service's one asyncpg pool, and the one boundary where driver errors become domain errors.
 
 A connection can be lost at any statement: the server restarts, an operator terminates the
 backend, the network drops. `connection()` throws such a connection away (so the pool opens a fresh
-one) and raises `DatabaseUnavailableError`; `retrying()` runs a repeatable unit of work again on a
-fresh connection until it succeeds or its time is up.
+one) and raises `DatabaseUnavailableError`; a unique violation leaves it as `DuplicateError` naming
+the constraint (procrastinate's `wrap_exceptions` is the model). `retrying()` runs a repeatable unit
+of work again on a fresh connection until it succeeds or its time is up. Nothing above service/db/
+names a driver exception: it catches these domain errors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import asyncpg
 import stamina
 
-from service.errors import DatabaseUnavailableError
+from service.errors import DatabaseUnavailableError, DuplicateError
 
-__all__ = ["CONNECTION_LOST", "Connection", "Pool", "connection", "create_pool", "retrying"]
+__all__ = [
+    "CONNECTION_LOST", "Connection", "Pool", "Row", "connection", "create_pool", "domain_errors", "retrying",
+]
 
 T = TypeVar("T")
 
-#: Driver errors that mean "this connection (or the server) is gone", not "this statement is wrong".
-#: TimeoutError is an OSError: a statement that outlived command_timeout is on a dead link too.
-#: InternalClientError is what asyncpg raises when the server cut the connection mid-COPY.
+#: Driver errors that mean "this connection (or the server, or our database) is gone", not "this
+#: statement is wrong". TimeoutError is an OSError: a statement that outlived command_timeout is on a
+#: dead link too. InternalClientError is what asyncpg raises when the server cut the connection
+#: mid-COPY. InvalidCatalogNameError: our database was dropped or is not created yet;
+#: InvalidAuthorizationSpecificationError: the server refuses our role or password (revoked, rotated).
 CONNECTION_LOST: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.InterfaceError,
@@ -33,9 +39,13 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
 )
 
 Pool = asyncpg.Pool
+#: One result row, read by column name (`row["id"]`).
+Row: TypeAlias = asyncpg.Record
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
@@ -65,11 +75,17 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Pool:
-    """Open the pool; each connection is prepared by `_init_connection`."""
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, connect_now: bool = True) -> Pool:
+    """Open the pool; each connection is prepared by `_init_connection`.
+
+    `connect_now=False` opens it without a connection, so it can be created while the database is
+    down: connections are made on first use. asyncpg wants `init_size >= min_size`, so such a pool
+    keeps no floor (`min_size` is ignored): idle connections close after 5 minutes, and reopen on demand.
+    """
     pool = await asyncpg.create_pool(
         dsn,
-        min_size=min_size,
+        init_size=None if connect_now else 0,
+        min_size=min_size if connect_now else 0,
         max_size=max_size,
         init=_init_connection,
         reset=_keep_session,
@@ -78,10 +94,32 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> Poo
     return pool
 
 
+@contextmanager
+def domain_errors() -> Iterator[None]:
+    """Translate the driver's errors raised inside: a unique violation into DuplicateError (naming
+    the constraint), a lost connection or unreachable database into DatabaseUnavailableError.
+
+    Any other driver error (a wrong statement) is a bug and passes unchanged. The driver's error is
+    kept as `__cause__`.
+    """
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        constraint = exc.constraint_name
+        raise DuplicateError(
+            f"a row with the same key exists already ({constraint or 'unique constraint'})", constraint=constraint
+        ) from exc
+    except CONNECTION_LOST as exc:
+        raise DatabaseUnavailableError(
+            f"the database connection failed ({exc.__class__.__name__}: {exc})"[:500]
+        ) from exc
+
+
 @asynccontextmanager
 async def connection(pool: Pool) -> AsyncIterator[Connection]:
-    """A pool connection; if it is lost, it is discarded and DatabaseUnavailableError raised."""
-    try:
+    """A pool connection; driver errors leave it as domain errors (`domain_errors`), and a lost
+    connection is discarded first."""
+    with domain_errors():
         async with pool.acquire() as conn:
             try:
                 yield conn
@@ -91,10 +129,6 @@ async def connection(pool: Pool) -> AsyncIterator[Connection]:
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
                 raise
-    except CONNECTION_LOST as exc:
-        raise DatabaseUnavailableError(
-            f"the database connection failed ({exc.__class__.__name__}: {exc})"[:500]
-        ) from exc
 
 
 async def retrying(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import msgspec
+
 from service.records import KlinePage, SymbolInfo, TickerPrice
 
 __all__ = [
     "ExchangeClient",
     "ExchangeError",
     "InvalidRequestError",
+    "LimiterState",
     "TransientExchangeError",
     "WaitCallback",
 ]
@@ -40,6 +43,20 @@ class WaitCallback(Protocol):
     """Told when a request must wait for the exchange (rate limit or ban) and until when (epoch s)."""
 
     def __call__(self, reason: str, until: float) -> None: ...
+
+
+class LimiterState(msgspec.Struct, frozen=True):
+    """Where an exchange client stands against the exchange's request-weight budget right now."""
+
+    limit: int | None
+    """The exchange's weight limit per minute (None: not known, unlimited)."""
+    budget: int | None
+    """The part of the limit this service spends: the limit less a safety margin."""
+    used_in_window: int
+    """Weight spent in the current minute window, as the exchange counts it when it tells."""
+    paused_until: float | None
+    """Epoch seconds until which every request waits (429 or ban), None when not paused."""
+    paused_reason: str | None
 
 
 class ExchangeClient(Protocol):
@@ -69,6 +86,14 @@ class ExchangeClient(Protocol):
 
     async def fetch_prices(self, symbols: list[str] | None = None) -> list[TickerPrice]:
         """Last traded prices."""
+        ...
+
+    def limiter_state(self) -> LimiterState:
+        """The request-weight budget as it stands now (for the status page)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work (such as a limit refresh); call before the HTTP session closes."""
         ...
 
     @property

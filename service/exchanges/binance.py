@@ -20,7 +20,13 @@ import msgspec
 import stamina
 
 from service.cpu_turns import CpuTurns
-from service.exchanges.base import ExchangeError, InvalidRequestError, TransientExchangeError, WaitCallback
+from service.exchanges.base import (
+    ExchangeError,
+    InvalidRequestError,
+    LimiterState,
+    TransientExchangeError,
+    WaitCallback,
+)
 from service.exchanges.limiter import WINDOW_SECONDS, WeightLimiter
 from service.logging import get_logger
 from service.records import Kline, KlinePage, SymbolInfo, TickerPrice
@@ -119,6 +125,9 @@ class BinanceClient:
     @property
     def limiter(self) -> WeightLimiter:
         return self._limiter
+
+    def limiter_state(self) -> LimiterState:
+        return self._limiter.state
 
     async def aclose(self) -> None:
         """Cancel a limit refresh still under way and start no more; call before the session closes."""

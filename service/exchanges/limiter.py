@@ -16,9 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-import msgspec
-
-from service.exchanges.base import WaitCallback
+from service.exchanges.base import LimiterState, WaitCallback
 from service.logging import get_logger
 
 __all__ = ["LimiterState", "WeightLimiter"]
@@ -28,14 +26,6 @@ log = get_logger(__name__)
 WINDOW_SECONDS = 60.0
 # Sleep a hair past a window boundary so that the exchange, not just we, has rolled over.
 _BOUNDARY_SLACK = 0.05
-
-
-class LimiterState(msgspec.Struct, frozen=True):
-    limit: int | None
-    budget: int | None
-    used_in_window: int
-    paused_until: float | None
-    paused_reason: str | None
 
 
 class WeightLimiter:

@@ -6,14 +6,14 @@ from typing import Any
 
 import asyncpg
 
-from service.db.migrate import _current_revision, head_revision
+from service.db.migrate import current_revision, head_revision
 from tests.conftest import with_database
 
 
 async def test_a_migrated_database_is_at_head(db_dsn: str) -> None:
     """After `migrate` the database's alembic_version is the newest revision file's."""
     assert head_revision() == "0004"
-    assert await _current_revision(db_dsn) == head_revision()
+    assert await current_revision(db_dsn) == head_revision()
 
 
 async def test_an_empty_database_is_not(pg_dsn: str) -> None:
@@ -22,7 +22,7 @@ async def test_an_empty_database_is_not(pg_dsn: str) -> None:
     try:
         await admin.execute("DROP DATABASE IF EXISTS kc_empty")
         await admin.execute("CREATE DATABASE kc_empty")
-        assert await _current_revision(with_database(pg_dsn, "kc_empty")) is None
+        assert await current_revision(with_database(pg_dsn, "kc_empty")) is None
     finally:
         await admin.execute("DROP DATABASE IF EXISTS kc_empty WITH (FORCE)")
         await admin.close()
