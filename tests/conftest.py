@@ -101,21 +101,31 @@ async def migrate(dsn: str) -> None:
     assert proc.returncode == 0, out.decode()
 
 
+@asynccontextmanager
+async def new_database(pg_dsn: str, prefix: str, *, template: str | None = None) -> AsyncIterator[str]:
+    """A database of its own on the session's server, empty or cloned from `template`; dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    clone = "" if template is None else f" TEMPLATE {template}"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}{clone}")
+    finally:
+        await conn.close()
+    try:
+        yield with_database(pg_dsn, name)
+    finally:
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
 @pytest.fixture
 async def db_dsn(pg_dsn: str, template_dsn: str) -> AsyncIterator[str]:
     """A fresh migrated database for one test."""
-    name = f"kc_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
-    finally:
-        await conn.close()
-    yield with_database(pg_dsn, name)
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with new_database(pg_dsn, "kc_test", template=TEMPLATE_DB) as dsn:
+        yield dsn
 
 
 @pytest.fixture

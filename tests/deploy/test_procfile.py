@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import pytest
 from service.cli import main as cli
 from service.db.migrate import head_revision
 from service.settings import Settings
-from tests.conftest import TEST_SECRET_KEY, with_database
+from tests.conftest import TEST_SECRET_KEY, new_database
 from tests.fakes.binance import FakeBinance
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,18 +129,8 @@ def honcho(*args: str) -> list[str]:
 @pytest.fixture
 async def fresh_dsn(pg_dsn: str) -> AsyncIterator[str]:
     """An empty database, never migrated: as a new Heroku Postgres add-on comes."""
-    name = f"kc_deploy_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield with_database(pg_dsn, name)
-    conn = await asyncpg.connect(pg_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with new_database(pg_dsn, "kc_deploy") as dsn:
+        yield dsn
 
 
 def read(log: Path) -> str:

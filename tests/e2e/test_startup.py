@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import asyncpg
@@ -19,7 +18,7 @@ import pytest
 
 from service.db.embedded import is_embedded_running
 from service.db.migrate import head_revision
-from tests.conftest import TEST_SECRET_KEY, with_database
+from tests.conftest import TEST_SECRET_KEY, new_database
 from tests.e2e.test_process import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
@@ -51,14 +50,7 @@ async def _run_migrate(dsn: str) -> tuple[int, str]:
 
 async def test_three_migrate_processes_at_once_on_a_fresh_database_all_succeed(pg_dsn: str) -> None:
     """Three `migrate` processes started together on an empty database all exit 0 and leave it at head."""
-    name = f"kc_fresh_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    dsn = with_database(pg_dsn, name)
-    try:
+    async with new_database(pg_dsn, "kc_fresh") as dsn:
         results = await asyncio.gather(*(_run_migrate(dsn) for _ in range(3)))
         for code, out in results:
             assert code == 0, out
@@ -67,12 +59,6 @@ async def test_three_migrate_processes_at_once_on_a_fresh_database_all_succeed(p
             assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
         finally:
             await conn.close()
-    finally:
-        admin = await asyncpg.connect(pg_dsn)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
 
 
 async def _wait_embedded_stopped(pgdir: Path, timeout: float = 5.0) -> bool:
