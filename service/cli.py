@@ -15,7 +15,7 @@ import uvicorn
 
 from service.auth.secret_key import with_secret_key
 from service.db.embedded import EmbeddedPostgres, start_embedded_postgres
-from service.db.migrate import is_at_head, upgrade
+from service.db.migrate import is_at_head, migrate_if_behind, upgrade
 from service.errors import DatabaseUnavailableError
 from service.logging import configure_logging, get_logger
 from service.settings import Settings, SettingsError
@@ -215,8 +215,7 @@ def create_user(email: str, admin: bool, password_stdin: bool) -> None:
         click.echo(f"kline-collector: {exc.detail}", err=True)
         sys.exit(2)
     with _database(settings) as (dsn, _):
-        if not is_at_head(dsn):
-            upgrade(dsn)
+        asyncio.run(migrate_if_behind(dsn))
         user, created = asyncio.run(_save_user(dsn, email, password, admin))
     role = "admin" if user.is_admin else "user"
     click.echo(f"{'created' if created else 'updated'} {role} {user.email} (id {user.id})")

@@ -41,9 +41,16 @@ class KlinePage(msgspec.Struct, frozen=True):
     def closed_count(self) -> int:
         """How many leading candles had closed when the exchange answered (close_time before as_of)."""
         n = len(self.klines)
-        while n and self.klines[n - 1].close_time >= self.as_of_ms:
+        while n and self._open(self.klines[n - 1]):
             n -= 1
         return n
+
+    def last_is_open(self) -> bool:
+        """Whether the page ends in a candle that was still open when the exchange answered."""
+        return bool(self.klines) and self._open(self.klines[-1])
+
+    def _open(self, kline: Kline) -> bool:
+        return kline.close_time >= self.as_of_ms
 
 
 class SymbolInfo(msgspec.Struct, frozen=True):

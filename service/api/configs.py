@@ -89,12 +89,8 @@ class UpdateConfig(Schema):
 
 
 def _config(config: CollectionConfig) -> Config:
-    return Config(
-        id=config.id, symbol=config.symbol, exchange=config.exchange, timeframes=config.timeframes,
-        interval_minutes=config.interval_minutes, enabled=config.enabled, job_id=config.job_id,
-        description=config.description, created_at=config.created_at, updated_at=config.updated_at,
-        created_by=config.created_by, last_run_at=config.last_run_at, next_run_at=config.next_run_at,
-    )
+    # The same fields: the API's struct only adds documentation and enum types for the document.
+    return Config(**msgspec.structs.asdict(config))
 
 
 class ConfigsController(Controller):

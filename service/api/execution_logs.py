@@ -20,7 +20,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import QueryParameter
 
 from service.api.deps import RuntimeDep
-from service.api.enums import ExchangeChoice, LogStatusName, TaskTypeName
+from service.api.enums import ExchangeChoice, LogStatus, LogStatusName, TaskTypeName, require_one_of
 from service.api.openapi import error_responses
 from service.api.schemas import INT8_MAX, Schema, id_path, skip_query, text_query
 from service.auth.guards import BEARER_SECURITY, requires_admin
@@ -136,10 +136,7 @@ async def provide_log_filters(
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
 ) -> LogFilter:
     """The list's query parameters, checked."""
-    if status is not None and status not in logs_db.STATUSES:
-        raise InvalidInputError(
-            f"unknown status {status!r}; one of: {', '.join(logs_db.STATUSES)}", allowed=list(logs_db.STATUSES)
-        )
+    require_one_of("status", status, LogStatus)
     start, end = _utc(start_date, "start_date"), _utc(end_date, "end_date")
     if start is not None and end is not None and end < start:
         raise InvalidInputError("end_date must not be before start_date")

@@ -88,7 +88,7 @@ class KlinesController(Controller):
             # Only a BASE/QUOTE name needs the symbol table to find the exchange's name; any other
             # name is looked up by the read itself (one round trip while holding the connection).
             found = await symbols_db.find_symbol(conn, exchange, symbol) if "/" in symbol else None
-            name = found["symbol"] if found is not None else symbol.strip().upper()
+            name = found["symbol"] if found is not None else symbols_db.normalise_symbol_name(symbol)
             body = await klines_db.fetch_klines_json(
                 conn, exchange, name, timeframe, start_ms=start_ms, end_ms=end_ms, limit=limit
             )

@@ -261,6 +261,6 @@ class Collector:
             pages.append(page)
             if len(page.klines) < page_size or window.end_ms is not None:
                 return pages
-            last = page.klines[-1]
-            still_open = last.close_time >= page.as_of_ms and last.open_time > start
-            start = last.open_time if still_open else last.open_time + 1
+            last = page.klines[-1].open_time
+            # Re-read an open last candle (unless it is all this page moved on by).
+            start = last if page.last_is_open() and last > start else last + 1

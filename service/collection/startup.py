@@ -35,11 +35,6 @@ class DatabaseStart:
         self._first_attempt = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    @property
-    def done(self) -> bool:
-        """Whether the work has succeeded: the service is fully started."""
-        return self._done.is_set()
-
     def check(self) -> None:
         """Raise ServiceUnavailableError while the work has not succeeded yet."""
         if not self._done.is_set():

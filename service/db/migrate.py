@@ -7,6 +7,7 @@ second and 30 MB on every start otherwise.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,7 @@ def sqlalchemy_url(dsn: str) -> str:
     return f"postgresql+asyncpg://{rest}"
 
 
+@functools.cache  # the files do not change while the process runs; start-up retries ask again
 def head_revision() -> str:
     """The newest revision in migrations/versions: the one no other revision builds on."""
     revisions: set[str] = set()

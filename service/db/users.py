@@ -23,7 +23,6 @@ __all__ = [
     "make_active_admin",
     "mark_failed",
     "record_attempts",
-    "update_password",
     "upsert_user",
 ]
 
@@ -66,12 +65,6 @@ async def upsert_user(
     )
     assert row is not None
     return row, bool(row["created"])
-
-
-async def update_password(conn: Connection, user_id: int, password_hash: str) -> None:
-    await conn.execute(
-        "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1", user_id, password_hash
-    )
 
 
 async def make_active_admin(conn: Connection, user_id: int) -> bool:

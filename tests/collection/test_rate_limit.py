@@ -14,7 +14,7 @@ async def test_a_budget_of_600_learnt_from_exchange_info_is_never_exceeded(
     make_settings: Callable[..., Settings],
 ) -> None:
     """Against an exchange that allows 600 weight a minute, a collection needing ~1,000 weight
-    spreads over two minute windows, uses most of the first, and never draws a 429.
+    spreads over minute windows, uses most of a full one, and never draws a 429.
 
     Time runs 60× faster for the fake and the service alike (one minute window per second).
     """
@@ -35,7 +35,9 @@ async def test_a_budget_of_600_learnt_from_exchange_info_is_never_exceeded(
     assert max(w.used for w in windows) <= 600
     assert sum(w.used for w in windows) == 20 + 480 * 2
     assert len(windows) >= 2
-    assert windows[0].used >= 0.9 * 600  # the first full window is used, not wasted
+    # A full window is used, not wasted. (Not necessarily the first: at 60x, the collection may
+    # start late in the window that exchangeInfo opened.)
+    assert max(w.used for w in windows) >= 0.9 * 600
 
 
 async def test_an_override_beats_the_learnt_limit(make_settings: Callable[..., Settings]) -> None:
