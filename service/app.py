@@ -20,7 +20,7 @@ from service.api.errors import exception_handlers
 from service.api.execution_logs import ExecutionLogsController
 from service.api.health import HealthController
 from service.api.klines import KlinesController
-from service.api.middleware import REQUEST_ID_HEADER, JsonBodyMiddleware, RequestIdMiddleware, add_response_headers
+from service.api.middleware import REQUEST_ID_HEADER, JsonBodyCheck, RequestIdMiddleware, add_response_headers
 from service.api.openapi import DocumentedSchemaPlugin, docs_assets_router, openapi_config
 from service.api.startup import require_started
 from service.auth.guards import document_read_access
@@ -66,9 +66,10 @@ def create_app(
         guards=[require_started],
         # JWTAuth's middleware and scheme only: its on_app_init would mark every operation, public
         # ones included, as needing the token; the protected routes declare it themselves.
-        # The request id first, so every log line of the request carries it (auth failures too);
-        # bodies are read and checked only once the caller is authenticated.
-        middleware=[RequestIdMiddleware(), jwt_auth.middleware, JsonBodyMiddleware()],
+        # The request id first, so every log line of the request carries it (auth failures too).
+        middleware=[RequestIdMiddleware(), jwt_auth.middleware],
+        # Bodies are read and checked strictly only after the guards have let the caller in.
+        before_request=JsonBodyCheck(),
         before_send=[add_response_headers],
         request_max_body_size=settings.max_body_bytes,
         cors_config=_cors(settings),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import structlog
@@ -27,12 +27,12 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.params import BodyKwarg
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
     "REQUEST_ID_HEADER",
     "SECURITY_HEADERS",
-    "JsonBodyMiddleware",
+    "JsonBodyCheck",
     "RequestIdMiddleware",
     "add_response_headers",
     "request_id_of",
@@ -97,25 +97,28 @@ class RequestIdMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send)
 
 
-class JsonBodyMiddleware(ASGIMiddleware):
-    """Routes with a JSON body: 415 for another media type, then a strict decode naming the bad field."""
+class JsonBodyCheck:
+    """`before_request` hook of routes with a JSON body: 415 for another media type, then a strict
+    decode naming the bad field.
 
-    scopes = (ScopeType.HTTP,)
+    A hook, not a middleware: Litestar calls it after the route's guards (a caller without the
+    right gets 401 or 403, never the body's schema) and before it parses the body itself.
+    """
 
     def __init__(self) -> None:
         # One strict decoder per route handler, built on its first request (None: no JSON body).
         self._decoders: dict[HTTPRouteHandler, msgspec.json.Decoder[Any] | None] = {}
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        handler = scope["route_handler"]
-        if cast("HTTPScope", scope)["method"] not in _BODYLESS and isinstance(handler, HTTPRouteHandler):
-            if handler not in self._decoders:
-                self._decoders[handler] = _strict_decoder(handler)
-            decoder = self._decoders[handler]
-            if decoder is not None:
-                # Reading here caches the body in the connection state; the handler reuses it.
-                await _check(Request[Any, Any, Any](scope, receive), decoder)
-        await next_app(scope, receive, send)
+    async def __call__(self, request: Request[Any, Any, Any]) -> None:
+        handler = request.route_handler
+        if request.method in _BODYLESS or not isinstance(handler, HTTPRouteHandler):
+            return
+        if handler not in self._decoders:
+            self._decoders[handler] = _strict_decoder(handler)
+        decoder = self._decoders[handler]
+        if decoder is not None:
+            # Reading here caches the body on the request; the handler's parsing reuses it.
+            await _check(request, decoder)
 
 
 def _strict_decoder(handler: HTTPRouteHandler) -> msgspec.json.Decoder[Any] | None:

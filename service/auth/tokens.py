@@ -28,24 +28,15 @@ _INT4_MAX = 2**31 - 1
 
 
 class _BearerAuthMiddleware(JWTAuthenticationMiddleware):
-    """Litestar's JWT middleware, with two differences.
-
-    A request with no Authorization header is anonymous (`user` None) instead of refused: public
-    reads need no token (a token that is sent is always checked). And the route's guards run
-    here already: the middleware after this one reads and validates JSON bodies, which Litestar's
-    own guard call would only follow, so a caller without the right would learn the body schema
-    (400) instead of getting 401 or 403. The guards are pure checks; Litestar runs them again.
-    """
+    """Litestar's JWT middleware, except that a request with no Authorization header is anonymous
+    (`user` None) instead of refused: public reads need no token (a token that is sent is always
+    checked), and the routes' guards decide what an anonymous caller may do."""
 
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         if connection.headers.get(self.auth_header):
             result = await super().authenticate_request(connection)
         else:
             result = AuthenticationResult(user=None, auth=None)
-        connection.scope["user"], connection.scope["auth"] = result.user, result.auth
-        handler = connection.route_handler
-        if handler.resolve_guards():
-            await handler.authorize_connection(connection)
         return result
 
 
