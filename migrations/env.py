@@ -10,20 +10,20 @@ import asyncio
 
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from service.db.migrate import hold_migration_lock, sqlalchemy_url
+from service.db.migrate import hold_migration_lock, migration_engine
 from service.settings import Settings
 
 
-def _url() -> str:
+def _engine() -> AsyncEngine:
     configured = context.config.get_main_option("sqlalchemy.url")
     if configured:
-        return configured
+        return create_async_engine(configured)
     settings = Settings.from_env()
     if settings.database_url is None:
         raise SystemExit("DATABASE_URL is not set; use `kline-collector migrate`, which also handles the embedded server")
-    return sqlalchemy_url(settings.database_url)
+    return migration_engine(settings.database_url, statement_cache_size=settings.db_statement_cache_size)
 
 
 def _run(connection: Connection) -> None:
@@ -36,7 +36,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_url())
+    engine = _engine()
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)
@@ -47,7 +47,8 @@ async def _run_async() -> None:
 
 shared: Connection | None = context.config.attributes.get("connection")
 if context.is_offline_mode():
-    context.configure(url=_url(), literal_binds=True)
+    # SQL is only printed: no database, just its dialect.
+    context.configure(dialect_name="postgresql", literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 elif shared is not None:

@@ -53,7 +53,9 @@ def create_app(
 
     @asynccontextmanager
     async def runtime_lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_runtime(settings, dsn, clock=clock, sleep=sleep) as runtime:
+        async with open_runtime(
+            settings, dsn, runs_tasks=settings.web_runs_tasks, kind="web", clock=clock, sleep=sleep
+        ) as runtime:
             app.state.runtime = runtime
             yield
 

@@ -1,4 +1,7 @@
-"""Command line: `kline-collector serve | migrate | create-user`. Each setting is an environment variable."""
+"""Command line: `kline-collector serve | worker | migrate | create-user | healthcheck`.
+
+Each setting is an environment variable.
+"""
 
 from __future__ import annotations
 
@@ -114,7 +117,7 @@ def serve() -> None:
     with _signals_deferred() as stop, _database(settings) as (dsn, server):
         if stop.pending():
             return
-        _migrate_if_reachable(dsn)
+        _migrate_if_reachable(dsn, settings)
         if stop.pending():
             return
         from service.app import create_app  # imported late: start-up errors above print faster
@@ -131,11 +134,44 @@ def serve() -> None:
         _Server(config, stop).run()
 
 
-def _migrate_if_reachable(dsn: str) -> None:
+@main.command()
+def worker() -> None:
+    """Run the scheduler and claim tasks, without HTTP (a Heroku worker dyno, a compose `worker`).
+
+    Any number of workers and web processes share one database: each claims tasks up to
+    MAX_CONCURRENT_TASKS, and on SIGTERM hands its running tasks back for a peer to resume.
+    """
+    settings = _settings(serving=True)
+    configure_logging(settings.log_level, settings.log_format)
+    with _signals_deferred() as stop, _database(settings) as (dsn, _):
+        if stop.pending():
+            return
+        _migrate_if_reachable(dsn, settings)
+        if stop.pending():
+            return
+        asyncio.run(_run_worker(settings, dsn, stop))
+
+
+async def _run_worker(settings: Settings, dsn: str, stop: _StopRequest) -> None:
+    from service.collection.runtime import open_runtime  # imported late, like the app in `serve`
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    if stop.signal is not None:  # came in while the loop was starting
+        stopping.set()
+    async with open_runtime(settings, dsn, runs_tasks=True, kind="worker"):
+        log.info("worker_ready")
+        await stopping.wait()
+        log.info("worker_stopping")
+
+
+def _migrate_if_reachable(dsn: str, settings: Settings) -> None:
     """Apply missing migrations now; with the database down, leave them to the app's background start."""
     try:
-        if not is_at_head(dsn):
-            upgrade(dsn)
+        if not is_at_head(dsn, statement_cache_size=settings.db_statement_cache_size):
+            upgrade(dsn, statement_cache_size=settings.db_statement_cache_size)
     except DatabaseUnavailableError as exc:
         log.warning("database_unreachable_at_start", error=exc.detail)
 
@@ -148,7 +184,12 @@ def migrate() -> None:
     with _signals_deferred() as stop, _database(settings) as (dsn, _):
         if stop.pending():
             sys.exit(1)
-        upgrade(dsn)
+        try:
+            upgrade(dsn, statement_cache_size=settings.db_statement_cache_size)
+        except DatabaseUnavailableError as exc:
+            # One line saying which database and why, not a traceback: a release phase shows it as is.
+            click.echo(f"kline-collector: migrations not applied: {exc.detail}", err=True)
+            sys.exit(1)
     log.info("migrations_applied")
 
 
@@ -215,18 +256,20 @@ def create_user(email: str, admin: bool, password_stdin: bool) -> None:
         click.echo(f"kline-collector: {exc.detail}", err=True)
         sys.exit(2)
     with _database(settings) as (dsn, _):
-        asyncio.run(migrate_if_behind(dsn))
-        user, created = asyncio.run(_save_user(dsn, email, password, admin))
+        asyncio.run(migrate_if_behind(dsn, statement_cache_size=settings.db_statement_cache_size))
+        user, created = asyncio.run(_save_user(dsn, email, password, admin, settings.db_statement_cache_size))
     role = "admin" if user.is_admin else "user"
     click.echo(f"{'created' if created else 'updated'} {role} {user.email} (id {user.id})")
 
 
-async def _save_user(dsn: str, email: str, password: str, is_admin: bool) -> tuple[User, bool]:
+async def _save_user(
+    dsn: str, email: str, password: str, is_admin: bool, statement_cache_size: int
+) -> tuple[User, bool]:
     from service.auth.accounts import save_user
     from service.auth.passwords import PasswordHasher
     from service.db.pool import create_pool
 
-    pool = await create_pool(dsn, min_size=1, max_size=1)
+    pool = await create_pool(dsn, min_size=1, max_size=1, statement_cache_size=statement_cache_size)
     try:
         return await save_user(pool, PasswordHasher(), email=email, password=password, is_admin=is_admin)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-__all__ = ["Kline", "KlinePage", "SymbolInfo", "TickerPrice"]
+__all__ = ["BudgetGrant", "Kline", "KlinePage", "SymbolInfo", "TickerPrice"]
 
 
 class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -63,3 +63,17 @@ class SymbolInfo(msgspec.Struct, frozen=True):
 class TickerPrice(msgspec.Struct, frozen=True):
     symbol: str
     price: str
+
+
+class BudgetGrant(msgspec.Struct, frozen=True):
+    """What the weight budget shared by every process on one IP answered to one reservation."""
+
+    granted: int
+    """Weight now reserved for the asking process in the window (0: none; never more than it asked)."""
+    used: int
+    """Weight reserved in the window by every process together (raised to the exchange's own count)."""
+    limit: int | None
+    """The weight limit per minute a process last learnt from the exchange (None: none learnt yet)."""
+    paused_until: float | None
+    """Epoch seconds until which every process holds its requests (a 429 or 418 one of them met)."""
+    paused_reason: str | None

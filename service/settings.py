@@ -90,6 +90,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """First backoff in seconds (doubling, with as much jitter, capped at 30 times this)."""
     binance_weight_fallback: PositiveInt = 1200
     """Weight budget used until exchangeInfo has told the real one (Binance's older, lower limit)."""
+    weight_budget_scope: Literal["shared", "per_process"] = "shared"
+    """Whose weight budget a process spends: `shared` by every process on the database (they share one
+    IP), through PostgreSQL; `per_process` for replicas that each have their own egress IP."""
     pages_ahead: PositiveInt = 2
     """Pages of one series fetched ahead of the page being written."""
     db_pool_min: Annotated[int, msgspec.Meta(ge=0)] = 2
@@ -98,6 +101,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Pool connections collection may hold at once; the rest stay free for the API and scheduler.
 
     Two writers keep PostgreSQL busy; more only add contention on a small machine."""
+    db_statement_cache_size: Annotated[int, msgspec.Meta(ge=0)] = 100
+    """Prepared statements kept per database connection (asyncpg's default, 100).
+
+    0 for PgBouncer in transaction pooling mode: statements are then never kept on a server
+    connection, which the next transaction may not get back."""
     db_retry_seconds: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     """Seconds a candle page keeps being retried on fresh connections while the database is away.
 
@@ -123,6 +131,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """GETs of /api/v1/data-collector and /api/v1/klines need no token (false: any valid token)."""
     trusted_proxy_count: Annotated[int, msgspec.Meta(ge=0, le=10)] = 0
     """Proxies in front of the service that append to X-Forwarded-For (Heroku: 1); 0 ignores the header."""
+    web_runs_tasks: bool = True
+    """`serve` also claims and runs tasks and the schedule (false: API only; run `kline-collector worker`)."""
+    lease_seconds: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+    """A process whose heartbeat is older than this is dead; a peer takes its tasks back and resumes them."""
+    task_poll_seconds: Annotated[float, msgspec.Meta(gt=0, le=60)] = 1.0
+    """How often an idle process looks for tasks and cancel requests when no notification came."""
+    shutdown_grace_seconds: Annotated[float, msgspec.Meta(ge=1)] = 20.0
+    """On SIGTERM, seconds for running tasks to stop and be handed back before the process exits."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -203,10 +203,14 @@ class DataCollectorController(Controller):
     @post(
         "/task/{task_id:uuid}/cancel", operation_id="cancelTask", status_code=200,
         guards=[requires_admin], security=BEARER_SECURITY,
-        summary="Cancel a pending or running task; candles already written stay",
+        summary="Cancel a pending or running task, wherever it runs; candles already written stay",
+        description=(
+            "A task run by another process is stopped by its owner within about two seconds; the answer"
+            " waits for that (up to five seconds) and shows the task's status then."
+        ),
         responses=error_responses(
             400, 401, 403, 404, 409,
-            descriptions={409: "The task has already ended, is recording its end, or is run by another process"},
+            descriptions={409: "The task has already ended, or is recording its end"},
         ),
     )
     async def cancel(self, task_id: FromPath[uuid.UUID], registry: RegistryDep) -> TaskReply:

@@ -129,7 +129,7 @@ class Configs:
                     row = await configs_db.get_config(conn, inserted["id"])
         except DuplicateError:
             raise await self._conflict_after_race(exchange, name, None) from None
-        self._scheduler.notify_changed()
+        await self._scheduler.changed()
         assert row is not None  # read back in the transaction that inserted it
         return CollectionConfig.from_row(row)
 
@@ -172,7 +172,7 @@ class Configs:
             raise await self._conflict_after_race(exchange, symbol, config_id) from None
         if row is None:  # deleted meanwhile
             raise _not_found(config_id)
-        self._scheduler.notify_changed()
+        await self._scheduler.changed()
         return CollectionConfig.from_row(row)
 
     async def delete(self, config_id: int) -> None:
@@ -181,7 +181,7 @@ class Configs:
             deleted = await configs_db.delete_config(conn, config_id)
         if not deleted:
             raise _not_found(config_id)
-        self._scheduler.notify_changed()
+        await self._scheduler.changed()
 
     async def enable(self, config_id: int) -> CollectionConfig:
         """Enable the config and schedule it at once; NotFoundError if unknown."""
@@ -192,7 +192,7 @@ class Configs:
                 row = await configs_db.get_config(conn, config_id)
         if row is None:
             raise _not_found(config_id)
-        self._scheduler.notify_changed()
+        await self._scheduler.changed()
         return CollectionConfig.from_row(row)
 
     async def disable(self, config_id: int) -> CollectionConfig:
@@ -201,7 +201,7 @@ class Configs:
             row = await configs_db.set_enabled(conn, config_id, False)
         if row is None:
             raise _not_found(config_id)
-        self._scheduler.notify_changed()
+        await self._scheduler.changed()
         return CollectionConfig.from_row(row)
 
     async def trigger(self, config_id: int) -> TaskView:

@@ -209,24 +209,40 @@ class CollectionJobs:
         """Validate and submit a collection of every symbol × timeframe."""
         frames = validate_timeframes(timeframes)
         names = await self.resolve_symbols(symbols)
-        pairs = [Pair(symbol=s, timeframe=tf) for s in names for tf in frames]
         return await self._registry.submit(
-            task_type, self._collection_body(pairs, task_type, dict.fromkeys(names, MANUAL_JOB_NAME)),
+            task_type,
             params=TaskParams(exchange=self.exchange, symbols=names, timeframes=frames),
-            series=[p.key(self.exchange) for p in pairs],
+            series=[Pair(symbol=s, timeframe=tf).key(self.exchange) for s in names for tf in frames],
         )
 
-    async def start_config_run(self, config: ConfigRun, *, task_type: str) -> TaskView:
-        """Submit one run of a stored config; ConflictError if its series are being collected."""
-        pairs = [Pair(symbol=config.symbol, timeframe=tf) for tf in config.timeframes]
+    async def start_config_run(self, config: ConfigRun, *, task_type: str, conn: Connection | None = None) -> TaskView:
+        """Submit one run of a stored config; ConflictError if its series are being collected.
+
+        With `conn`, inside its transaction (the scheduler claims the due run and submits it at once).
+        """
         return await self._registry.submit(
-            task_type, self._collection_body(pairs, task_type, {config.symbol: config.job_name}),
+            task_type,
             params=TaskParams(
                 exchange=config.exchange, symbols=[config.symbol], timeframes=config.timeframes,
                 config_id=config.id, job_name=config.job_name,
             ),
-            series=[p.key(self.exchange) for p in pairs],
+            series=[Pair(symbol=config.symbol, timeframe=tf).key(self.exchange) for tf in config.timeframes],
+            conn=conn,
         )
+
+    def body_for(self, task: TaskView) -> TaskBody:
+        """What runs a task, rebuilt from its row alone: any process can run (or resume) any task."""
+        if task.task_type == SYMBOL_REFRESH:
+            return self._symbol_refresh_body()
+        params = task.params
+        symbols = [] if isinstance(params.symbols, msgspec.UnsetType) else params.symbols
+        frames = [] if isinstance(params.timeframes, msgspec.UnsetType) else params.timeframes
+        pairs = [Pair(symbol=s, timeframe=tf) for s in symbols for tf in frames]
+        if isinstance(params.job_name, str):
+            job_names = dict.fromkeys(symbols, params.job_name)
+        else:
+            job_names = dict.fromkeys(symbols, MANUAL_JOB_NAME)
+        return self._collection_body(pairs, task.task_type, job_names)
 
     def _collection_body(self, pairs: list[Pair], job_type: str, job_names: dict[str, str]) -> TaskBody:
         """A collection task that writes one execution log per symbol: running at start, then its outcome."""
@@ -250,11 +266,13 @@ class CollectionJobs:
             try:
                 result = await self._collector.collect(pairs, handle)
             except BaseException as exc:
-                cancelled = isinstance(exc, asyncio.CancelledError)
-                await self._close_logs_on_error(
-                    log_ids, frames_of, "Cancelled" if cancelled else exc.__class__.__name__,
-                    "the task was cancelled" if cancelled else str(exc),
-                )
+                if handle.handing_back is not None:
+                    error_type, message = "Interrupted", handle.handing_back
+                elif isinstance(exc, asyncio.CancelledError):
+                    error_type, message = "Cancelled", "the task was cancelled"
+                else:
+                    error_type, message = exc.__class__.__name__, str(exc)
+                await self._close_logs_on_error(log_ids, frames_of, error_type, message)
                 raise
             finished_at = self._now()
 
@@ -286,9 +304,13 @@ class CollectionJobs:
         except DatabaseUnavailableError:
             log.exception("execution_log_not_closed")  # closed as Interrupted at the next start
 
-    async def start_symbol_refresh(self) -> TaskView:
+    async def start_symbol_refresh(self, *, conn: Connection | None = None) -> TaskView:
         """Submit a symbol refresh as a task (one at a time)."""
+        return await self._registry.submit(
+            SYMBOL_REFRESH, params=TaskParams(exchange=self.exchange), series=[f"{self.exchange}:symbols"], conn=conn,
+        )
 
+    def _symbol_refresh_body(self) -> TaskBody:
         async def body(handle: TaskHandle) -> TaskOutcome:
             await handle.report(10, f"Loading the symbol list of {self.exchange}")
             async with connection(self._pool) as conn:
@@ -315,6 +337,4 @@ class CollectionJobs:
                 result=SymbolRefreshResult(exchange=self.exchange, symbols=count),
             )
 
-        return await self._registry.submit(
-            SYMBOL_REFRESH, body, params=TaskParams(exchange=self.exchange), series=[f"{self.exchange}:symbols"],
-        )
+        return body

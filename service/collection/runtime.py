@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 
@@ -18,16 +18,16 @@ from service.collection.collector import Collector
 from service.collection.configs import Configs
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
+from service.collection.runner import TaskRunner
 from service.collection.scheduler import Scheduler
 from service.collection.startup import DatabaseStart
+from service.collection.weight_budget import build_weight_limiter
 from service.cpu_turns import CpuTurns
-from service.db import execution_logs as execution_logs_db
 from service.db.health import HealthProbe
 from service.db.migrate import migrate_if_behind
-from service.db.pool import Pool, connection, create_pool
+from service.db.pool import Pool, create_pool
 from service.exchanges.base import ExchangeClient
 from service.exchanges.binance import BinanceClient
-from service.exchanges.limiter import WeightLimiter
 from service.logging import get_logger
 from service.loop_monitor import LoopMonitor
 from service.settings import Settings
@@ -38,6 +38,9 @@ log = get_logger(__name__)
 
 #: How long start-up waits for the first attempt at the database work before serving without it.
 _FIRST_ATTEMPT_SECONDS = 2.0
+#: Of SHUTDOWN_GRACE_SECONDS, what is kept for the rest of shutdown (HTTP connections, the pool,
+#: an embedded PostgreSQL) after the running tasks have been handed back.
+_SHUTDOWN_RESERVE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,8 @@ class Runtime:
     """Collection configs: their rules and schedule (the admin API's configs routes call it)."""
     database_start: DatabaseStart
     """The start-up work that needs the database, retried in the background until it is reachable."""
+    runner: TaskRunner | None
+    """Claims and runs tasks in this process (None: an API-only web process, WEB_RUNS_TASKS=false)."""
 
 
 @asynccontextmanager
@@ -68,18 +73,24 @@ async def open_runtime(
     settings: Settings,
     dsn: str,
     *,
+    runs_tasks: bool = True,
+    kind: str = "web",
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> AsyncIterator[Runtime]:
     """Pool, HTTP session, exchange client, registry; then, in the background once the database answers
-    (`DatabaseStart`), migrations, recovery of interrupted tasks, the symbol refresh and the scheduler.
+    (`DatabaseStart`), migrations and, when this process `runs_tasks`, the task runner (it takes back
+    the tasks of dead peers) and the scheduler.
 
     `clock` (epoch seconds) and `sleep` drive every time decision (weight windows, history, open
     candles); tests pass a faster or fixed clock.
     """
     # Nothing here waits for the database: with it down the process still serves /health (503).
-    pool = await create_pool(dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, connect_now=False)
-    health = HealthProbe(dsn)
+    pool = await create_pool(
+        dsn, min_size=settings.db_pool_min, max_size=settings.db_pool_max, connect_now=False,
+        statement_cache_size=settings.db_statement_cache_size,
+    )
+    health = HealthProbe(dsn, statement_cache_size=settings.db_statement_cache_size)
     try:
         # One session for the app's life; the limiter, not the connector, bounds concurrency.
         async with aiohttp.ClientSession(
@@ -87,13 +98,8 @@ async def open_runtime(
             headers={"User-Agent": "kline-collector"},
         ) as session:
             cpu = CpuTurns()
-            limiter = WeightLimiter(
-                limit=settings.binance_weight_limit or settings.binance_weight_fallback,
-                margin=settings.binance_weight_margin,
-                max_concurrency=settings.binance_max_concurrency,
-                clock=clock,
-                sleep=sleep,
-            )
+            # WEIGHT_BUDGET_SCOPE=shared: one budget for every process on this database (one egress IP).
+            limiter = build_weight_limiter(settings, pool, exchange=BinanceClient.name, clock=clock, sleep=sleep)
             client = BinanceClient(
                 session, limiter,
                 base_url=settings.binance_api_url,
@@ -103,9 +109,7 @@ async def open_runtime(
                 weight_limit_override=settings.binance_weight_limit,
                 cpu=cpu,
             )
-            registry = TaskRegistry(
-                pool, max_concurrent=settings.max_concurrent_tasks, cleanup_delay=settings.task_cleanup_delay
-            )
+            registry = TaskRegistry(pool, worker_id=uuid.uuid4(), cleanup_delay=settings.task_cleanup_delay)
             collector = Collector(
                 pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
                 max_connections=settings.db_write_connections,
@@ -114,21 +118,32 @@ async def open_runtime(
                 clock=clock,
             )
             jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
-            scheduler = Scheduler(pool, jobs, settings, clock=clock, sleep=sleep)
+            scheduler = Scheduler(pool, jobs, settings, worker_id=registry.worker_id, clock=clock, sleep=sleep)
+            runner = (
+                TaskRunner(
+                    pool, dsn, registry, jobs.body_for, kind=kind, max_concurrent=settings.max_concurrent_tasks,
+                    lease_seconds=settings.lease_seconds, poll_seconds=settings.task_poll_seconds,
+                    # Config changes made through another process wake this scheduler too.
+                    on_notification=scheduler.notify_changed,
+                )
+                if runs_tasks
+                else None
+            )
             login_limiter = LoginLimiter(pool, key=(settings.secret_key or "").encode())
             accounts = Accounts(pool, PasswordHasher(), login_limiter)
             loop_monitor = LoopMonitor()
 
             async def start_with_database() -> None:
                 # Repeated whole after a failure: every step up to the symbol refresh is idempotent.
-                await migrate_if_behind(dsn)
-                await registry.recover()
-                async with connection(pool) as conn:
-                    await execution_logs_db.close_interrupted(conn, at=datetime.fromtimestamp(clock(), UTC))
-                # Learn the exchange's symbols and weight limit without holding up start-up.
-                await jobs.start_symbol_refresh()
-                if settings.scheduler_enabled:
-                    await scheduler.start()
+                await migrate_if_behind(dsn, statement_cache_size=settings.db_statement_cache_size)
+                if runner is not None:
+                    if not runner.is_running:
+                        await runner.start()
+                    refreshing = False
+                    if settings.scheduler_enabled and not scheduler.is_running:
+                        refreshing = await scheduler.start()
+                    if not refreshing:  # the symbol refresh teaches the weight limit; else learn it here
+                        client.refresh_limits_soon()
                 if settings.admin_email is not None and settings.admin_password is not None:
                     accounts.start_bootstrap(settings.admin_email, settings.admin_password)
 
@@ -140,6 +155,7 @@ async def open_runtime(
                     pool, jobs, scheduler, min_interval_minutes=settings.min_interval_minutes, clock=clock
                 ),
                 database_start=DatabaseStart(start_with_database),
+                runner=runner,
             )
             loop_monitor.start()
             runtime.database_start.start()
@@ -153,7 +169,8 @@ async def open_runtime(
                 await accounts.close()
                 await loop_monitor.stop()
                 await scheduler.stop()
-                await registry.shutdown()
+                if runner is not None:
+                    await runner.stop(grace=max(settings.shutdown_grace_seconds - _SHUTDOWN_RESERVE_SECONDS, 1.0))
                 await client.aclose()  # a limit refresh in flight must not outlive the session
     finally:
         await health.close()

@@ -1,10 +1,12 @@
 """The scheduler: one asyncio loop that runs each enabled collection config every interval_minutes.
 
-The schedule lives in the database (`data_collection_configs.next_run_at`); the loop keeps nothing
-but a wake-up event. Each turn it claims the configs that are due (a conditional UPDATE, so two
-processes never both start the same run), submits their runs to the task registry, then sleeps
-until the next due time, the next symbol refresh or retention pass, or until an API change wakes
-it. A run whose series are still being collected (a previous run, or a manual start) is skipped
+The schedule lives in the database (`data_collection_configs.next_run_at`, and `periodic_runs` for
+the symbol refresh and retention); the loop keeps nothing but a wake-up event. Every process that
+runs tasks runs this loop. Each turn it claims the configs that are due with a conditional UPDATE
+and submits the run in the same transaction, so across all processes each due time is run exactly
+once, and a run is never claimed without its task (nor by a process whose worker row its peers
+removed: the claim is fenced by it). Then it sleeps until the next due time, or until an API change
+wakes it. A run whose series are still being collected (a previous run, or a manual start) is skipped
 and logged as `skipped`. After downtime a missed run happens once, promptly: the next due time
 is moved forward past "now" rather than replaying every missed tick.
 """
@@ -12,6 +14,7 @@ is moved forward past "now" rather than replaying every missed tick.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +24,7 @@ from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, 
 from service.collection.registry import TaskView
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
+from service.db import periodic as periodic_db
 from service.db import tasks as tasks_db
 from service.db.pool import Connection, Pool, connection
 from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
@@ -32,6 +36,8 @@ __all__ = ["Scheduler", "SchedulerState"]
 log = get_logger(__name__)
 
 RETENTION_EVERY = timedelta(days=1)
+_SYMBOL_REFRESH = "symbol_refresh"
+_RETENTION = "retention"
 RETENTION_BATCH = 1000
 # Upper bound on one sleep, so a change made by another process is noticed within it.
 _MAX_SLEEP = 60.0
@@ -51,12 +57,14 @@ class Scheduler:
         jobs: CollectionJobs,
         settings: Settings,
         *,
+        worker_id: uuid.UUID,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._pool = pool
         self._jobs = jobs
         self._settings = settings
+        self._worker_id = worker_id
         self._clock = clock
         self._sleep = sleep
         self._changed = asyncio.Event()
@@ -84,16 +92,26 @@ class Scheduler:
         )
 
     def notify_changed(self) -> None:
-        """A config was created, updated, enabled, disabled or deleted: re-read the schedule now."""
+        """The schedule may have changed (a notification came in): re-read it now."""
         self._changed.set()
 
-    async def start(self) -> None:
-        """Start the loop. The start-up symbol refresh has just run, so the next is one interval away."""
-        now = self.now()
-        self._next_refresh = now + timedelta(seconds=self._settings.symbol_refresh_interval)
-        self._next_retention = now  # a pass at start-up, then daily
+    async def changed(self) -> None:
+        """A config was created, updated, enabled, disabled or deleted here: re-read the schedule now,
+        in this process and, through a notification, in every other one."""
+        self._changed.set()
+        try:
+            async with connection(self._pool) as conn:
+                await tasks_db.notify(conn, "configs", "changed")
+        except DatabaseUnavailableError as exc:  # the change is stored; peers notice within a minute
+            log.warning("schedule_change_not_broadcast", error=exc.detail)
+
+    async def start(self) -> bool:
+        """Run a first turn now (whatever is due: on a first start, the symbol refresh), then start the
+        loop. True if that turn submitted a symbol refresh (which also teaches the weight limit)."""
+        refreshed = await self._turn()
         self._loop_task = asyncio.create_task(self._run_loop(), name="scheduler")
         log.info("scheduler_started")
+        return refreshed
 
     async def stop(self) -> None:
         """Stop the loop (runs already submitted belong to the registry, which stops them)."""
@@ -127,17 +145,25 @@ class Scheduler:
                 continue
             await self._wait(self._seconds_to_next())
 
-    async def _turn(self) -> None:
+    async def _turn(self) -> bool:
+        """One pass over what is due; True if it submitted a symbol refresh."""
         now = self.now()
         await self._run_due_configs(now)
-        if self._next_refresh is not None and now >= self._next_refresh:
-            self._next_refresh = now + timedelta(seconds=self._settings.symbol_refresh_interval)
-            await self._refresh_symbols()
-        if self._next_retention is not None and now >= self._next_retention:
-            self._next_retention = now + RETENTION_EVERY
+        refresh_every = timedelta(seconds=self._settings.symbol_refresh_interval)
+        refreshed = await self._claim_periodic(_SYMBOL_REFRESH, now, now + refresh_every)
+        if refreshed:
+            refreshed = await self._refresh_symbols()
+        if await self._claim_periodic(_RETENTION, now, now + RETENTION_EVERY):
             await self.apply_retention(now)
         async with connection(self._pool) as conn:
             self._next_run = await configs_db.next_due_at(conn)
+            self._next_refresh = await periodic_db.next_periodic(conn, _SYMBOL_REFRESH)
+            self._next_retention = await periodic_db.next_periodic(conn, _RETENTION)
+        return refreshed
+
+    async def _claim_periodic(self, name: str, now: datetime, next_at: datetime) -> bool:
+        async with connection(self._pool) as conn:
+            return await periodic_db.claim_periodic(conn, name, now=now, next_run_at=next_at)
 
     async def _run_due_configs(self, now: datetime) -> None:
         async with connection(self._pool) as conn:
@@ -150,28 +176,29 @@ class Scheduler:
             next_at = due_at + interval
             if next_at <= now:
                 next_at = now + interval
-            async with connection(self._pool) as conn:
+            async with connection(self._pool) as conn, conn.transaction():
                 claimed = await configs_db.claim_due_run(
-                    conn, config.id, due_at=due_at, next_run_at=next_at, started_at=now
+                    conn, config.id, due_at=due_at, next_run_at=next_at, started_at=now, worker_id=self._worker_id
                 )
-            if not claimed:
-                continue  # another process took it, or the config changed meanwhile
-            try:
-                await self._jobs.start_config_run(config, task_type=SCHEDULED_DATA_COLLECTION)
-            except ConflictError as exc:
-                async with connection(self._pool) as conn:
+                if not claimed:
+                    continue  # another process took it, or the config changed meanwhile
+                try:
+                    await self._jobs.start_config_run(config, task_type=SCHEDULED_DATA_COLLECTION, conn=conn)
+                except ConflictError as exc:
                     await logs_db.insert_skipped(
                         conn, job_name=config.job_name, job_type=SCHEDULED_DATA_COLLECTION,
                         symbol=config.symbol, exchange=config.exchange,
                         reason=f"previous run still active: {exc.detail}", at=now,
                     )
-                log.info("scheduled_run_skipped", job_name=config.job_name, reason=exc.detail)
+                    log.info("scheduled_run_skipped", job_name=config.job_name, reason=exc.detail)
 
-    async def _refresh_symbols(self) -> None:
+    async def _refresh_symbols(self) -> bool:
         try:
             await self._jobs.start_symbol_refresh()
         except ConflictError:
             log.info("symbol_refresh_skipped", reason="a refresh is already running")
+            return False
+        return True
 
     async def apply_retention(self, now: datetime) -> tuple[int, int]:
         """Delete execution logs and finished tasks older than LOG_RETENTION_DAYS, in bounded batches."""

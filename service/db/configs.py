@@ -6,6 +6,7 @@ rebuilds it from here. `next_run_at` is NULL while a config is disabled.
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import asyncpg
@@ -192,18 +193,27 @@ async def next_due_at(conn: Connection) -> datetime | None:
 
 
 async def claim_due_run(
-    conn: Connection, config_id: int, *, due_at: datetime, next_run_at: datetime, started_at: datetime
+    conn: Connection,
+    config_id: int,
+    *,
+    due_at: datetime,
+    next_run_at: datetime,
+    started_at: datetime,
+    worker_id: uuid.UUID,
 ) -> bool:
-    """Move a due config on to its next run time, if it is still enabled and still due at `due_at`.
+    """Move a due config on to its next run time, if it is still enabled and still due at `due_at`,
+    and the claiming worker is still registered (alive in its peers' eyes).
 
-    A conditional UPDATE: when several processes see the same due run, exactly one claims it.
+    A conditional UPDATE: when several processes see the same due run, exactly one claims it; a
+    process its peers presumed dead (and whose row they removed) claims nothing.
     """
     status: str = await conn.execute(
         """
         UPDATE data_collection_configs
            SET next_run_at = $3, last_run_at = $4
          WHERE id = $1 AND enabled AND next_run_at = $2
+           AND EXISTS (SELECT 1 FROM workers WHERE id = $5)
         """,
-        config_id, due_at, next_run_at, started_at,
+        config_id, due_at, next_run_at, started_at, worker_id,
     )
     return status == "UPDATE 1"

@@ -20,7 +20,8 @@ __all__ = [
     "LOG_COLUMNS",
     "STATUSES",
     "LogFilter",
-    "close_interrupted",
+    "close_running_of_tasks",
+    "close_running_without_a_running_task",
     "delete_logs_before",
     "finish_log",
     "get_log",
@@ -137,16 +138,35 @@ async def insert_skipped(
     return log_id
 
 
-async def close_interrupted(conn: Connection, *, at: datetime) -> int:
-    """Close every `running` row (left by a process that died) as failed/Interrupted; returns how many."""
+async def close_running_without_a_running_task(conn: Connection, *, at: datetime) -> int:
+    """Close `running` rows whose task is not running (or that have no task: rows from before tasks
+    recorded them) as failed/Interrupted; returns how many. A running task's rows are its own."""
+    status: str = await conn.execute(
+        """
+        UPDATE job_execution_logs AS l
+           SET status = 'failed', error_type = 'Interrupted', error_message = $2, finished_at = $1,
+               duration_seconds = greatest(extract(epoch FROM $1 - l.started_at)::double precision, 0)
+         WHERE l.status = 'running'
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = l.task_id AND t.status = 'running')
+        """,
+        at, INTERRUPTED_MESSAGE,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def close_running_of_tasks(
+    conn: Connection, task_ids: list[uuid.UUID], *, at: datetime, message: str = INTERRUPTED_MESSAGE
+) -> int:
+    """Close the `running` rows of these tasks as failed/Interrupted (their run stopped without closing
+    them: its process died, or shut down and handed the task back); returns how many."""
     status: str = await conn.execute(
         """
         UPDATE job_execution_logs
-           SET status = 'failed', error_type = 'Interrupted', error_message = $2, finished_at = $1,
-               duration_seconds = greatest(extract(epoch FROM $1 - started_at)::double precision, 0)
-         WHERE status = 'running'
+           SET status = 'failed', error_type = 'Interrupted', error_message = $3, finished_at = $2,
+               duration_seconds = greatest(extract(epoch FROM $2 - started_at)::double precision, 0)
+         WHERE status = 'running' AND task_id = ANY($1::uuid[])
         """,
-        at, INTERRUPTED_MESSAGE,
+        task_ids, at, message,
     )
     return int(status.rsplit(" ", 1)[1])
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from service.db.pool import domain_errors
+from service.db.pool import DEFAULT_STATEMENT_CACHE_SIZE, domain_errors, open_connection
 from service.errors import DatabaseUnavailableError, ServiceUnavailableError
 
 __all__ = ["HealthProbe"]
@@ -22,9 +22,12 @@ __all__ = ["HealthProbe"]
 class HealthProbe:
     """Answers "does the database answer?" within `timeout` seconds, whatever the pool is doing."""
 
-    def __init__(self, dsn: str, *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, dsn: str, *, timeout: float = 2.0, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
+    ) -> None:
         self._dsn = dsn
         self._timeout = timeout
+        self._statement_cache_size = statement_cache_size
         self._conn: asyncpg.Connection[Any] | None = None
         self._inflight: asyncio.Future[None] | None = None
         self._closed = False
@@ -61,8 +64,9 @@ class HealthProbe:
                             # Lost since the last check (server restarted, backend terminated): only
                             # a fresh connection that fails too means the database is down.
                             self._drop()
-                    self._conn = await asyncpg.connect(
-                        self._dsn, server_settings={"application_name": "kline-collector health"}
+                    self._conn = await open_connection(
+                        self._dsn, statement_cache_size=self._statement_cache_size,
+                        server_settings={"application_name": "kline-collector health"},
                     )
                     await self._conn.fetchval("SELECT 1")
         except DatabaseUnavailableError as exc:
@@ -71,7 +75,7 @@ class HealthProbe:
             # The driver's error class says why (ConnectionRefusedError, InvalidCatalogNameError, ...).
             reason = (exc.__cause__ or exc).__class__.__name__
             raise DatabaseUnavailableError(
-                f"the database is not answering ({reason})", error=reason
+                f"the database is not answering ({exc.detail})", error=reason
             ) from exc.__cause__
 
     def _drop(self) -> None:

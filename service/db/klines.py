@@ -142,7 +142,16 @@ async def _copy(conn: Connection, table: str, rows: bytes) -> int:
     return _count(status)
 
 
+# Created in the write transaction that uses it, not once per connection: behind PgBouncer in
+# transaction mode, consecutive transactions may run on different server sessions. ON COMMIT DELETE
+# ROWS empties it at the end of each transaction; where it exists already this is a no-op.
+_CREATE_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS klines_staging (LIKE klines INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+
+
 async def _upsert(conn: Connection, rows: bytes) -> int:
+    await conn.execute(_CREATE_STAGING)
     await _copy(conn, "klines_staging", rows)
     return _count(await conn.execute(_UPSERT_FROM_STAGING))
 

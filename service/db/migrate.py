@@ -9,19 +9,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from service.db.pool import domain_errors
+from service.db.pool import DEFAULT_STATEMENT_CACHE_SIZE, domain_errors, open_connection
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = [
     "MIGRATION_LOCK_KEY", "current_revision", "execute_script", "head_revision", "hold_migration_lock",
-    "is_at_head", "migrate_if_behind", "sqlalchemy_url", "upgrade", "upgrade_async",
+    "is_at_head", "migrate_if_behind", "migration_engine", "upgrade", "upgrade_async",
 ]
 
 #: The session-level advisory lock every migration run holds: processes starting together on a fresh
@@ -35,12 +37,30 @@ _REVISION = re.compile(r'^revision\s*=\s*["\']([^"\']+)["\']', re.MULTILINE)
 _DOWN_REVISION = re.compile(r'^down_revision\s*=\s*["\']([^"\']+)["\']', re.MULTILINE)
 
 
-def sqlalchemy_url(dsn: str) -> str:
-    """postgresql://… → postgresql+asyncpg://… for SQLAlchemy's async engine."""
-    scheme, rest = dsn.split("://", 1)
-    if scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"not a PostgreSQL URL: {scheme}://…")
-    return f"postgresql+asyncpg://{rest}"
+def migration_engine(dsn: str, *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE) -> AsyncEngine:
+    """SQLAlchemy's async engine for Alembic, on connections opened as every other (`open_connection`).
+
+    The URL reaches asyncpg as given: SQLAlchemy would hand each of its query parameters to asyncpg as
+    an argument, and asyncpg refuses `sslmode=` there (it reads it from the URL only).
+    """
+    from sqlalchemy.ext.asyncio import create_async_engine
+    from sqlalchemy.pool import NullPool
+
+    async def connect() -> asyncpg.Connection[Any]:
+        return await open_connection(dsn, statement_cache_size=statement_cache_size)
+
+    # DBAPI options of SQLAlchemy's asyncpg adapter. `async_creator_fn` is how its own `async_creator`
+    # argument passes the function on, but that argument drops the other options.
+    adapter_options: dict[str, Any] = {
+        "async_creator_fn": connect,
+        # The adapter prepares every statement itself and keeps them in a cache of its own.
+        "prepared_statement_cache_size": statement_cache_size,
+    }
+    if statement_cache_size == 0:
+        # Behind PgBouncer another client's statement may sit on the same server connection: unique
+        # names cannot collide (SQLAlchemy's recipe for PgBouncer).
+        adapter_options["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+    return create_async_engine("postgresql+asyncpg://", poolclass=NullPool, connect_args=adapter_options)
 
 
 @functools.cache  # the files do not change while the process runs; start-up retries ask again
@@ -60,17 +80,17 @@ def head_revision() -> str:
     return heads.pop()
 
 
-async def current_revision(dsn: str) -> str | None:
+async def current_revision(dsn: str, *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE) -> str | None:
     """The revision the database at `dsn` is at, None before the first migration.
 
     Raises DatabaseUnavailableError when the database cannot be reached.
     """
     with domain_errors():
-        return await _read_revision(dsn)
+        return await _read_revision(dsn, statement_cache_size)
 
 
-async def _read_revision(dsn: str) -> str | None:
-    conn = await asyncpg.connect(dsn)
+async def _read_revision(dsn: str, statement_cache_size: int) -> str | None:
+    conn = await open_connection(dsn, statement_cache_size=statement_cache_size)
     try:
         exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
         if not exists:
@@ -81,34 +101,37 @@ async def _read_revision(dsn: str) -> str | None:
         await conn.close()
 
 
-def is_at_head(dsn: str) -> bool:
+def is_at_head(dsn: str, *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE) -> bool:
     """Whether the database already has every migration. Must not be called while a loop runs.
 
     Raises DatabaseUnavailableError when the database cannot be reached.
     """
-    return asyncio.run(current_revision(dsn)) == head_revision()
+    return asyncio.run(current_revision(dsn, statement_cache_size=statement_cache_size)) == head_revision()
 
 
-async def migrate_if_behind(dsn: str) -> None:
+async def migrate_if_behind(dsn: str, *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE) -> None:
     """Apply the missing migrations, if any (checked without the lock first: the usual case has none)."""
-    if await current_revision(dsn) != head_revision():
-        await upgrade_async(dsn)
+    if await current_revision(dsn, statement_cache_size=statement_cache_size) != head_revision():
+        await upgrade_async(dsn, statement_cache_size=statement_cache_size)
 
 
-def upgrade(dsn: str, revision: str = "head") -> None:
-    """Bring the database at `dsn` to `revision`. Must not be called while an event loop runs."""
-    asyncio.run(upgrade_async(dsn, revision))
+def upgrade(dsn: str, revision: str = "head", *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE) -> None:
+    """Bring the database at `dsn` to `revision`. Must not be called while an event loop runs.
+
+    Raises DatabaseUnavailableError, naming the database, when it cannot be reached.
+    """
+    asyncio.run(upgrade_async(dsn, revision, statement_cache_size=statement_cache_size))
 
 
-async def upgrade_async(dsn: str, revision: str = "head") -> None:
+async def upgrade_async(
+    dsn: str, revision: str = "head", *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE
+) -> None:
     """Bring the database at `dsn` to `revision` under the migration lock, from a running event loop.
 
     Alembic itself is synchronous: it runs on one connection through SQLAlchemy's `run_sync`
     (Alembic's "connection sharing" recipe), so migrations briefly hold the loop.
     """
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(sqlalchemy_url(dsn))
+    engine = migration_engine(dsn, statement_cache_size=statement_cache_size)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_upgrade_on, revision)

@@ -6,6 +6,10 @@ one) and raises `DatabaseUnavailableError`; a unique violation leaves it as `Dup
 the constraint (procrastinate's `wrap_exceptions` is the model). `retrying()` runs a repeatable unit
 of work again on a fresh connection until it succeeds or its time is up. Nothing above service/db/
 names a driver exception: it catches these domain errors.
+
+Every connection is opened from the DATABASE_URL as given: asyncpg reads libpq's URL parameters
+itself (`sslmode`, `sslrootcert`, `host=/socket/dir`…), and a connection that cannot be opened is a
+DatabaseUnavailableError naming the database (`open_connection`, and the pool's own connects).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import asyncpg
 import stamina
@@ -22,10 +27,14 @@ import stamina
 from service.errors import DatabaseUnavailableError, DuplicateError
 
 __all__ = [
-    "CONNECTION_LOST", "Connection", "Pool", "Row", "connection", "create_pool", "domain_errors", "retrying",
+    "CONNECTION_LOST", "DEFAULT_STATEMENT_CACHE_SIZE", "Connection", "Pool", "Row", "connection", "create_pool",
+    "describe_database", "domain_errors", "open_connection", "retrying",
 ]
 
 T = TypeVar("T")
+
+#: asyncpg's own default: prepared statements kept per connection (DB_STATEMENT_CACHE_SIZE).
+DEFAULT_STATEMENT_CACHE_SIZE = 100
 
 #: Driver errors that mean "this connection (or the server, or our database) is gone", not "this
 #: statement is wrong". TimeoutError is an OSError: a statement that outlived command_timeout is on a
@@ -58,12 +67,6 @@ else:
 async def _init_connection(conn: asyncpg.Connection[Any]) -> None:
     # jsonb columns come and go as Python objects.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    # Each connection gets its own staging table for the upsert path; ON COMMIT DELETE ROWS
-    # empties it at the end of every write transaction.
-    await conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS klines_staging"
-        " (LIKE klines INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
 
 
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
@@ -75,13 +78,23 @@ async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, connect_now: bool = True) -> Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, connect_now: bool = True,
+    statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE,
+) -> Pool:
     """Open the pool; each connection is prepared by `_init_connection`.
 
     `connect_now=False` opens it without a connection, so it can be created while the database is
     down: connections are made on first use. asyncpg wants `init_size >= min_size`, so such a pool
     keeps no floor (`min_size` is ignored): idle connections close after 5 minutes, and reopen on demand.
+    `statement_cache_size=0` keeps no prepared statement on the server (PgBouncer transaction pooling).
     """
+
+    async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection[Any]:
+        with _connect_errors(dsn):
+            conn: asyncpg.Connection[Any] = await asyncpg.connect(*args, **kwargs)
+            return conn
+
     pool = await asyncpg.create_pool(
         dsn,
         init_size=None if connect_now else 0,
@@ -90,8 +103,48 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10, connec
         init=_init_connection,
         reset=_keep_session,
         command_timeout=60,
+        statement_cache_size=statement_cache_size,
+        connect=connect,
     )
     return pool
+
+
+async def open_connection(
+    dsn: str, *, statement_cache_size: int = DEFAULT_STATEMENT_CACHE_SIZE, **options: Any
+) -> asyncpg.Connection[Any]:
+    """One connection outside the pool (health probe, migrations, LISTEN); `options` go to asyncpg.connect.
+
+    DatabaseUnavailableError, naming the database, when it cannot be opened.
+    """
+    with _connect_errors(dsn):
+        conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn, statement_cache_size=statement_cache_size, **options)
+        return conn
+
+
+@contextmanager
+def _connect_errors(dsn: str) -> Iterator[None]:
+    # Several databases may be in play (a release phase, a pooler, a replica): say which one failed.
+    try:
+        yield
+    except CONNECTION_LOST as exc:
+        raise DatabaseUnavailableError(
+            f"cannot connect to {describe_database(dsn)}: {exc.__class__.__name__}: {exc}"[:500]
+        ) from exc
+
+
+def describe_database(dsn: str) -> str:
+    """`database "klines" on db.example:5432 (sslmode=require)`: which database a URL names, without
+    its user or password."""
+    parts = urlsplit(dsn)
+    query = parse_qs(parts.query)
+    user = unquote(parts.netloc.rpartition("@")[0].partition(":")[0])
+    # libpq's defaults: the database named like the user, a local socket.
+    name = unquote(parts.path.lstrip("/")) or query.get("dbname", [user or "postgres"])[0]
+    where = parts.netloc.rpartition("@")[2] or query.get("host", ["localhost"])[0]
+    if "port" in query and not parts.netloc.rpartition("@")[2]:
+        where += f" port {query['port'][0]}"
+    sslmode = f" (sslmode={query['sslmode'][0]})" if "sslmode" in query else ""
+    return f'database "{name}" on {where}{sslmode}'
 
 
 @contextmanager
@@ -116,11 +169,16 @@ def domain_errors() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def connection(pool: Pool) -> AsyncIterator[Connection]:
+async def connection(pool: Pool, *, acquire_timeout: float | None = None) -> AsyncIterator[Connection]:
     """A pool connection; driver errors leave it as domain errors (`domain_errors`), and a lost
-    connection is discarded first."""
+    connection is discarded first.
+
+    `acquire_timeout`: seconds to wait for a connection (a free one, or a new one opened) before
+    DatabaseUnavailableError. Bound statements with asyncpg's own `timeout=`, never by cancelling them:
+    a cancelled statement on a link that no longer answers holds the pool's release until it does.
+    """
     with domain_errors():
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=acquire_timeout) as conn:
             try:
                 yield conn
             except CONNECTION_LOST:

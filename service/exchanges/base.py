@@ -92,6 +92,11 @@ class ExchangeClient(Protocol):
         """The request-weight budget as it stands now (for the status page)."""
         ...
 
+    def refresh_limits_soon(self) -> None:
+        """Learn the exchange's current rate limits in the background (a process that never runs a
+        symbol refresh still needs them)."""
+        ...
+
     async def aclose(self) -> None:
         """Stop background work (such as a limit refresh); call before the HTTP session closes."""
         ...

@@ -238,20 +238,25 @@ class BinanceClient:
         if self._limiter.limit != previous and self._limiter.limit is not None:
             self._log_limit_change(self._limiter.limit, previous, source="429")
             self._limit_learnt = True
-        self._refresh_limits_soon()
+        self._refresh_limits_after_429()
 
-    def _refresh_limits_soon(self) -> None:
+    def _refresh_limits_after_429(self) -> None:
         """Start a background exchangeInfo refresh: at most one per minute window, one at a time.
 
         The 429 told the limit already; the refresh confirms it (and catches a limit raised again)
         without holding up the request that met the 429.
         """
         window = int(self._limiter.clock() // WINDOW_SECONDS)
-        if self._closed or window == self._refresh_window:
+        if window == self._refresh_window:
             return
-        if self._refresh_task is not None and not self._refresh_task.done():
+        if self._refresh_task is None or self._refresh_task.done():
+            self._refresh_window = window
+        self.refresh_limits_soon()
+
+    def refresh_limits_soon(self) -> None:
+        """Learn the limits from exchangeInfo in the background (unless a refresh is under way)."""
+        if self._closed or (self._refresh_task is not None and not self._refresh_task.done()):
             return
-        self._refresh_window = window
         # A fresh context: the refresh belongs to no collection task, so its log lines carry no task_id.
         self._refresh_task = asyncio.get_running_loop().create_task(
             self._refresh_limits_quietly(), name="binance-limit-refresh", context=contextvars.Context()
@@ -305,7 +310,7 @@ class BinanceClient:
                     async with self._session.get(url, params=params, timeout=self._timeout) as resp:
                         used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
                         if used is not None and used.isdigit():
-                            self._limiter.observe_used(int(used))
+                            self._limiter.observe_used(int(used), sent_at=sent_at)
                         status, retry_after = resp.status, resp.headers.get("Retry-After")
                         body = await resp.read()
                 except TimeoutError:

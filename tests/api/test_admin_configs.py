@@ -129,7 +129,9 @@ async def test_symbols_are_stored_as_the_exchange_names_them(admin: Api) -> None
 async def test_an_empty_symbol_table_is_refreshed_before_validating(
     admin: Api, fake: FakeBinance, db: asyncpg.Connection[Any]
 ) -> None:
-    """A symbol listed after start-up is unknown while the table has symbols, and found once it was empty."""
+    """A symbol listed after the symbols were loaded is unknown while the table has symbols, and found
+    once it was empty (the table loads on first use when no symbol refresh has run)."""
+    await create(admin, symbol="BTCUSDT")  # loads the symbol table
     fake.add_symbol("SOLUSDT", "SOL", "USDT")
     base = {"timeframes": ["1h"], "interval_minutes": 10}
     assert_error(await admin.http.post(URL, json={**base, "symbol": "SOL/USDT"}), 422, "'SOL/USDT'")
@@ -231,10 +233,14 @@ async def test_a_changed_interval_counts_from_the_last_run(admin: Api, db: async
 
 
 async def test_every_change_wakes_the_scheduler(admin: Api, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Create, update, enable, disable and delete each notify the scheduler once; refused requests do not."""
+    """Create, update, enable, disable and delete each notify the schedulers once; refused requests do not."""
     scheduler = admin.app.state.runtime.scheduler
     calls: list[str] = []
-    monkeypatch.setattr(scheduler, "notify_changed", lambda: calls.append("changed"))
+
+    async def changed() -> None:
+        calls.append("changed")
+
+    monkeypatch.setattr(scheduler, "changed", changed)
     created = await create(admin)
     url = f"{URL}/{created['id']}"
     await admin.http.put(url, json={"interval_minutes": 20})

@@ -5,23 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import signal
-import socket
 import stat
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 
 from service.auth.secret_key import load_or_create_secret_key, secret_key_path, with_secret_key
 from service.settings import Settings, SettingsError
 from tests.conftest import TEST_SECRET_KEY, bearer, serve_app
 from tests.fakes.binance import FakeBinance
+from tests.processes import run_service_command, service_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGIN = "/api/v1/auth/login"
@@ -31,14 +28,7 @@ async def run_cli(
     args: list[str], env: dict[str, str], stdin: bytes | None = None, timeout: float = 60.0
 ) -> tuple[int, str]:
     """`python -m service ARGS`; (exit code, stdout and stderr together)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", *args,
-        env={**os.environ, **env}, cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(stdin), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
+    return await run_service_command(*args, env=env, stdin=stdin, timeout=timeout)
 
 
 def cli_env(dsn: str) -> dict[str, str]:
@@ -176,51 +166,27 @@ async def test_embedded_key_keeps_tokens_valid_across_restarts(
         assert (await api.anonymous.get("/api/v1/auth/me", headers=bearer(token))).status_code == 200
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 async def test_no_password_or_token_in_the_logs(db_dsn: str, fake: FakeBinance, tmp_path: Path) -> None:
     """A real `serve` at DEBUG logs bootstrap, logins and token use, never with a password or a token."""
-    port = free_port()
-    log_path = tmp_path / "serve.log"
     admin_password = "bootstrap secret 4"
     wrong = "wrong secret 5"
-    token = "no token yet"
     env = {
-        **os.environ, "DATABASE_URL": db_dsn, "SECRET_KEY": TEST_SECRET_KEY, "HOST": "127.0.0.1", "PORT": str(port),
-        "BINANCE_API_URL": fake.url, "LOG_LEVEL": "DEBUG", "LOG_FORMAT": "json",
-        "ADMIN_EMAIL": "boot@example.com", "ADMIN_PASSWORD": admin_password,
+        "DATABASE_URL": db_dsn, "SECRET_KEY": TEST_SECRET_KEY, "BINANCE_API_URL": fake.url, "LOG_LEVEL": "DEBUG",
+        "LOG_FORMAT": "json", "ADMIN_EMAIL": "boot@example.com", "ADMIN_PASSWORD": admin_password,
     }
-    with log_path.open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", env=env, cwd=ROOT, stdout=log, stderr=asyncio.subprocess.STDOUT
-        )
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-                deadline = time.monotonic() + 30
-                while True:
-                    assert proc.returncode is None and time.monotonic() < deadline, log_path.read_text()
-                    try:
-                        if (await http.get("/health")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    await asyncio.sleep(0.1)
-                ok = await http.post(LOGIN, json={"email": "boot@example.com", "password": admin_password})
-                assert ok.status_code == 200, ok.text
-                token = ok.json()["access_token"]
-                for email in ("boot@example.com", wrong):  # a password typed into the email box too
-                    assert (await http.post(LOGIN, json={"email": email, "password": wrong})).status_code == 401
-                assert (await http.get("/api/v1/auth/me", headers=bearer(token))).status_code == 200
-                assert (await http.get("/api/v1/auth/me", headers=bearer(token + "x"))).status_code == 401
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 15)
-    output = log_path.read_text()
+    async with service_processes(tmp_path) as processes:
+        serve = await processes.start("serve", env=env)
+        await serve.wait_healthy()
+        http = serve.http
+        ok = await http.post(LOGIN, json={"email": "boot@example.com", "password": admin_password})
+        assert ok.status_code == 200, ok.text
+        token = ok.json()["access_token"]
+        for email in ("boot@example.com", wrong):  # a password typed into the email box too
+            assert (await http.post(LOGIN, json={"email": email, "password": wrong})).status_code == 401
+        assert (await http.get("/api/v1/auth/me", headers=bearer(token))).status_code == 200
+        assert (await http.get("/api/v1/auth/me", headers=bearer(token + "x"))).status_code == 401
+        await serve.sigterm(deadline=15)
+        output = serve.log_text()
     assert '"admin_bootstrap"' in output and '"login_failed"' in output and '"login_succeeded"' in output
     for secret in (admin_password, wrong, token, token.split(".")[2], TEST_SECRET_KEY):
         assert secret not in output

@@ -1,4 +1,4 @@
-"""Task registry behaviour: overlap, cancel, concurrency limit, restart recovery."""
+"""Task registry behaviour: overlap, cancel, concurrency limit, restart recovery (one process)."""
 
 from __future__ import annotations
 
@@ -96,32 +96,54 @@ async def test_at_most_max_concurrent_tasks_run_the_rest_wait_pending(
     assert saw_pending
 
 
-async def test_task_history_survives_a_restart_and_interrupted_tasks_are_closed(
+async def test_task_history_survives_a_restart_and_a_task_left_running_is_resumed(
     fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
 ) -> None:
-    """After a restart finished tasks are still readable, and a task left running is failed 'interrupted'."""
+    """After a restart finished tasks are still readable; a task a dead process left running is resumed
+    to completion (its old log row closed as Interrupted), and a live peer's task is left alone."""
     clock = frozen_at(fake, T0)
     fake.generate_klines("BTCUSDT", "1m", T0 - 99 * MINUTE, 100)
+    fake.generate_klines("ETHUSDT", "1m", T0 - 99 * MINUTE, 100)
     async with serve_app(settings, clock) as api:
         await api.wait_idle()
         done = await api.wait(await api.start(["BTCUSDT"], ["1m"]))
-    # A process that died mid-task leaves its row running.
+    # A process that died mid-task leaves its row running (its worker row already reaped, or never
+    # there: a row from before workers existed) and its execution log open.
     orphan = uuid.uuid4()
     await db.execute(
-        "INSERT INTO tasks (id, task_type, status, series, started_at) VALUES ($1, 'data_collection', 'running',"
-        " '{binance:ETHUSDT:1m}', now())",
+        "INSERT INTO tasks (id, task_type, status, series, params, started_at, attempts) VALUES ($1,"
+        " 'data_collection', 'running', '{binance:ETHUSDT:1m}',"
+        " '{\"exchange\": \"binance\", \"symbols\": [\"ETHUSDT\"], \"timeframes\": [\"1m\"]}', now(), 1)",
         orphan,
+    )
+    await db.execute(
+        "INSERT INTO job_execution_logs (job_name, job_type, symbol, exchange, started_at, status, task_id)"
+        " VALUES ('manual_data_collection', 'data_collection', 'ETHUSDT', 'binance', now(), 'running', $1)",
+        orphan,
+    )
+    # A live peer (fresh heartbeat) runs another task: nobody may touch it.
+    peer, peers_task = uuid.uuid4(), uuid.uuid4()
+    await db.execute("INSERT INTO workers (id, kind, hostname, pid) VALUES ($1, 'worker', 'peer', 1)", peer)
+    await db.execute(
+        "INSERT INTO tasks (id, task_type, status, series, worker_id, started_at, attempts)"
+        " VALUES ($1, 'data_collection', 'running', '{binance:XRPETH:1m}', $2, now(), 1)",
+        peers_task, peer,
     )
     async with serve_app(settings, clock) as api:
         again = await api.task(done["task_id"])
-        interrupted = await api.task(str(orphan))
-        # Its series are free again.
-        assert (await api.wait(await api.start(["ETHUSDT"], ["1m"])))["status"] == "completed"
+        resumed = await api.wait(str(orphan))
+        untouched = await api.task(str(peers_task))
     assert again["status"] == "completed"
     assert again["result"] == done["result"]
-    assert (interrupted["status"], interrupted["error"]) == ("failed", "interrupted")
-    assert interrupted["completed_at"] is not None
+    assert resumed["status"] == "completed"
+    assert untouched["status"] == "running"
+    assert await db.fetchval("SELECT attempts FROM tasks WHERE id = $1", orphan) == 2
     assert len(await stored(db, "BTCUSDT", "1m")) == 100
+    assert len(await stored(db, "ETHUSDT", "1m")) == 100
+    logs = await db.fetch(
+        "SELECT status, error_type FROM job_execution_logs WHERE task_id = $1 ORDER BY id", orphan
+    )
+    assert [(r["status"], r["error_type"]) for r in logs] == [("failed", "Interrupted"), ("success", None)]
 
 
 async def test_finished_tasks_leave_memory_but_stay_readable(

@@ -1,5 +1,5 @@
 """The Heroku files: app.json agrees with the Procfile and the settings, and the Procfile runs as
-Heroku runs it (release alone first, then web) through honcho in real subprocesses."""
+Heroku runs it (release alone first, then web and worker) through honcho in real subprocesses."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import json
 import os
 import re
 import signal
-import socket
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import psutil
 import pytest
 
@@ -25,13 +22,16 @@ from service.db.migrate import head_revision
 from service.settings import Settings
 from tests.conftest import TEST_SECRET_KEY, new_database
 from tests.fakes.binance import FakeBinance
+from tests.processes import run_program, service_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 #: Connection limits of the Heroku Postgres plans app.json may name.
 PLAN_CONNECTIONS = {"heroku-postgresql:essential-0": 20, "heroku-postgresql:essential-1": 20}
-#: Connections a process opens besides its pool: the /health probe's own.
-EXTRA_CONNECTIONS_PER_PROCESS = 1
+#: Connections a process opens besides its pool: web's /health probe has its own, and a process that runs
+#: tasks (web unless WEB_RUNS_TASKS=false; the worker always) holds one LISTEN connection.
+HEALTH_CONNECTION = 1
+LISTEN_CONNECTION = 1
 #: Kept free for the release phase, a one-off dyno (`heroku run … create-user`) and `heroku pg:psql`.
 SPARE_CONNECTIONS = 2
 STOP_DEADLINE_S = 15.0
@@ -51,23 +51,27 @@ def app_json() -> dict[str, Any]:
     return document
 
 
-def test_procfile_releases_with_migrate_and_serves_web() -> None:
-    """The Procfile has `release: kline-collector migrate` and `web: kline-collector serve`, commands the CLI has."""
+def test_procfile_releases_with_migrate_serves_web_and_has_a_worker() -> None:
+    """The Procfile has `release: kline-collector migrate`, `web: kline-collector serve` and
+    `worker: kline-collector worker`, commands the CLI has."""
     entries = procfile()
     assert entries["release"] == "kline-collector migrate"
     assert entries["web"] == "kline-collector serve"
+    assert entries["worker"] == "kline-collector worker"
     for command in entries.values():
         program, subcommand = command.split()[:2]
         assert program == "kline-collector" and subcommand in cli.commands, command
 
 
 def test_app_json_names_only_real_settings_and_process_types() -> None:
-    """Every env var in app.json is a setting, and every formation entry is a Procfile process type."""
+    """Every env var in app.json is a setting, and every formation entry is a Procfile process type: one web
+    dyno, and the worker at 0 until a user scales it up."""
     document = app_json()
     settings = {name.upper() for name in Settings.__struct_fields__}
     assert set(document["env"]) <= settings, set(document["env"]) - settings
     assert set(document["formation"]) <= set(procfile()) - {"release"}
     assert document["formation"]["web"]["quantity"] == 1
+    assert document["formation"]["worker"]["quantity"] == 0
 
 
 def test_app_json_asks_for_what_a_heroku_deploy_needs() -> None:
@@ -79,10 +83,13 @@ def test_app_json_asks_for_what_a_heroku_deploy_needs() -> None:
     assert env["ADMIN_EMAIL"]["required"] is True and env["ADMIN_PASSWORD"]["required"] is True
     assert env["TRUSTED_PROXY_COUNT"]["value"] == "1"
     assert "heroku/python" in [pack["url"] for pack in document["buildpacks"]]
+    # Web collects until the user makes it API-only, which the description says needs the worker scaled up.
+    assert env["WEB_RUNS_TASKS"]["value"] == "true" and "worker" in env["WEB_RUNS_TASKS"]["description"]
 
 
 def test_app_json_values_are_valid_settings_that_fit_the_database_plan() -> None:
-    """app.json's values load as Settings, and every dyno's pools, twice over during a deploy, fit the plan."""
+    """app.json's values load as Settings, and a web and a worker dyno, each overlapping its successor
+    during a deploy, fit the plan's connections."""
     document = app_json()
     values = {name: spec["value"] for name, spec in document["env"].items() if "value" in spec}
     settings = Settings.from_env({
@@ -93,32 +100,31 @@ def test_app_json_values_are_valid_settings_that_fit_the_database_plan() -> None
         "ADMIN_PASSWORD": "a long password",
     })
     (plan,) = [addon["plan"] for addon in document["addons"]]
-    dynos = sum(entry["quantity"] for entry in document["formation"].values())
-    per_dyno = settings.db_pool_max + EXTRA_CONNECTIONS_PER_PROCESS
+    # The worker stays at 0 until a user scales it up; count at least one dyno of each process type.
+    dynos = {process: max(entry["quantity"], 1) for process, entry in document["formation"].items()}
+    assert set(dynos) == {"web", "worker"}
+    per_dyno = {
+        "web": settings.db_pool_max + HEALTH_CONNECTION + (LISTEN_CONNECTION if settings.web_runs_tasks else 0),
+        "worker": settings.db_pool_max + LISTEN_CONNECTION,
+    }
     # A deploy or the daily restart overlaps the old and the new dyno of each process type.
-    assert 2 * dynos * per_dyno + SPARE_CONNECTIONS <= PLAN_CONNECTIONS[plan]
+    overlapping = 2 * sum(count * per_dyno[process] for process, count in dynos.items())
+    assert overlapping + SPARE_CONNECTIONS <= PLAN_CONNECTIONS[plan], per_dyno
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def heroku_like_env(database_url: str, port: int, binance_url: str) -> dict[str, str]:
+def heroku_like_env(database_url: str, port: int, binance_url: str) -> dict[str, str | None]:
     """The test's environment without the virtualenv on PATH: only `uv run` may put it there, as on Heroku."""
-    env = {key: value for key, value in os.environ.items() if key not in ("VIRTUAL_ENV", "PORT")}
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN)
-    env.update({
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != VENV_BIN)
+    return {
+        "VIRTUAL_ENV": None,
+        "PATH": path,
         "DATABASE_URL": database_url,
         "SECRET_KEY": TEST_SECRET_KEY,
         "PORT": str(port),
         "BINANCE_API_URL": binance_url,
         "LOG_FORMAT": "console",
         "PYTHONUNBUFFERED": "1",
-    })
-    return env
+    }
 
 
 def honcho(*args: str) -> list[str]:
@@ -133,72 +139,53 @@ async def fresh_dsn(pg_dsn: str) -> AsyncIterator[str]:
         yield dsn
 
 
-def read(log: Path) -> str:
-    """A log file's text, for assertion messages."""
-    return log.read_text(errors="replace")
-
-
-async def wait_healthy(http: httpx.AsyncClient, proc: asyncio.subprocess.Process, log: Path) -> None:
-    """Poll /health until 200; fail with honcho's output if it exits or 60 s pass."""
-    deadline = time.monotonic() + 60
-    last = "no answer"
-    while time.monotonic() < deadline:
-        assert proc.returncode is None, f"honcho exited ({proc.returncode}):\n{read(log)}"
-        try:
-            response = await http.get("/health")
-        except httpx.TransportError as exc:
-            last = repr(exc)
-        else:
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text}"
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"web not healthy within 60 s (last: {last}):\n{read(log)}")
-
-
-async def test_honcho_runs_release_then_web_on_a_fresh_database_and_stops_clean(
-    fresh_dsn: str, fake: FakeBinance, tmp_path: Path
-) -> None:
-    """`honcho start release` migrates a fresh database; `honcho start web` serves /health on $PORT; SIGTERM
-    stops it promptly and leaves no process behind."""
-    port = free_port()
-    env = heroku_like_env(fresh_dsn, port, fake.url)
-
-    release_log = tmp_path / "release.log"
-    with release_log.open("wb") as out:
-        release = await asyncio.create_subprocess_exec(
-            *honcho("start", "release"), cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-        )
-        assert await asyncio.wait_for(release.wait(), timeout=120) == 0, read(release_log)
-    conn = await asyncpg.connect(fresh_dsn)
+async def _registered(dsn: str, pids: set[int]) -> dict[str, int]:
+    """Process kind → pid of the processes among `pids` that registered as workers of the service."""
+    conn = await asyncpg.connect(dsn)
     try:
-        assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
+        rows = await conn.fetch("SELECT kind, pid FROM workers WHERE pid = ANY($1::int[])", sorted(pids))
     finally:
         await conn.close()
+    return {row["kind"]: row["pid"] for row in rows}
 
-    web_log = tmp_path / "web.log"
-    with web_log.open("wb") as out:
-        web = await asyncio.create_subprocess_exec(
-            *honcho("start", "web"), cwd=ROOT, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-        )
-        started = psutil.Process(web.pid)
+
+async def test_honcho_runs_release_then_web_and_worker_on_a_fresh_database_and_stops_clean(
+    fresh_dsn: str, fake: FakeBinance, tmp_path: Path
+) -> None:
+    """`honcho start release` migrates a fresh database; `honcho start web worker` serves /health on $PORT and
+    runs the worker, both registered with the database; SIGTERM stops both promptly, leaving nothing behind."""
+    async with service_processes(tmp_path) as processes:
+        port = processes.free_port()
+        env = heroku_like_env(fresh_dsn, port, fake.url)
+
+        code, release_output = await run_program(honcho("start", "release"), env=env, timeout=120)
+        assert code == 0, release_output
+        conn = await asyncpg.connect(fresh_dsn)
         try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5.0, trust_env=False) as http:
-                await wait_healthy(http, web, web_log)
-            family = started.children(recursive=True)
-            assert any("serve" in " ".join(child.cmdline()) for child in family), [c.cmdline() for c in family]
-            web.send_signal(signal.SIGTERM)
-            code = await asyncio.wait_for(web.wait(), timeout=STOP_DEADLINE_S)
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == head_revision()
         finally:
-            if web.returncode is None:
-                for process in [started, *started.children(recursive=True)]:
-                    process.kill()
-                await web.wait()
-    output = read(web_log)
+            await conn.close()
+
+        # honcho gives the first process type $PORT and each next one 100 more: web comes first.
+        honcho_start = await processes.start_program(
+            honcho("start", "web", "worker"), env=env, name="web-worker", port=port
+        )
+        await honcho_start.wait_healthy(timeout=60)
+        both = {"web", "worker"}
+        async with asyncio.timeout(60):
+            while set(kinds := await _registered(fresh_dsn, {p.pid for p in honcho_start.family()})) != both:
+                assert honcho_start.returncode is None, f"honcho exited{honcho_start.tail()}"
+                await asyncio.sleep(0.2)
+        family = honcho_start.family()
+        commands = {kind: " ".join(p.cmdline()) for p in family for kind, pid in kinds.items() if p.pid == pid}
+        assert commands["web"].endswith("kline-collector serve"), commands
+        assert commands["worker"].endswith("kline-collector worker"), commands
+        await honcho_start.sigterm(deadline=STOP_DEADLINE_S)
+        output = honcho_start.log_text()
     _, alive = psutil.wait_procs(family, timeout=2)
     assert alive == [], f"left running: {[p.cmdline() for p in alive]}\n{output}"
     # honcho only sends SIGKILL to a process that ignored its SIGTERM for 5 s.
     assert "SIGKILL" not in output, output
     assert "SIGTERM received" in output and "Application shutdown complete" in output, output
     # Stopped by the signal (uv reports honcho's death by SIGTERM as 128 + 15).
-    assert code in (128 + signal.SIGTERM, -signal.SIGTERM), output
+    assert honcho_start.returncode in (128 + signal.SIGTERM, -signal.SIGTERM), output

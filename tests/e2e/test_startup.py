@@ -6,9 +6,7 @@ Each test runs `python -m service …` as subprocesses and leaves no service or 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -18,34 +16,24 @@ import pytest
 
 from service.db.embedded import is_embedded_running
 from service.db.migrate import head_revision
-from tests.conftest import TEST_SECRET_KEY, new_database
-from tests.e2e.test_process import (
-    ADMIN_EMAIL,
-    ADMIN_PASSWORD,
-    MINUTE_MS,
-    Serve,
-    assert_no_gaps,
-    free_port,
-    pg_dir_cleanup,
-    running_with_progress,
-    start_serve,
-)
+from tests.conftest import new_database
+from tests.e2e.test_process import HISTORY_CANDLES, MINUTE_MS
 from tests.fakes.binance import FakeBinance
 from tests.postgres_control import own_postgres
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import (
+    ServiceProcess,
+    ServiceProcesses,
+    assert_no_gaps,
+    run_service_command,
+    running_with_progress,
+    service_env,
+    service_processes,
+)
 
 
 async def _run_migrate(dsn: str) -> tuple[int, str]:
     """`python -m service migrate` on `dsn`: exit code and output."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service", "migrate",
-        env={**os.environ, "DATABASE_URL": dsn, "LOG_FORMAT": "console"},
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace")
+    return await run_service_command("migrate", env={"DATABASE_URL": dsn, "LOG_FORMAT": "console"}, timeout=120)
 
 
 async def test_three_migrate_processes_at_once_on_a_fresh_database_all_succeed(pg_dsn: str) -> None:
@@ -75,9 +63,10 @@ async def _wait_embedded_stopped(pgdir: Path, timeout: float = 5.0) -> bool:
 async def test_sigterm_during_start_up_leaves_no_postgres_running(tmp_path: Path, delay: float) -> None:
     """SIGTERM at any moment of a first start (initdb, migrations, lifespan) exits promptly and stops PostgreSQL."""
     pgdir = tmp_path / "pg"
-    async with FakeBinance() as fake, pg_dir_cleanup(pgdir) as servers:
+    async with FakeBinance() as fake, service_processes(tmp_path, embedded_pg_dir=pgdir) as processes:
         fake.add_symbol("BTCUSDT", "BTC", "USDT")
-        serve = await start_serve(tmp_path, "serve", fake, servers)
+        env = service_env(binance_url=fake.url, embedded_pg_dir=pgdir, default_history_candles=HISTORY_CANDLES)
+        serve = await processes.start("serve", env=env, name="serve")
         await asyncio.sleep(delay)
         assert serve.proc.returncode is None, f"serve exited before the signal{serve.tail()}"
         await serve.sigterm()
@@ -88,39 +77,14 @@ async def test_sigterm_during_start_up_leaves_no_postgres_running(tmp_path: Path
 
 
 async def _start_serve_on(
-    dsn: str, tmp: Path, fake: FakeBinance, servers: list[Serve], *, history_candles: int = 2000
-) -> Serve:
-    """`python -m service serve` on DATABASE_URL=`dsn` with the fake exchange; output to tmp/serve.log."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "SECRET_KEY": TEST_SECRET_KEY,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "BINANCE_API_URL": fake.url,
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "INFO",
-        "DEFAULT_HISTORY_CANDLES": str(history_candles),
-        "ADMIN_EMAIL": ADMIN_EMAIL,
-        "ADMIN_PASSWORD": ADMIN_PASSWORD,
-    }
-    log_path = tmp / "serve.log"
-    log_file = log_path.open("wb")
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "serve", cwd=ROOT, env=env,
-            stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
-        )
-    except BaseException:
-        log_file.close()
-        raise
-    server = Serve(proc, port, log_path, log_file)
-    servers.append(server)
-    return server
+    dsn: str, processes: ServiceProcesses, fake: FakeBinance, *, history_candles: int = 2000
+) -> ServiceProcess:
+    """`python -m service serve` on DATABASE_URL=`dsn` with the fake exchange; output to serve-1.log."""
+    env = service_env(binance_url=fake.url, database_url=dsn, default_history_candles=history_candles)
+    return await processes.start("serve", env=env)
 
 
-async def _first_answer(serve: Serve, path: str, deadline: float) -> httpx.Response:
+async def _first_answer(serve: ServiceProcess, path: str, deadline: float) -> httpx.Response:
     """The first HTTP answer on `path` before the monotonic `deadline` (polling every 0.1 s)."""
     while True:
         assert serve.proc.returncode is None, f"serve exited{serve.tail()}"
@@ -134,13 +98,13 @@ async def _first_answer(serve: Serve, path: str, deadline: float) -> httpx.Respo
 async def test_serve_with_the_database_down_answers_503_then_works_once_it_is_up(tmp_path: Path) -> None:
     """With its database down, serve binds the port within 5 s answering 503, and works once the database starts."""
     async with FakeBinance() as fake, own_postgres(tmp_path / "db") as (control, dsn), \
-            pg_dir_cleanup(tmp_path / "unused-embedded") as servers:
+            service_processes(tmp_path) as processes:
         fake.add_symbol("BTCUSDT", "BTC", "USDT")
         now = int(time.time() * 1000)
         fake.generate_klines("BTCUSDT", "1m", now - 2100 * MINUTE_MS, 2200)
         await control.stop()
 
-        serve = await _start_serve_on(dsn, tmp_path, fake, servers)
+        serve = await _start_serve_on(dsn, processes, fake)
         health = await _first_answer(serve, "/health", time.monotonic() + 5.0)
         assert health.status_code == 503, f"{health.status_code} {health.text}{serve.tail()}"
         assert health.headers.get("Retry-After"), health.headers
@@ -168,9 +132,9 @@ async def test_serve_with_the_database_down_answers_503_then_works_once_it_is_up
 async def test_sigterm_while_the_database_is_down_exits_promptly(tmp_path: Path) -> None:
     """SIGTERM while start-up keeps waiting for a database that is down ends the process cleanly."""
     async with FakeBinance() as fake, own_postgres(tmp_path / "db") as (control, dsn), \
-            pg_dir_cleanup(tmp_path / "unused-embedded") as servers:
+            service_processes(tmp_path) as processes:
         await control.stop()
-        serve = await _start_serve_on(dsn, tmp_path, fake, servers)
+        serve = await _start_serve_on(dsn, processes, fake)
         health = await _first_answer(serve, "/health", time.monotonic() + 5.0)
         assert health.status_code == 503, f"{health.status_code} {health.text}{serve.tail()}"
         await serve.sigterm()
@@ -181,11 +145,11 @@ async def test_a_database_restart_mid_collection_is_survived_by_the_serve_proces
     """PostgreSQL stopped and started under a running collection: the same process finishes it, with no gap."""
     history = 12_000
     async with FakeBinance(latency_ms=200) as fake, own_postgres(tmp_path / "db") as (control, dsn), \
-            pg_dir_cleanup(tmp_path / "unused-embedded") as servers:
+            service_processes(tmp_path) as processes:
         fake.add_symbol("BTCUSDT", "BTC", "USDT")
         now = int(time.time() * 1000)
         fake.generate_klines("BTCUSDT", "1m", now - (history + 60) * MINUTE_MS, history + 120)
-        serve = await _start_serve_on(dsn, tmp_path, fake, servers, history_candles=history)
+        serve = await _start_serve_on(dsn, processes, fake, history_candles=history)
         await serve.wait_healthy()
         await serve.wait_idle()
         task_id = await serve.start_collection(["BTCUSDT"], ["1m"])

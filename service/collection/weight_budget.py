@@ -1,0 +1,89 @@
+"""The weight budget of an exchange, shared through PostgreSQL by every process on one IP.
+
+`PostgresWeightBudget` is the limiter's `SharedWeightBudget` on the service's pool;
+`build_weight_limiter` makes the limiter WEIGHT_BUDGET_SCOPE asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from service.db import weight_budget as weight_budget_db
+from service.db.pool import Pool, connection
+from service.exchanges.limiter import WeightLimiter
+from service.records import BudgetGrant
+from service.settings import Settings
+
+__all__ = ["ROUND_TRIP_TIMEOUT", "PostgresWeightBudget", "build_weight_limiter"]
+
+#: Seconds to wait for a pool connection, and then for each statement, before the shared budget
+#: counts as down for the moment. A healthy database answers in milliseconds; a silent one must not
+#: hold up requests to the exchange.
+ROUND_TRIP_TIMEOUT = 1.0
+
+
+class PostgresWeightBudget:
+    """One exchange's share of the weight_budgets and weight_budget_windows tables.
+
+    Errors leave as DatabaseUnavailableError (or as the driver's, for a bug); the limiter then goes
+    on alone for a while. Every call is bounded by asyncpg's own timeouts (`timeout` seconds to get
+    a connection, and as much for each statement), as the limiter's protocol asks.
+    """
+
+    def __init__(self, pool: Pool, *, exchange: str, timeout: float = ROUND_TRIP_TIMEOUT) -> None:
+        self._pool = pool
+        self._exchange = exchange
+        self._timeout = timeout
+        # The minute whose older rows this process deleted last: it prunes once a minute.
+        self._pruned_minute = -1
+
+    async def reserve(
+        self, *, window: int, want: int, need: int, limit: int | None, margin: float, observed_used: int, now: float
+    ) -> BudgetGrant:
+        async with connection(self._pool, acquire_timeout=self._timeout) as conn:
+            grant = await weight_budget_db.reserve(
+                conn, self._exchange, minute=window, want=want, need=need, limit=limit, margin=margin,
+                observed_used=observed_used, now=now, timeout=self._timeout,
+            )
+            if window > self._pruned_minute:
+                self._pruned_minute = window
+                await weight_budget_db.prune_windows(
+                    conn, self._exchange, before=window - weight_budget_db.WINDOWS_KEPT, timeout=self._timeout
+                )
+        return grant
+
+    async def publish_pause(self, *, until: float, reason: str) -> None:
+        async with connection(self._pool, acquire_timeout=self._timeout) as conn:
+            await weight_budget_db.publish_pause(
+                conn, self._exchange, until=until, reason=reason, timeout=self._timeout
+            )
+
+    async def publish_limit(self, limit: int, *, lower_only: bool) -> None:
+        async with connection(self._pool, acquire_timeout=self._timeout) as conn:
+            await weight_budget_db.publish_limit(
+                conn, self._exchange, limit, lower_only=lower_only, timeout=self._timeout
+            )
+
+
+def build_weight_limiter(
+    settings: Settings,
+    pool: Pool,
+    *,
+    exchange: str,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> WeightLimiter:
+    """The limiter for `exchange`: on the budget every process shares (WEIGHT_BUDGET_SCOPE=shared), or
+    on this process's own (per_process). Until the exchange has told its limit, BINANCE_WEIGHT_LIMIT
+    or the fallback applies."""
+    shared = PostgresWeightBudget(pool, exchange=exchange) if settings.weight_budget_scope == "shared" else None
+    return WeightLimiter(
+        limit=settings.binance_weight_limit or settings.binance_weight_fallback,
+        margin=settings.binance_weight_margin,
+        max_concurrency=settings.binance_max_concurrency,
+        clock=clock,
+        sleep=sleep,
+        shared=shared,
+    )
