@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, get, post
@@ -22,6 +22,7 @@ from service.collection.task_records import TaskParams, TaskResult
 from service.db import configs as configs_db
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
+from service.db import workers as workers_db
 from service.db.pool import connection
 from service.loop_monitor import LoopLag
 from service.settings import TIMEFRAMES, TimeframeName
@@ -113,6 +114,18 @@ class LimiterOut(Schema):
     paused_reason: str | None
 
 
+class WorkerOut(Schema):
+    """A live process that runs tasks (and, unless SCHEDULER_ENABLED=false, the schedule)."""
+
+    worker_id: uuid.UUID
+    kind: Literal["web", "worker", "cli"]
+    hostname: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    running_tasks: int
+
+
 class ServiceStatus(Schema):
     is_running: bool
     exchange: ExchangeChoice
@@ -124,6 +137,9 @@ class ServiceStatus(Schema):
     rate_limiter: LimiterOut
     event_loop_lag_ms: LoopLag
     """How late the event loop woke a 50 ms sleep over the last minute: a blocked loop shows here."""
+    workers: list[WorkerOut] = msgspec.field(default_factory=list)
+    """Every live process that claims tasks, across the service (this one included if it does);
+    `scheduler_status` is this process's own scheduler."""
 
 
 class LatestPrice(Schema):
@@ -252,16 +268,17 @@ class DataCollectorController(Controller):
         responses=error_responses(401),
     )
     async def status(self, runtime: RuntimeDep) -> ServiceStatus:
-        async def symbols_and_configs() -> tuple[list[str], list[Any]]:
+        async def symbols_and_configs() -> tuple[list[str], list[Any], list[Any]]:
             async with connection(runtime.pool) as conn:
                 symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
                 enabled = await configs_db.list_configs(conn, enabled=True, exchange=None, skip=0, limit=10_000)
-            return symbols, enabled
+                workers = await workers_db.list_workers(conn)
+            return symbols, enabled, workers
 
         # Two independent reads, each on its own pool connection: when the pool is busy, wait for
         # both connections side by side rather than one after the other. (gather, not a TaskGroup:
         # a driver error must reach the error handlers as itself, not inside an ExceptionGroup.)
-        active, (symbols, enabled) = await asyncio.gather(
+        active, (symbols, enabled, workers) = await asyncio.gather(
             runtime.registry.list(active_only=True, limit=1000), symbols_and_configs()
         )
         limiter = runtime.exchanges[runtime.jobs.exchange].limiter_state()
@@ -292,6 +309,13 @@ class DataCollectorController(Controller):
                 paused_until=limiter.paused_until, paused_reason=limiter.paused_reason,
             ),
             event_loop_lag_ms=runtime.loop_monitor.lag(),
+            workers=[
+                WorkerOut(
+                    worker_id=w["id"], kind=w["kind"], hostname=w["hostname"], pid=w["pid"],
+                    started_at=w["started_at"], heartbeat_at=w["heartbeat_at"], running_tasks=w["running"],
+                )
+                for w in workers
+            ],
         )
 
     @get(

@@ -276,9 +276,10 @@ class TaskRegistry:
 
         async def record(conn: Connection) -> bool:
             async with conn.transaction():
-                await logs_db.close_running_of_tasks(conn, [view.task_id], at=datetime.now(UTC), message=message)
                 owned = await tasks_db.hand_back(conn, view.task_id, self.worker_id, message)
-                await tasks_db.notify(conn, "pending", view.task_id)
+                if owned:  # else a peer took it back already: the log rows open now are its run's
+                    await logs_db.close_running_of_tasks(conn, [view.task_id], at=datetime.now(UTC), message=message)
+                    await tasks_db.notify(conn, "pending", view.task_id)
                 return owned
 
         try:

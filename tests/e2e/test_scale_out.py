@@ -105,6 +105,11 @@ async def test_a_task_started_on_a_is_read_and_cancelled_through_b_and_a_restart
         assert row is not None
         assert (row["status"], row["attempts"]) == ("running", 1), f"{dict(row)}{b.tail()}"
         assert await owner_pid(db, task_id) == a.proc.pid
+        # Either process's /status lists both as live workers, with A running the task.
+        workers = (await b.http.get("/api/v1/data-collector/status")).json()["workers"]
+        assert {(w["pid"], w["kind"], w["running_tasks"]) for w in workers} == {
+            (a.proc.pid, "web", 1), (b.proc.pid, "web", 0)
+        }
 
         await b.login()
         began = time.monotonic()
