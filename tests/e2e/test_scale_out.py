@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 
 from tests.fakes.binance import FakeBinance
+from tests.postgres_control import own_postgres
 from tests.processes import (
     ServiceProcess,
     ServiceProcesses,
@@ -295,3 +296,38 @@ async def test_three_workers_on_one_weight_budget_never_draw_a_429(
             times = await web.open_times(symbol)
             assert len(times) == len(set(times)) >= 25_000
             assert_no_gaps(times, symbol)
+
+
+async def test_a_postgresql_restart_under_two_workers_is_survived_without_a_takeover(tmp_path: Path) -> None:
+    """PostgreSQL stopped for a second and started again under a backfill run by one of two workers:
+    both stay registered, nobody presumes the other dead (the task finishes on its first attempt), and
+    every candle is stored once."""
+    async with slow_exchange() as fake, own_postgres(tmp_path / "db") as (control, dsn), \
+            service_processes(tmp_path) as processes:
+        web = await start_healthy(processes, "serve", env_for(fake, dsn, web_runs_tasks=False), "web")
+        for i in (1, 2):
+            await start_healthy(processes, "worker", env_for(fake, dsn, lease_seconds=10), f"worker-{i}")
+        db = await asyncpg.connect(dsn)
+        try:
+            await wait_worker_registered(db, 2)
+        finally:
+            await db.close()
+        await web.wait_idle()
+        task_id = await web.start_collection(["BTCUSDT"], ["1m"])
+        await web.wait_task(task_id, running_with_progress, 15.0, "running with progress")
+
+        await control.stop()
+        await asyncio.sleep(1.0)
+        await control.start()
+
+        done = await web.wait_task(task_id, ended, 60.0, "ended")
+        assert done["status"] == "completed", done
+        db = await asyncpg.connect(dsn)
+        try:
+            assert await db.fetchval("SELECT attempts FROM tasks WHERE id = $1", uuid.UUID(task_id)) == 1
+            assert await db.fetchval("SELECT count(*) FROM workers WHERE kind = 'worker'") == 2
+        finally:
+            await db.close()
+        times = await web.open_times("BTCUSDT")
+        assert len(times) == len(set(times)) >= HISTORY_CANDLES
+        assert_no_gaps(times, "BTCUSDT")
