@@ -15,11 +15,14 @@ from service import __version__
 from service.api.auth import AuthController
 from service.api.collector import DataCollectorController
 from service.api.configs import ConfigsController
+from service.api.console import ConsoleController, console_assets_router
 from service.api.deps import dependencies
 from service.api.errors import exception_handlers
+from service.api.events import EventsController
 from service.api.execution_logs import ExecutionLogsController
 from service.api.health import HealthController
 from service.api.klines import KlinesController
+from service.api.metrics import HttpMetricsMiddleware, MetricsController
 from service.api.middleware import REQUEST_ID_HEADER, JsonBodyCheck, RequestIdMiddleware, add_response_headers
 from service.api.openapi import DocumentedSchemaPlugin, docs_assets_router, openapi_config
 from service.api.startup import require_started
@@ -62,14 +65,16 @@ def create_app(
     app = Litestar(
         route_handlers=[
             HealthController, AuthController, DataCollectorController, KlinesController, ConfigsController,
-            ExecutionLogsController, docs_assets_router(),
+            ExecutionLogsController, EventsController, MetricsController, docs_assets_router(),
+            ConsoleController, console_assets_router(),
         ],
         dependencies=dependencies,
         guards=[require_started],
         # JWTAuth's middleware and scheme only: its on_app_init would mark every operation, public
         # ones included, as needing the token; the protected routes declare it themselves.
         # The request id first, so every log line of the request carries it (auth failures too).
-        middleware=[RequestIdMiddleware(), jwt_auth.middleware],
+        # Request timing outermost but for the request id: a 401 from the auth middleware is timed too.
+        middleware=[RequestIdMiddleware(), HttpMetricsMiddleware(), jwt_auth.middleware],
         # Bodies are read and checked strictly only after the guards have let the caller in.
         before_request=JsonBodyCheck(),
         before_send=[add_response_headers],

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import click
+import msgspec
 import uvicorn
 
 from service.auth.secret_key import with_secret_key
@@ -104,8 +105,64 @@ def _database(settings: Settings) -> Iterator[tuple[str, EmbeddedPostgres | None
 
 
 @click.group()
+@click.version_option(package_name="kline-collector", prog_name="kline-collector")
 def main() -> None:
     """kline-collector: exchange candles into PostgreSQL. Configured by environment variables (see README)."""
+
+
+@main.command()
+@click.option(
+    "--symbols", required=True, metavar="LIST",
+    help="Comma-separated symbols, as BTCUSDT or BTC/USDT (BTCUSDT,ETHUSDT).",
+)
+@click.option(
+    "--timeframes", required=True, metavar="LIST",
+    help="Comma-separated timeframes (1m,1h); Binance's 16 intervals from 1s to 1M.",
+)
+@click.option(
+    "--history-candles", type=click.IntRange(min=1), default=None, metavar="N",
+    help="Candles fetched for a series that has none stored yet "
+    "[env var: DEFAULT_HISTORY_CANDLES; default: 100]. A stored series resumes at its newest candle.",
+)
+def collect(symbols: str, timeframes: str, history_candles: int | None) -> None:
+    """Collect every symbol x timeframe once, with progress bars (DATABASE_URL, or the embedded server).
+
+    The run is a task like one started through the API: a service on the same database shows it,
+    and refuses it (exit 1, naming the active task) while one of its series is being collected.
+    Ctrl-C (SIGINT) or SIGTERM cancels it: the task is recorded cancelled with what it wrote, those
+    candles are kept, and the process exits 130 (143 for SIGTERM). Exit 1 if a series failed,
+    2 for an unknown symbol or timeframe.
+    """
+    settings = _settings()
+    if history_candles is not None:
+        settings = msgspec.structs.replace(settings, default_history_candles=history_candles)
+    # Only warnings: the progress bars are the output (LOG_LEVEL=DEBUG still shows everything).
+    configure_logging("WARNING" if settings.log_level == "INFO" else settings.log_level, settings.log_format)
+    from service.collect_command import run_collect  # imported late, like the app in `serve`
+
+    with _signals_deferred() as stop, _database(settings) as (dsn, _):
+        if not stop.pending():
+            _migrate_if_reachable(dsn, settings)
+        code = asyncio.run(run_collect(settings, dsn, symbols, timeframes, early_signal=lambda: stop.signal))
+    sys.exit(code)
+
+
+@main.command()
+def status() -> None:
+    """Print the service's state from the database: live workers, active tasks with their progress,
+    configs and the last runs (DATABASE_URL, or the embedded server). Works with or without a service
+    running; exit 1 if the database does not answer."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    from service.status_command import read_status
+
+    with _signals_deferred(), _database(settings) as (dsn, _):
+        try:
+            lines = asyncio.run(read_status(dsn, statement_cache_size=settings.db_statement_cache_size))
+        except DatabaseUnavailableError as exc:
+            click.echo(f"kline-collector: no status: {exc.detail}", err=True)
+            sys.exit(1)
+    click.echo("\n".join(lines))
 
 
 @main.command()

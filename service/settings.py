@@ -68,6 +68,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Largest request body accepted; a larger one is a 413 before it is parsed."""
     cors_origins: str | None = None
     """Comma-separated origins (https://app.example) allowed to call the API from a browser; unset: CORS off."""
+    metrics_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    """Unset: GET /metrics is public. Set: it requires `Authorization: Bearer <METRICS_TOKEN>`
+    (Prometheus's `authorization` scrape setting); at least 16 characters."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_tasks: PositiveInt = 5

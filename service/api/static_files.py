@@ -70,13 +70,14 @@ class InMemoryFiles:
         return _OpenFile(found[0])
 
 
-def packaged_files_router(path: str, directory: Path) -> Router:
-    """A router serving the files of `directory` under `path`, from memory, cacheable for a day."""
+def packaged_files_router(path: str, directory: Path, *, cache_control: CacheControlHeader | None = None) -> Router:
+    """A router serving the files of `directory` under `path`, from memory; cacheable for a day
+    unless `cache_control` says otherwise."""
     return create_static_files_router(
         path=path,
         directories=[directory],
         file_system=InMemoryFiles(directory),
         name=f"static:{path}",
-        cache_control=CacheControlHeader(max_age=86_400, public=True),
+        cache_control=cache_control or CacheControlHeader(max_age=86_400, public=True),
         include_in_schema=False,
     )

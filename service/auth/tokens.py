@@ -23,7 +23,8 @@ __all__ = ["ALWAYS_PUBLIC_PATHS", "BEARER_SCHEME", "build_jwt_auth", "create_acc
 #: The OpenAPI security scheme the protected operations name.
 BEARER_SCHEME = "BearerToken"
 #: Never authenticated, whatever header comes with them (a stale token must not break a probe).
-ALWAYS_PUBLIC_PATHS = [r"^/health$", r"^/docs"]
+# /metrics checks its own token (METRICS_TOKEN), which is no login token.
+ALWAYS_PUBLIC_PATHS = [r"^/health$", r"^/docs", r"^/metrics$"]
 _INT4_MAX = 2**31 - 1
 
 

@@ -24,10 +24,11 @@ from service.db import klines as klines_db
 from service.db.pool import Connection, Pool, retrying
 from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
 from service.logging import get_logger
+from service.metrics import Metrics
 from service.records import KlinePage
 from service.settings import TimeframeName
 
-__all__ = ["CollectionResult", "Collector", "Pair", "PairResult", "ProgressSink"]
+__all__ = ["CollectionResult", "Collector", "Pair", "PairResult", "ProgressSink", "SeriesProgress"]
 
 log = get_logger(__name__)
 
@@ -60,6 +61,38 @@ class CollectionResult(msgspec.Struct):
     pairs_total: int
     pairs_failed: int
     pairs: list[PairResult]
+
+
+class SeriesProgress(msgspec.Struct, kw_only=True):
+    """How far one series of a running collection is: updated in place by the collector, read by
+    whoever watches the run (the `collect` command's progress bars)."""
+
+    symbol: str
+    timeframe: str
+    pages_done: int = 0
+    pages_total: int | None = None
+    """None until the series' windows are planned."""
+    candles_written: int = 0
+    ended: bool = False
+    error: str | None = None
+
+
+def result_so_far(exchange: str, series: Sequence[SeriesProgress]) -> CollectionResult:
+    """What a run that was stopped midway had written; a series it had not finished counts as failed."""
+    pairs = [
+        PairResult(
+            symbol=s.symbol, timeframe=s.timeframe, candles_written=s.candles_written,
+            error=s.error if s.ended else "stopped before it was complete",
+        )
+        for s in series
+    ]
+    return CollectionResult(
+        exchange=exchange,
+        candles_written=sum(p.candles_written for p in pairs),
+        pairs_total=len(pairs),
+        pairs_failed=sum(1 for p in pairs if p.error is not None),
+        pairs=pairs,
+    )
 
 
 class ProgressSink(Protocol):
@@ -112,8 +145,10 @@ class Collector:
         cpu: CpuTurns,
         db_retry_seconds: float,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
+        self._metrics = metrics
         self._cpu = cpu
         # Collection may hold at most this many pool connections, so that API requests and the
         # scheduler always find one free while a big backfill writes.
@@ -132,12 +167,17 @@ class Collector:
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def collect(self, pairs: Sequence[Pair], sink: ProgressSink) -> CollectionResult:
+    async def collect(
+        self, pairs: Sequence[Pair], sink: ProgressSink, *, series: Sequence[SeriesProgress] | None = None
+    ) -> CollectionResult:
         """Collect every pair; one failing pair does not stop the others.
 
         The pairs run in one task group: if the run itself fails or is cancelled, every pair is
         stopped before this returns, so no series is still being written once the task has ended.
+        `series` (one per pair, in order) is kept up to date as pages are written.
         """
+        if series is None:
+            series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
         keys = [(p.symbol, p.timeframe) for p in pairs]
 
         async def find_series(conn: Connection) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd]]:
@@ -151,7 +191,8 @@ class Collector:
             runs = [
                 group.create_task(
                     self._collect_pair_safely(i, pair, ids[pair.symbol, pair.timeframe],
-                                              ends[ids[pair.symbol, pair.timeframe]], progress, sink.waiting),
+                                              ends[ids[pair.symbol, pair.timeframe]], progress, sink.waiting,
+                                              series[i]),
                     name=f"collect:{pair.symbol}:{pair.timeframe}",
                 )
                 for i, pair in enumerate(pairs)
@@ -173,10 +214,11 @@ class Collector:
         stored: klines_db.StoredEnd,
         progress: _Progress,
         on_wait: WaitCallback,
+        live: SeriesProgress,
     ) -> PairResult:
         result = PairResult(symbol=pair.symbol, timeframe=pair.timeframe)
         try:
-            await self._collect_pair(index, pair, series_id, stored, result, progress, on_wait)
+            await self._collect_pair(index, pair, series_id, stored, result, progress, on_wait, live)
         except ExchangeError as exc:
             result.error = str(exc)
         except Exception as exc:  # a bug or a database fault must not sink the other pairs
@@ -184,6 +226,7 @@ class Collector:
             result.error = f"{exc.__class__.__name__}: {exc}"[:500]
         if result.error:
             log.warning("pair_failed", symbol=pair.symbol, timeframe=pair.timeframe, error=result.error)
+        live.candles_written, live.error, live.ended = result.candles_written, result.error, True
         await progress.pair_done(index, pair, result.error)
         return result
 
@@ -196,10 +239,12 @@ class Collector:
         result: PairResult,
         progress: _Progress,
         on_wait: WaitCallback,
+        live: SeriesProgress,
     ) -> None:
         now_ms = self._now_ms()
         start = resume_start(stored.resume_at, pair.timeframe, now_ms, self._history_candles)
         windows = plan_windows(start, now_ms, pair.timeframe, self._client.max_page)
+        live.pages_total = len(windows)
         stored_until = stored.newest
         done = 0
         async with aclosing(self._fetch_in_order(pair, windows, on_wait)) as fetched:
@@ -207,10 +252,14 @@ class Collector:
                 if any(page.klines for page in pages):
                     async with self._cpu.turn():
                         encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
-                    result.candles_written += await self._store(encoded)
+                    written = await self._store(encoded)
+                    result.candles_written += written
+                    if self._metrics is not None:
+                        self._metrics.candles_stored(self._client.name, pair.timeframe, written)
                     last = max(page.klines[-1].open_time for page in pages if page.klines)
                     stored_until = last if stored_until is None else max(stored_until, last)
                 done += 1
+                live.pages_done, live.candles_written = done, result.candles_written
                 await progress.page_done(index, done, len(windows))
         log.info("pair_collected", symbol=pair.symbol, timeframe=pair.timeframe, written=result.candles_written)
 

@@ -10,7 +10,14 @@ from typing import Any
 
 import msgspec
 
-from service.collection.collector import CollectionResult, Collector, Pair, PairResult
+from service.collection.collector import (
+    CollectionResult,
+    Collector,
+    Pair,
+    PairResult,
+    SeriesProgress,
+    result_so_far,
+)
 from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
 from service.collection.task_records import (
     DATA_COLLECTION,
@@ -205,14 +212,17 @@ class CollectionJobs:
         timeframes: Sequence[str],
         *,
         task_type: str = DATA_COLLECTION,
+        conn: Connection | None = None,
     ) -> TaskView:
-        """Validate and submit a collection of every symbol × timeframe."""
+        """Validate and submit a collection of every symbol × timeframe (with `conn`, inside its
+        transaction: the `collect` command submits and claims its task at once)."""
         frames = validate_timeframes(timeframes)
         names = await self.resolve_symbols(symbols)
         return await self._registry.submit(
             task_type,
             params=TaskParams(exchange=self.exchange, symbols=names, timeframes=frames),
             series=[Pair(symbol=s, timeframe=tf).key(self.exchange) for s in names for tf in frames],
+            conn=conn,
         )
 
     async def start_config_run(self, config: ConfigRun, *, task_type: str, conn: Connection | None = None) -> TaskView:
@@ -263,13 +273,16 @@ class CollectionJobs:
                     }
 
             log_ids = await retrying(self._pool, open_logs, give_up_after=_LOG_RETRY_SECONDS)
+            handle.series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
             try:
-                result = await self._collector.collect(pairs, handle)
+                result = await self._collector.collect(pairs, handle, series=handle.series)
             except BaseException as exc:
                 if handle.handing_back is not None:
                     error_type, message = "Interrupted", handle.handing_back
                 elif isinstance(exc, asyncio.CancelledError):
                     error_type, message = "Cancelled", "the task was cancelled"
+                    # The candles written before the cancel are kept: the task's result says how many.
+                    handle.result_so_far = result_so_far(self.exchange, handle.series)
                 else:
                     error_type, message = exc.__class__.__name__, str(exc)
                 await self._close_logs_on_error(log_ids, frames_of, error_type, message)

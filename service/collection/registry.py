@@ -22,6 +22,7 @@ from typing import Literal
 import msgspec
 import structlog
 
+from service.collection.collector import SeriesProgress
 from service.collection.task_records import TaskParams, TaskResult, task_params_from_json, task_result_from_json
 from service.db import execution_logs as logs_db
 from service.db import tasks as tasks_db
@@ -90,6 +91,10 @@ class TaskHandle:
         self._persisted_at = 0.0
         self.handing_back: str | None = None
         """Set when the body is being stopped to hand the task back (shutdown): why, for its logs."""
+        self.series: list[SeriesProgress] = []
+        """A collection's live progress per series (in memory only; the `collect` command draws it)."""
+        self.result_so_far: TaskResult | None = None
+        """Set by a body that was cancelled: what it had done, recorded as the cancelled task's result."""
 
     @property
     def task_id(self) -> uuid.UUID:
@@ -206,12 +211,14 @@ class TaskRegistry:
             await tasks_db.notify(conn, "submitted", task_id)
         return TaskView.from_record(row)
 
-    def run(self, row: Row, body_for: Callable[[TaskView], TaskBody]) -> None:
-        """Run a task this process has just claimed (its row says running, owned by this worker)."""
+    def run(self, row: Row, body_for: Callable[[TaskView], TaskBody]) -> asyncio.Task[None]:
+        """Run a task this process has just claimed (its row says running, owned by this worker); the
+        returned asyncio task ends once the task's end is recorded."""
         entry = _Entry(TaskHandle(self, TaskView.from_record(row)))
         self._entries[entry.handle.task_id] = entry
         body = body_for(entry.handle.view)
         entry.task = asyncio.create_task(self._run(entry, body), name=f"{row['task_type']}:{row['id']}")
+        return entry.task
 
     async def _run(self, entry: _Entry, body: TaskBody) -> None:
         view = entry.handle.view
@@ -230,7 +237,9 @@ class TaskRegistry:
                 await self._hand_back(entry, entry.handle.handing_back)
                 return
             reason = entry.cancel_reason or "cancelled"
-            status, outcome = "cancelled", TaskOutcome(status="completed", message=f"Cancelled: {reason}")
+            status, outcome = "cancelled", TaskOutcome(
+                status="completed", message=f"Cancelled: {reason}", result=entry.handle.result_so_far
+            )
         except Exception as exc:
             log.exception("task_crashed")
             status = "failed"

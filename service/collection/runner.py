@@ -41,14 +41,13 @@ HANDED_BACK_MESSAGE = "Interrupted: its process shut down; waiting to resume"
 _HEARTBEATS_PER_LEASE = 6
 # Dead peers are looked for this many times per lease.
 _RECOVERIES_PER_LEASE = 3
-_LISTEN_RETRY_SECONDS = 2.0
 
 
 class TaskRunner:
     def __init__(
         self,
         pool: Pool,
-        dsn: str,
+        listener: Listener,
         registry: TaskRegistry,
         body_for: Callable[[TaskView], TaskBody],
         *,
@@ -69,7 +68,7 @@ class TaskRunner:
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []
         self._on_notification = on_notification
-        self._listener = Listener(dsn, tasks_db.TASKS_CHANNEL, self._notified)
+        listener.subscribe(tasks_db.TASKS_CHANNEL, self._notified)
         registry.on_change(self._wake.set)
 
     @property
@@ -87,7 +86,6 @@ class TaskRunner:
         self._background = [
             asyncio.create_task(self._claim_loop(), name="task-runner"),
             asyncio.create_task(self._heartbeat_loop(), name="task-runner-heartbeat"),
-            asyncio.create_task(self._listen_loop(), name="task-runner-listen"),
         ]
         log.info("worker_started", worker_id=str(self.worker_id), kind=self._kind)
 
@@ -118,7 +116,6 @@ class TaskRunner:
                 await retrying(self._pool, remove, give_up_after=2.0)
             except DatabaseUnavailableError as exc:
                 log.warning("worker_row_not_removed", error=exc.detail, detail="peers reap it when the lease ends")
-        await self._listener.close()
         self._background = []
         log.info("worker_stopped", worker_id=str(self.worker_id))
 
@@ -198,17 +195,6 @@ class TaskRunner:
             except DatabaseUnavailableError as exc:
                 log.warning("worker_heartbeat_failed", error=exc.detail)
 
-    def _notified(self) -> None:
+    def _notified(self, payload: str | None) -> None:
         self._wake.set()
         self._on_notification()
-
-    async def _listen_loop(self) -> None:
-        """Hold a LISTEN connection; reopen it when it drops (polling covers the gap)."""
-        while True:
-            try:
-                await self._listener.listen_until_lost()
-                log.warning("task_listener_lost")
-            except DatabaseUnavailableError as exc:
-                log.debug("task_listener_unavailable", error=exc.detail)
-            await self._listener.close()
-            await asyncio.sleep(_LISTEN_RETRY_SECONDS)

@@ -16,6 +16,7 @@ from service.auth.limiter import LoginLimiter
 from service.auth.passwords import PasswordHasher
 from service.collection.collector import Collector
 from service.collection.configs import Configs
+from service.collection.events import EVENTS_CHANNEL, EventHub
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.runner import TaskRunner
@@ -24,12 +25,14 @@ from service.collection.startup import DatabaseStart
 from service.collection.weight_budget import build_weight_limiter
 from service.cpu_turns import CpuTurns
 from service.db.health import HealthProbe
+from service.db.listener import Listener
 from service.db.migrate import migrate_if_behind
 from service.db.pool import Pool, create_pool
 from service.exchanges.base import ExchangeClient
 from service.exchanges.binance import BinanceClient
 from service.logging import get_logger
 from service.loop_monitor import LoopMonitor
+from service.metrics import Metrics
 from service.settings import Settings
 
 __all__ = ["Runtime", "open_runtime"]
@@ -66,6 +69,10 @@ class Runtime:
     """The start-up work that needs the database, retried in the background until it is reachable."""
     runner: TaskRunner | None
     """Claims and runs tasks in this process (None: an API-only web process, WEB_RUNS_TASKS=false)."""
+    events: EventHub
+    """Task and execution-log changes from every process, for /api/v1/events (web processes)."""
+    metrics: Metrics
+    """This process's Prometheus registry and metrics, for /metrics."""
 
 
 @asynccontextmanager
@@ -98,6 +105,7 @@ async def open_runtime(
             headers={"User-Agent": "kline-collector"},
         ) as session:
             cpu = CpuTurns()
+            metrics = Metrics()
             # WEIGHT_BUDGET_SCOPE=shared: one budget for every process on this database (one egress IP).
             limiter = build_weight_limiter(settings, pool, exchange=BinanceClient.name, clock=clock, sleep=sleep)
             client = BinanceClient(
@@ -108,6 +116,7 @@ async def open_runtime(
                 retry_wait_initial=settings.binance_retry_wait,
                 weight_limit_override=settings.binance_weight_limit,
                 cpu=cpu,
+                observer=metrics,
             )
             registry = TaskRegistry(pool, worker_id=uuid.uuid4(), cleanup_delay=settings.task_cleanup_delay)
             collector = Collector(
@@ -116,12 +125,21 @@ async def open_runtime(
                 cpu=cpu,
                 db_retry_seconds=settings.db_retry_seconds,
                 clock=clock,
+                metrics=metrics,
             )
             jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
-            scheduler = Scheduler(pool, jobs, settings, worker_id=registry.worker_id, clock=clock, sleep=sleep)
+            scheduler = Scheduler(
+                pool, jobs, settings, worker_id=registry.worker_id, clock=clock, sleep=sleep, metrics=metrics
+            )
+            # One LISTEN connection for the process: task events wake the runner; web processes
+            # also relay every change to the event stream.
+            listener = Listener(dsn)
+            events = EventHub()
+            if kind == "web":
+                listener.subscribe(EVENTS_CHANNEL, events.notified)
             runner = (
                 TaskRunner(
-                    pool, dsn, registry, jobs.body_for, kind=kind, max_concurrent=settings.max_concurrent_tasks,
+                    pool, listener, registry, jobs.body_for, kind=kind, max_concurrent=settings.max_concurrent_tasks,
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.task_poll_seconds,
                     # Config changes made through another process wake this scheduler too.
                     on_notification=scheduler.notify_changed,
@@ -156,7 +174,10 @@ async def open_runtime(
                 ),
                 database_start=DatabaseStart(start_with_database),
                 runner=runner,
+                events=events,
+                metrics=metrics,
             )
+            listener.start()
             loop_monitor.start()
             runtime.database_start.start()
             # With the database up, start-up is complete before the first request; with it down (or
@@ -165,12 +186,14 @@ async def open_runtime(
             try:
                 yield runtime
             finally:
+                events.close()
                 await runtime.database_start.stop()
                 await accounts.close()
                 await loop_monitor.stop()
                 await scheduler.stop()
                 if runner is not None:
                     await runner.stop(grace=max(settings.shutdown_grace_seconds - _SHUTDOWN_RESERVE_SECONDS, 1.0))
+                await listener.stop()
                 await client.aclose()  # a limit refresh in flight must not outlive the session
     finally:
         await health.close()

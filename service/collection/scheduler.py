@@ -29,6 +29,7 @@ from service.db import tasks as tasks_db
 from service.db.pool import Connection, Pool, connection
 from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from service.logging import get_logger
+from service.metrics import Metrics
 from service.settings import Settings
 
 __all__ = ["Scheduler", "SchedulerState"]
@@ -60,9 +61,11 @@ class Scheduler:
         worker_id: uuid.UUID,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self._pool = pool
         self._jobs = jobs
+        self._metrics = metrics
         self._settings = settings
         self._worker_id = worker_id
         self._clock = clock
@@ -184,6 +187,8 @@ class Scheduler:
                     continue  # another process took it, or the config changed meanwhile
                 try:
                     await self._jobs.start_config_run(config, task_type=SCHEDULED_DATA_COLLECTION, conn=conn)
+                    if self._metrics is not None:
+                        self._metrics.scheduled_run_submitted((now - due_at).total_seconds())
                 except ConflictError as exc:
                     await logs_db.insert_skipped(
                         conn, job_name=config.job_name, job_type=SCHEDULED_DATA_COLLECTION,

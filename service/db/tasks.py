@@ -21,6 +21,7 @@ __all__ = [
     "active_conflict",
     "cancel_pending",
     "cancel_requests",
+    "claim_task",
     "claim_tasks",
     "count_by_status",
     "delete_finished_before",
@@ -125,6 +126,28 @@ async def claim_tasks(conn: Connection, worker_id: uuid.UUID, limit: int) -> lis
         worker_id, limit,
     )
     return rows
+
+
+async def claim_task(conn: Connection, worker_id: uuid.UUID, task_id: uuid.UUID) -> asyncpg.Record | None:
+    """Claim one given pending task for this worker (the `collect` command runs the task it submitted);
+    None if it is not pending any more, a cancel was requested, or the worker's row is gone.
+
+    Fenced like `claim_tasks`: the row lock makes a concurrent claimer wait, and the status is checked
+    again once it is released, so a task is never claimed twice.
+    """
+    row: asyncpg.Record | None = await conn.fetchrow(
+        f"""
+        UPDATE tasks AS t
+           SET status = 'running', worker_id = $1, attempts = t.attempts + 1,
+               started_at = coalesce(t.started_at, now()), updated_at = now(),
+               message = CASE WHEN t.attempts = 0 THEN 'Started' ELSE 'Resumed' END
+         WHERE t.id = $2 AND t.status = 'pending' AND t.cancel_requested_at IS NULL
+           AND EXISTS (SELECT 1 FROM workers WHERE id = $1)
+        RETURNING {_TASK_COLUMNS_OF_T}
+        """,
+        worker_id, task_id,
+    )
+    return row
 
 
 async def update_progress(

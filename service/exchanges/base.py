@@ -17,6 +17,7 @@ __all__ = [
     "ExchangeError",
     "InvalidRequestError",
     "LimiterState",
+    "RequestObserver",
     "TransientExchangeError",
     "WaitCallback",
 ]
@@ -43,6 +44,21 @@ class WaitCallback(Protocol):
     """Told when a request must wait for the exchange (rate limit or ban) and until when (epoch s)."""
 
     def __call__(self, reason: str, until: float) -> None: ...
+
+
+class RequestObserver(Protocol):
+    """Told of every request's outcome and of every pause the exchange orders (for the metrics).
+
+    Implemented outside exchanges/; must return at once and never raise.
+    """
+
+    def request_done(self, exchange: str, endpoint: str, status: str) -> None:
+        """A request to `endpoint` (its path) ended with HTTP `status`, or `timeout` / `error` without one."""
+        ...
+
+    def paused(self, exchange: str, status: str, seconds: float) -> None:
+        """The exchange answered `status` (429 or 418) and ordered a pause of `seconds`."""
+        ...
 
 
 class LimiterState(msgspec.Struct, frozen=True):

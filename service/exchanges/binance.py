@@ -24,6 +24,7 @@ from service.exchanges.base import (
     ExchangeError,
     InvalidRequestError,
     LimiterState,
+    RequestObserver,
     TransientExchangeError,
     WaitCallback,
 )
@@ -106,6 +107,7 @@ class BinanceClient:
         retry_wait_initial: float,
         cpu: CpuTurns,
         weight_limit_override: int | None = None,
+        observer: RequestObserver | None = None,
     ) -> None:
         self._session = session
         self._cpu = cpu
@@ -115,6 +117,7 @@ class BinanceClient:
         self._retry_attempts = retry_attempts
         self._retry_wait_initial = retry_wait_initial
         self._weight_limit_override = weight_limit_override
+        self._observer = observer
         # Whether a limit came from the exchange yet; before, the limiter runs on the fallback guess.
         self._limit_learnt = False
         # The background limit refresh a 429 starts: kept referenced, one at a time, one per window.
@@ -234,7 +237,10 @@ class BinanceClient:
         """
         stated = _stated_weight_limit(body)
         previous = self._limiter.limit
-        self._limiter.rate_limited(_seconds(retry_after, default=self._seconds_to_next_window()), limit=stated)
+        seconds = _seconds(retry_after, default=self._seconds_to_next_window())
+        if self._observer is not None:
+            self._observer.paused(self.name, "429", seconds)
+        self._limiter.rate_limited(seconds, limit=stated)
         if self._limiter.limit != previous and self._limiter.limit is not None:
             self._log_limit_change(self._limiter.limit, previous, source="429")
             self._limit_learnt = True
@@ -314,10 +320,13 @@ class BinanceClient:
                         status, retry_after = resp.status, resp.headers.get("Retry-After")
                         body = await resp.read()
                 except TimeoutError:
+                    self._observe(path, "timeout")
                     raise TransientExchangeError(f"{path}: no answer within {self._timeout.total} s") from None
                 except aiohttp.ClientError as exc:
+                    self._observe(path, "error")
                     what = f"{exc.__class__.__name__}: {exc}"
                     raise TransientExchangeError(f"{path}: connection failed ({what})") from None
+            self._observe(path, str(status))
             if status == 429:
                 self._rate_limited(retry_after, body)
                 rate_limited += 1
@@ -325,13 +334,20 @@ class BinanceClient:
                     raise ExchangeError(f"{path}: rate limited {rate_limited} times in a row")
                 continue
             if status == 418:
-                self._limiter.pause(self._ban_seconds(retry_after, body), "banned")
+                ban_seconds = self._ban_seconds(retry_after, body)
+                if self._observer is not None:
+                    self._observer.paused(self.name, "418", ban_seconds)
+                self._limiter.pause(ban_seconds, "banned")
                 continue
             if status >= 500:
                 raise TransientExchangeError(f"{path}: HTTP {status} from the exchange")
             if status >= 400:
                 raise _invalid_request(path, status, body)
             return body, sent_at
+
+    def _observe(self, path: str, status: str) -> None:
+        if self._observer is not None:
+            self._observer.request_done(self.name, path, status)
 
     def _seconds_to_next_window(self) -> float:
         # The limiter's clock, so tests that drive time drive this too.

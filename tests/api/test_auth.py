@@ -35,7 +35,8 @@ OTHER_KEY = "another-deployment-secret-key-0123456789"
 
 def access_of(method: str, path: str) -> str:
     """Who may call a route, as the issue states it: public, read, user or admin."""
-    if path == "/health" or path.startswith("/docs") or path == LOGIN:
+    # /metrics is guarded by METRICS_TOKEN alone (tests/api/test_metrics.py), never by PUBLIC_READS.
+    if path in ("/health", "/metrics") or path.startswith("/docs") or path == LOGIN:
         return "public"
     if path == ME:
         return "user"
@@ -45,6 +46,12 @@ def access_of(method: str, path: str) -> str:
         return "read" if method == "GET" else "admin"
     if path.startswith("/api/v1/klines"):
         return "read"
+    if path == "/api/v1/events":
+        # A read that never ends: held to the read rules over a real connection (tests/e2e/test_events.py);
+        # here only its refusals are checked (an in-process client would wait for the stream's end).
+        return "stream"
+    if path == "/" or path.startswith("/console"):
+        return "public"  # the console's page and modules; the data they show come through the API
     return "unclassified"
 
 
@@ -202,7 +209,7 @@ async def test_openapi_names_the_bearer_scheme_on_protected_operations_only(
             assert ("POST", "/api/v1/data-collector/start") in security
             for (method, path), required in security.items():
                 kind = access_of(method, path)
-                needs_token = kind in ("admin", "user") or (kind == "read" and not public_reads)
+                needs_token = kind in ("admin", "user") or (kind in ("read", "stream") and not public_reads)
                 expected = [{"BearerToken": []}] if needs_token else None
                 assert required == expected, f"{method} {path} (PUBLIC_READS={public_reads}): {required}"
 

@@ -58,6 +58,7 @@ OPERATIONS = {
     "getExecutionLog": ("GET", "/api/v1/admin/data-collection/execution-logs/{log_id}", "admin"),
     "executionStats": ("GET", "/api/v1/admin/data-collection/stats", "admin"),
     "adminStatus": ("GET", "/api/v1/admin/data-collection/status", "admin"),
+    "streamEvents": ("GET", "/api/v1/events", "events"),
 }
 
 

@@ -83,13 +83,18 @@ def name_listed_symbols(case: Case) -> None:
         body["symbols"] = [LISTED_SYMBOLS[len(s) % len(LISTED_SYMBOLS)] for s in symbols]
 
 
+EVENTS = "/api/v1/events"
+
+
 class InProcess:
     """Sends schemathesis cases to the app through httpx's ASGI transport, on the app's own loop."""
 
     def __init__(self, api: Api, loop: asyncio.AbstractEventLoop) -> None:
         self.api = api
         self.loop = loop
-        self.schema = schemathesis.openapi.from_dict(api.app.openapi_schema.to_schema())
+        # The event stream never ends, and httpx's ASGI transport reads a body whole: it is tested
+        # over a real connection (tests/e2e/test_events.py), everything else here.
+        self.schema = schemathesis.openapi.from_dict(api.app.openapi_schema.to_schema()).exclude(path=EVENTS)
 
     def send(self, case: Case, client: httpx.AsyncClient) -> Response:
         kwargs = case.as_transport_kwargs(base_url=str(client.base_url))
@@ -134,7 +139,7 @@ def test_every_operation_answers_as_documented_with_and_without_a_token(
     """Valid and invalid input to every operation, anonymous and admin: no 5xx, every answer documented."""
     app = InProcess(api, loop)
     operations = [result.ok() for result in app.schema.get_all_operations()]
-    assert len(operations) == len(OPERATIONS)  # every operation of the document, none filtered out
+    assert len(operations) == len(OPERATIONS) - 1  # every operation of the document but the stream
     failures = []
     for operation in operations:
         raw = operation.definition.raw

@@ -1,0 +1,112 @@
+// Configurations: the table, a create form with the API's errors next to the fields, enable/disable,
+// run now, delete with confirmation. Admins only (the API says so too).
+
+import { api, ApiError } from "./api.js";
+import { h, when } from "./dom.js";
+import { onEvent } from "./events.js";
+import { clearErrors, showError } from "./forms.js";
+
+const BASE = "/api/v1/admin/data-collection/configs";
+const FIELDS = ["symbol", "timeframes", "interval_minutes", "description"];
+
+export function configsPage(main, session) {
+  const body = h("tbody");
+  const notice = h("p", { class: "notice", id: "configs-notice" });
+
+  const act = async (work) => {
+    try {
+      await work();
+      notice.textContent = "";
+    } catch (error) {
+      notice.textContent = error.detail || error.message;
+    }
+    await load();
+  };
+
+  const rowOf = (config) => h("tr", { dataset: { configId: config.id } },
+    h("td", {}, config.symbol),
+    h("td", {}, config.exchange),
+    h("td", {}, config.timeframes.join(", ")),
+    h("td", {}, `${config.interval_minutes} min`),
+    h("td", {}, h("input", {
+      type: "checkbox", checked: config.enabled, "aria-label": `enabled ${config.symbol}`,
+      onchange: (event) => act(() => api(`${BASE}/${config.id}/${event.target.checked ? "enable" : "disable"}`, { method: "POST" })),
+    })),
+    h("td", {}, when(config.next_run_at)),
+    h("td", {}, when(config.last_run_at)),
+    h("td", {},
+      h("button", { type: "button", class: "run-now", onclick: () => act(() => api(`${BASE}/${config.id}/trigger`, { method: "POST" })) }, "Run now"),
+      " ",
+      h("button", {
+        type: "button", class: "danger",
+        onclick: () => confirm(`Delete the configuration of ${config.symbol}? Its execution logs stay.`)
+          && act(() => api(`${BASE}/${config.id}`, { method: "DELETE" })),
+      }, "Delete")));
+
+  async function load() {
+    if (!session.user || !session.user.is_admin) {
+      notice.textContent = "Configurations are for admins: log in as one.";
+      return;
+    }
+    try {
+      const configs = await api(BASE);
+      body.replaceChildren(...configs.map(rowOf));
+      if (!configs.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "notice" }, "No configuration yet")));
+    } catch (error) {
+      notice.textContent = error instanceof ApiError ? error.detail : error.message;
+    }
+  }
+
+  const form = h("form", { class: "grid", id: "config-form" },
+    h("label", {}, "Symbol", h("input", { name: "symbol", placeholder: "BTCUSDT or BTC/USDT", required: true }),
+      h("span", { class: "error", dataset: { errorFor: "symbol" } })),
+    h("label", {}, "Timeframes (comma separated)", h("input", { name: "timeframes", placeholder: "1m, 1h", required: true }),
+      h("span", { class: "error", dataset: { errorFor: "timeframes" } })),
+    h("label", {}, "Every (minutes)", h("input", { name: "interval_minutes", type: "number", value: 60, required: true }),
+      h("span", { class: "error", dataset: { errorFor: "interval_minutes" } })),
+    h("label", {}, "Description", h("input", { name: "description" }),
+      h("span", { class: "error", dataset: { errorFor: "description" } })),
+    h("label", { class: "inline" }, h("input", { name: "enabled", type: "checkbox", checked: true }), "Enabled (runs at once, then on its interval)"),
+    h("div", {}, h("button", { type: "submit", class: "primary" }, "Create"),
+      h("p", { class: "error", dataset: { errorFor: "form" } })));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(form);
+    const data = new FormData(form);
+    const payload = {
+      symbol: String(data.get("symbol")).trim(),
+      timeframes: String(data.get("timeframes")).split(/[\s,]+/).filter(Boolean),
+      interval_minutes: Number(data.get("interval_minutes")),
+      enabled: data.get("enabled") === "on",
+    };
+    if (String(data.get("description")).trim()) payload.description = String(data.get("description")).trim();
+    try {
+      await api(BASE, { method: "POST", body: payload });
+      form.reset();
+      await load();
+    } catch (error) {
+      showError(form, error, FIELDS);
+    }
+  });
+
+  let reload = null;
+  const stop = onEvent((type, event) => {
+    // A scheduled run starting or ending moves a config's last and next run times.
+    if (type === "resync" || (type === "task" && event.task_type === "scheduled_data_collection")) {
+      clearTimeout(reload);
+      reload = setTimeout(load, 300);
+    }
+  });
+
+  main.append(
+    h("h1", {}, "Configurations"),
+    notice,
+    h("section", {}, h("h2", {}, "New configuration"), form),
+    h("section", {}, h("table", { id: "configs" },
+      h("thead", {}, h("tr", {}, ["Symbol", "Exchange", "Timeframes", "Interval", "Enabled", "Next run", "Last run", ""]
+        .map((t) => h("th", {}, t)))),
+      body)),
+  );
+  load();
+  return () => { stop(); clearTimeout(reload); };
+}

@@ -1,0 +1,120 @@
+"""The console in a real browser: log in, create a config through the form (a validation error first),
+run it, watch the task's progress bar reach 100 % from the live stream, filter the execution logs and
+download them as CSV; no console error anywhere."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from playwright.async_api import Browser, ConsoleMessage, Error, Page, Response, expect
+
+from tests.fakes.binance import FakeBinance
+from tests.processes import ADMIN_EMAIL, ADMIN_PASSWORD, service_env, service_processes
+
+MINUTE_MS = 60_000
+
+
+def watch_errors(page: Page, expected: set[tuple[str, str, int]]) -> list[str]:
+    """Every console error, uncaught exception and failed request of the page, as text.
+
+    Chromium logs each 4xx answer as a console error ("Failed to load resource"); those are judged by
+    the answers themselves: only the (method, path, status) in `expected` may fail.
+    """
+    errors: list[str] = []
+
+    def on_console(message: ConsoleMessage) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(f"console: {message.text}")
+
+    def on_page_error(error: Error) -> None:
+        errors.append(f"page error: {error}")
+
+    def on_response(response: Response) -> None:
+        path = "/" + response.url.split("/", 3)[-1]
+        if response.status >= 400 and (response.request.method, path, response.status) not in expected:
+            errors.append(f"{response.request.method} {path}: {response.status}")
+
+    page.on("console", on_console)
+    page.on("pageerror", on_page_error)
+    page.on("response", on_response)
+    return errors
+
+
+async def test_an_admin_creates_and_runs_a_config_and_watches_its_progress_live(
+    browser: Browser, db_dsn: str, tmp_path: Path
+) -> None:
+    """Log in, create a config (a bad timeframe is shown next to its field), run it now, and follow the
+    task's progress bar to 100 % on the tasks page, fed by /api/v1/events; no console error."""
+    async with FakeBinance(latency_ms=250) as fake, service_processes(tmp_path) as processes:
+        now = int(time.time() * 1000)
+        fake.add_symbol("BTCUSDT", "BTC", "USDT")
+        fake.generate_klines("BTCUSDT", "1m", now - 6_060 * MINUTE_MS, 6_120)
+        env = service_env(binance_url=fake.url, database_url=db_dsn, default_history_candles=6_000, pages_ahead=1)
+        web = await processes.start("serve", env=env, name="web")
+        await web.wait_healthy()
+        await web.wait_idle(timeout=30)
+
+        page = await browser.new_page()
+        # The one failure the test provokes: the bad timeframe.
+        errors = watch_errors(page, {("POST", "/api/v1/admin/data-collection/configs", 422)})
+        await page.goto(str(web.http.base_url))
+        await expect(page.locator("#live")).to_have_text("live")
+
+        await page.click("#login-button")
+        await page.fill("#login-form input[name=email]", ADMIN_EMAIL)
+        await page.fill("#login-form input[name=password]", ADMIN_PASSWORD)
+        await page.click("#login-form button[type=submit]")
+        await expect(page.locator("#who")).to_contain_text(ADMIN_EMAIL)
+
+        await page.click("nav a[data-page=configs]")
+        form = page.locator("#config-form")
+        await form.locator("input[name=symbol]").fill("BTC/USDT")
+        await form.locator("input[name=timeframes]").fill("1m, 2m")
+        await form.locator("input[name=enabled]").uncheck()
+        await form.locator("button[type=submit]").click()
+        await expect(form.locator("[data-error-for=timeframes]")).to_contain_text("2m")
+        await expect(form.locator("input[name=timeframes]")).to_have_attribute("aria-invalid", "true")
+
+        await form.locator("input[name=timeframes]").fill("1m")
+        await form.locator("button[type=submit]").click()
+        row = page.locator("#configs tr", has_text="BTCUSDT")
+        await expect(row).to_have_count(1)
+        await expect(form.locator("[data-error-for=timeframes]")).to_have_text("")
+        await page.screenshot(path=str(tmp_path / "configs.png"), full_page=True)
+
+        await row.locator("button.run-now").click()
+        await page.click("nav a[data-page=tasks]")
+        bar = page.locator("#active-tasks progress")
+        await expect(bar).to_have_count(1, timeout=10_000)
+        await page.screenshot(path=str(tmp_path / "tasks.png"), full_page=True)
+        # The stream moves the bar; the page never polls.
+        await expect(bar).to_have_attribute("value", "100", timeout=30_000)
+        await expect(page.locator("#recent-tasks tr", has_text="completed")).to_have_count(1, timeout=10_000)
+        stored = await web.open_times("BTCUSDT")
+        assert len(stored) >= 6_000
+
+        # The run's execution log: filtered, opened, exported as CSV.
+        await page.click("nav a[data-page=logs]")
+        filters = page.locator("#log-filters")
+        await filters.locator("input[name=symbol]").fill("BTCUSDT")
+        await filters.locator("select[name=status]").select_option("success")
+        await filters.locator("button[type=submit]").click()
+        rows = page.locator("#logs tbody tr")
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("collect_data_")
+        await expect(rows.first).to_contain_text("6000")
+        await rows.first.click()
+        await expect(page.locator("#log-detail")).to_contain_text('"records_per_timeframe"')
+        await page.screenshot(path=str(tmp_path / "logs.png"), full_page=True)
+        async with page.expect_download() as download_info:
+            await page.click("#csv-export")
+        download = await download_info.value
+        csv_text = Path(await download.path()).read_text()  # noqa: ASYNC240 - a small file, in a test
+        assert csv_text.splitlines()[0].startswith("id,")
+        assert len(csv_text.splitlines()) == 2 and "collect_data_" in csv_text, csv_text
+        await filters.locator("select[name=status]").select_option("failed")
+        await filters.locator("button[type=submit]").click()
+        await expect(rows).to_have_count(1)
+        await expect(rows.first).to_contain_text("No execution log matches")
+        assert errors == [], errors
