@@ -185,6 +185,7 @@ def serve() -> None:
             host=settings.host,
             port=settings.port,
             log_config=None,
+            access_log=False,  # one structured `http_request` line per response instead (api/middleware.py)
             lifespan="on",
             timeout_graceful_shutdown=3,
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get
@@ -72,6 +72,18 @@ class StatsOut(Schema):
     total_records_collected: int
     last_execution: datetime | None
     """Start of the newest run in the window."""
+
+
+class TimelineBucket(Schema):
+    start: datetime
+    """Start of the hour or day (UTC)."""
+    total_executions: int
+    successful_executions: int
+    failed_executions: int
+    success_rate: float | None
+    """successful / total × 100, 2 decimals; null for a bucket without runs."""
+    average_duration_seconds: float | None
+    """Mean duration of the runs that finished in the bucket, 2 decimals; null without any."""
 
 
 class StatusOut(Schema):
@@ -213,6 +225,34 @@ class ExecutionLogsController(Controller):
         hours: Annotated[int, QueryParameter(ge=1, le=8760, description="The last N hours")] = 24,
     ) -> StatsOut:
         return await _stats(runtime, job_type=job_type, hours=hours)
+
+    @get(
+        "/stats/timeline", operation_id="executionTimeline",
+        summary="Runs per hour or day: counts, success rate and mean duration, every bucket present",
+        responses=error_responses(400, 401, 403),
+    )
+    async def timeline(
+        self,
+        runtime: RuntimeDep,
+        bucket: Annotated[Literal["hour", "day"], QueryParameter(description="hour or day (UTC)")] = "hour",
+        hours: Annotated[int, QueryParameter(ge=1, le=2160, description="The last N hours (at most 90 days)")] = 24,
+        job_type: Annotated[TaskTypeName | None, text_query(max_length=64)] = None,
+    ) -> list[TimelineBucket]:
+        async with connection(runtime.pool) as conn:
+            rows = await logs_db.timeline(
+                conn, bucket=bucket, hours=hours, now=datetime.fromtimestamp(runtime.clock(), UTC), job_type=job_type
+            )
+        return [
+            TimelineBucket(
+                start=r["start"], total_executions=r["total"], successful_executions=r["successful"],
+                failed_executions=r["failed"],
+                success_rate=round(r["successful"] / r["total"] * 100, 2) if r["total"] else None,
+                average_duration_seconds=(
+                    None if r["average_duration"] is None else round(float(r["average_duration"]), 2)
+                ),
+            )
+            for r in rows
+        ]
 
     @get(
         "/status", operation_id="adminStatus", summary="Overview: configs, scheduled jobs, recent runs, 24 h stats",

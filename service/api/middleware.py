@@ -9,12 +9,16 @@ and the headers every response carries (errors included).
   Litestar's own decoding is lax). The body-size limit (413) is Litestar's `request_max_body_size`,
   applied while the body is read here.
 - Security headers on every response: no MIME sniffing, no referrer, no framing.
+- Access log: one structured line per response (`http_request`: method, path, status, duration_ms,
+  client, request_id) when its headers are sent, in place of uvicorn's text line. For a stream
+  (the event stream, a CSV export) the duration is the time to its first byte.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -29,6 +33,8 @@ from litestar.params import BodyKwarg
 from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logging import get_logger
+
 __all__ = [
     "REQUEST_ID_HEADER",
     "SECURITY_HEADERS",
@@ -38,10 +44,13 @@ __all__ = [
     "request_id_of",
 ]
 
+log = get_logger("service.access")
+
 REQUEST_ID_HEADER = "X-Request-ID"
 #: An incoming id is kept only if it is short and plain enough to put in a log line as it is.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+=@-]{0,127}")
 _STATE_KEY = "request_id"
+_STARTED_KEY = "request_started"
 
 #: Sent on every response. Only `frame-ancestors` in the CSP: a script or style policy would break
 #: the Swagger UI page at /docs, and the API's own bodies are JSON or CSV.
@@ -68,7 +77,24 @@ def request_id_of(scope: Scope) -> str:
         ).decode("latin-1")
         request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else str(uuid.uuid4())
         state[_STATE_KEY] = request_id
+        state[_STARTED_KEY] = time.perf_counter()
     return request_id
+
+
+def _log_access(scope: Scope, status: int) -> None:
+    state: dict[str, Any] = scope.setdefault("state", {})
+    request_id = request_id_of(scope)
+    started: float | None = state.get(_STARTED_KEY)
+    client = scope.get("client")
+    log.info(
+        "http_request",
+        method=scope.get("method", ""),
+        path=scope.get("path", ""),
+        status=status,
+        duration_ms=None if started is None else round((time.perf_counter() - started) * 1000, 2),
+        client=client[0] if client else None,
+        request_id=request_id,
+    )
 
 
 async def add_response_headers(message: Message, scope: Scope) -> None:
@@ -85,6 +111,7 @@ async def add_response_headers(message: Message, scope: Scope) -> None:
     if b"x-request-id" not in present:
         headers.append((b"x-request-id", request_id_of(scope).encode()))
     message["headers"] = headers
+    _log_access(scope, message["status"])
 
 
 class RequestIdMiddleware(ASGIMiddleware):

@@ -31,6 +31,7 @@ __all__ = [
     "recent_logs",
     "start_log",
     "stats",
+    "timeline",
 ]
 
 STATUSES: tuple[str, ...] = ("running", "success", "failed", "skipped")
@@ -262,6 +263,37 @@ async def stats(conn: Connection, *, job_type: str | None, hours: int, now: date
         "total_records_collected": int(row["records"]),
         "last_execution": row["last_execution"],
     }
+
+
+async def timeline(
+    conn: Connection, *, bucket: str, hours: int, now: datetime, job_type: str | None
+) -> list[asyncpg.Record]:
+    """Per `bucket` ('hour' or 'day', UTC) over the last `hours` before `now`, every bucket present
+    (empty ones with zeros): start, runs, successful, failed, and the mean duration of finished runs."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        WITH buckets AS (
+            SELECT generate_series(
+                       date_trunc($1, ($2::timestamptz - make_interval(hours => $3)) AT TIME ZONE 'UTC'),
+                       date_trunc($1, $2::timestamptz AT TIME ZONE 'UTC'),
+                       CASE WHEN $1 = 'hour' THEN interval '1 hour' ELSE interval '1 day' END
+                   ) AS start)
+        SELECT b.start AT TIME ZONE 'UTC' AS start,
+               count(l.id) AS total,
+               count(l.id) FILTER (WHERE l.status = 'success') AS successful,
+               count(l.id) FILTER (WHERE l.status = 'failed') AS failed,
+               avg(l.duration_seconds) FILTER (WHERE l.status IN ('success', 'failed')) AS average_duration
+          FROM buckets b
+          LEFT JOIN job_execution_logs l
+            ON date_trunc($1, l.started_at AT TIME ZONE 'UTC') = b.start
+           AND l.started_at >= $2::timestamptz - make_interval(hours => $3)
+           AND ($4::text IS NULL OR l.job_type = $4::text)
+         GROUP BY b.start
+         ORDER BY b.start
+        """,
+        bucket, now, hours, job_type,
+    )
+    return rows
 
 
 async def recent_logs(conn: Connection, limit: int = 10) -> list[asyncpg.Record]:

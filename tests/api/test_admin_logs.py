@@ -325,3 +325,34 @@ async def test_log_routes_are_in_the_openapi_document(admin: Api) -> None:
     } <= operations
     params = {p["name"] for p in doc["paths"][LOGS]["get"]["parameters"]}
     assert params == {"job_name", "job_type", "symbol", "status", "start_date", "end_date", "skip", "limit"}
+
+
+async def test_timeline_buckets_runs_by_hour_and_by_day(admin: Api, ids: dict[str, int]) -> None:
+    """Runs per UTC hour (last 24 h) and per day: every bucket present, empty ones with zeros and no rate."""
+    hours = (await admin.http.get(f"{BASE}/stats/timeline?bucket=hour&hours=24")).json()
+    assert len(hours) == 25  # 12:00 yesterday to 12:00 today, both included
+    by_start = {b["start"]: b for b in hours}
+    assert by_start[iso(NOW.replace(hour=11))] == {  # a and j succeeded, f is running
+        "start": iso(NOW.replace(hour=11)), "total_executions": 3, "successful_executions": 2,
+        "failed_executions": 0, "success_rate": 66.67, "average_duration_seconds": 2.3,
+    }
+    ten = by_start[iso(NOW.replace(hour=10))]  # b failed
+    assert (ten["failed_executions"], ten["success_rate"]) == (1, 0.0)
+    assert by_start[iso(NOW.replace(hour=7))]["total_executions"] == 2  # g, and e skipped
+    assert by_start[iso(NOW)] == {
+        "start": iso(NOW), "total_executions": 0, "successful_executions": 0, "failed_executions": 0,
+        "success_rate": None, "average_duration_seconds": None,
+    }
+    assert sum(b["total_executions"] for b in hours) == 8
+    days = (await admin.http.get(f"{BASE}/stats/timeline?bucket=day&hours=72")).json()
+    midnight = NOW.replace(hour=0)
+    assert [(b["start"], b["total_executions"], b["success_rate"], b["average_duration_seconds"]) for b in days] == [
+        (iso(midnight - timedelta(days=3)), 0, None, None),
+        (iso(midnight - timedelta(days=2)), 1, 0.0, 7.0),  # i
+        (iso(midnight - timedelta(days=1)), 1, 100.0, 10.0),  # h
+        (iso(midnight), 8, 62.5, 2.93),
+    ]
+    scheduled = (await admin.http.get(f"{BASE}/stats/timeline?bucket=day&hours=24&job_type={SCHEDULED}")).json()
+    assert sum(b["total_executions"] for b in scheduled) == 6
+    assert_error(await admin.http.get(f"{BASE}/stats/timeline?bucket=week"), 400, "bucket")
+    assert_error(await admin.http.get(f"{BASE}/stats/timeline?hours=2161"), 400, "hours")

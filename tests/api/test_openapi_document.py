@@ -57,6 +57,7 @@ OPERATIONS = {
     "exportExecutionLogsCsv": ("GET", "/api/v1/admin/data-collection/execution-logs.csv", "admin"),
     "getExecutionLog": ("GET", "/api/v1/admin/data-collection/execution-logs/{log_id}", "admin"),
     "executionStats": ("GET", "/api/v1/admin/data-collection/stats", "admin"),
+    "executionTimeline": ("GET", "/api/v1/admin/data-collection/stats/timeline", "admin"),
     "adminStatus": ("GET", "/api/v1/admin/data-collection/status", "admin"),
     "streamEvents": ("GET", "/api/v1/events", "events"),
 }

@@ -1,6 +1,6 @@
 """The console in a real browser: log in, create a config through the form (a validation error first),
 run it, watch the task's progress bar reach 100 % from the live stream, filter the execution logs and
-download them as CSV; no console error anywhere."""
+download them as CSV, see the overview's cards and charts, open a candle chart; no console error anywhere."""
 
 from __future__ import annotations
 
@@ -56,8 +56,11 @@ async def test_an_admin_creates_and_runs_a_config_and_watches_its_progress_live(
         await web.wait_idle(timeout=30)
 
         page = await browser.new_page()
-        # The one failure the test provokes: the bad timeframe.
-        errors = watch_errors(page, {("POST", "/api/v1/admin/data-collection/configs", 422)})
+        # The failures the test provokes.
+        errors = watch_errors(page, {
+            ("POST", "/api/v1/admin/data-collection/configs", 422),  # the bad timeframe
+            ("PUT", "/api/v1/admin/data-collection/configs/1", 422),  # the interval of 0
+        })
         await page.goto(str(web.http.base_url))
         await expect(page.locator("#live")).to_have_text("live")
 
@@ -117,4 +120,41 @@ async def test_an_admin_creates_and_runs_a_config_and_watches_its_progress_live(
         await filters.locator("button[type=submit]").click()
         await expect(rows).to_have_count(1)
         await expect(rows.first).to_contain_text("No execution log matches")
+
+        # The overview: health strip, cards and charts over the run just made.
+        await page.click("nav a[data-page=overview]")
+        await expect(page.locator("[data-health=database]")).to_have_text("database: ok")
+        await expect(page.locator("[data-health=scheduler]")).to_contain_text("1 process running tasks")
+        await expect(page.locator("#card-runs .card-value")).not_to_have_text("0")
+        await expect(page.locator("#card-candles .card-value")).to_contain_text("6,000")
+        await expect(page.locator("#success-chart")).to_have_attribute("data-points", "1")
+        await expect(page.locator("#success-chart canvas").first).to_be_visible()
+        await expect(page.locator("#recent-executions tbody tr").first).to_contain_text("collect_data_")
+        await page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+        # A candlestick chart of the stored series.
+        await page.click("nav a[data-page=candles]")
+        candles = page.locator("#candles-form")
+        await candles.locator("input[name=symbol]").fill("BTC/USDT")
+        await candles.locator("select[name=timeframe]").select_option("1m")
+        await candles.locator("button[type=submit]").click()
+        await expect(page.locator("#candle-chart")).to_have_attribute("data-candles", "500")
+        await expect(page.locator("#candles-notice")).to_contain_text("500 candles of BTCUSDT 1m")
+        await expect(page.locator("#candle-chart canvas").first).to_be_visible()
+        await page.screenshot(path=str(tmp_path / "candles.png"), full_page=True)
+
+        # Edit the config through the form, then enable it with the bulk action.
+        await page.click("nav a[data-page=configs]")
+        row = page.locator("#configs tr", has_text="BTCUSDT")
+        await row.locator("button.edit").click()
+        await expect(form.locator("input[name=symbol]")).to_have_value("BTCUSDT")
+        await form.locator("input[name=interval_minutes]").fill("0")
+        await form.locator("button[type=submit]").click()
+        await expect(form.locator("[data-error-for=interval_minutes]")).not_to_have_text("")
+        await form.locator("input[name=interval_minutes]").fill("30")
+        await form.locator("button[type=submit]").click()
+        await expect(row).to_contain_text("30 min")
+        await row.locator("input.pick").check()
+        await page.click("button.bulk-enable")
+        await expect(row.locator("input[aria-label='enabled BTCUSDT']")).to_be_checked()
         assert errors == [], errors

@@ -24,6 +24,7 @@ export function configsPage(main, session) {
   };
 
   const rowOf = (config) => h("tr", { dataset: { configId: config.id } },
+    h("td", {}, h("input", { type: "checkbox", class: "pick", value: config.id, "aria-label": `select ${config.symbol}` })),
     h("td", {}, config.symbol),
     h("td", {}, config.exchange),
     h("td", {}, config.timeframes.join(", ")),
@@ -36,6 +37,8 @@ export function configsPage(main, session) {
     h("td", {}, when(config.last_run_at)),
     h("td", {},
       h("button", { type: "button", class: "run-now", onclick: () => act(() => api(`${BASE}/${config.id}/trigger`, { method: "POST" })) }, "Run now"),
+      " ",
+      h("button", { type: "button", class: "edit", onclick: () => edit(config) }, "Edit"),
       " ",
       h("button", {
         type: "button", class: "danger",
@@ -51,7 +54,7 @@ export function configsPage(main, session) {
     try {
       const configs = await api(BASE);
       body.replaceChildren(...configs.map(rowOf));
-      if (!configs.length) body.append(h("tr", {}, h("td", { colspan: 8, class: "notice" }, "No configuration yet")));
+      if (!configs.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "notice" }, "No configuration yet")));
     } catch (error) {
       notice.textContent = error instanceof ApiError ? error.detail : error.message;
     }
@@ -69,6 +72,32 @@ export function configsPage(main, session) {
     h("label", { class: "inline" }, h("input", { name: "enabled", type: "checkbox", checked: true }), "Enabled (runs at once, then on its interval)"),
     h("div", {}, h("button", { type: "submit", class: "primary" }, "Create"),
       h("p", { class: "error", dataset: { errorFor: "form" } })));
+  let editing = null; // the id of the config the form changes; null: the form creates one
+  const formTitle = h("h2", {}, "New configuration");
+  const cancelEdit = h("button", { type: "button", hidden: true, onclick: () => stopEditing() }, "Cancel editing");
+
+  function edit(config) {
+    editing = config.id;
+    clearErrors(form);
+    form.elements.symbol.value = config.symbol;
+    form.elements.timeframes.value = config.timeframes.join(", ");
+    form.elements.interval_minutes.value = config.interval_minutes;
+    form.elements.description.value = config.description || "";
+    form.elements.enabled.checked = config.enabled;
+    formTitle.textContent = `Edit ${config.symbol} (id ${config.id})`;
+    form.querySelector("button[type=submit]").textContent = "Save";
+    cancelEdit.hidden = false;
+  }
+
+  function stopEditing() {
+    editing = null;
+    form.reset();
+    clearErrors(form);
+    formTitle.textContent = "New configuration";
+    form.querySelector("button[type=submit]").textContent = "Create";
+    cancelEdit.hidden = true;
+  }
+
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     clearErrors(form);
@@ -81,13 +110,32 @@ export function configsPage(main, session) {
     };
     if (String(data.get("description")).trim()) payload.description = String(data.get("description")).trim();
     try {
-      await api(BASE, { method: "POST", body: payload });
-      form.reset();
+      if (editing === null) await api(BASE, { method: "POST", body: payload });
+      else await api(`${BASE}/${editing}`, { method: "PUT", body: { ...payload, description: payload.description ?? null } });
+      stopEditing();
       await load();
     } catch (error) {
       showError(form, error, FIELDS);
     }
   });
+
+  const picked = () => [...body.querySelectorAll("input.pick:checked")].map((box) => box.value);
+  const bulk = (action, label) => h("button", {
+    type: "button", class: `bulk-${action}`,
+    onclick: () => act(async () => {
+      const ids = picked();
+      if (!ids.length) throw new Error("select configurations first");
+      const failed = [];
+      for (const id of ids) {
+        try {
+          await api(`${BASE}/${id}/${action}`, { method: "POST" });
+        } catch (error) {
+          failed.push(`${id}: ${error.detail || error.message}`);
+        }
+      }
+      if (failed.length) throw new Error(`${label} failed for ${failed.join("; ")}`);
+    }),
+  }, `${label} selected`);
 
   let reload = null;
   const stop = onEvent((type, event) => {
@@ -101,11 +149,13 @@ export function configsPage(main, session) {
   main.append(
     h("h1", {}, "Configurations"),
     notice,
-    h("section", {}, h("h2", {}, "New configuration"), form),
-    h("section", {}, h("table", { id: "configs" },
-      h("thead", {}, h("tr", {}, ["Symbol", "Exchange", "Timeframes", "Interval", "Enabled", "Next run", "Last run", ""]
-        .map((t) => h("th", {}, t)))),
-      body)),
+    h("section", {}, formTitle, form, cancelEdit),
+    h("section", {},
+      h("div", { class: "actions bulk" }, bulk("enable", "Enable"), bulk("disable", "Disable"), bulk("trigger", "Run")),
+      h("table", { id: "configs" },
+        h("thead", {}, h("tr", {}, ["", "Symbol", "Exchange", "Timeframes", "Interval", "Enabled", "Next run", "Last run", ""]
+          .map((t) => h("th", {}, t)))),
+        body)),
   );
   load();
   return () => { stop(); clearTimeout(reload); };

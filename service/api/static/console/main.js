@@ -4,15 +4,17 @@ import { currentUser, login, setToken } from "./api.js";
 import { connect } from "./events.js";
 import { configsPage } from "./configs.js";
 import { logsPage } from "./logs.js";
+import { overviewPage } from "./overview.js";
+import { candlesPage } from "./candles.js";
 import { tasksPage } from "./tasks.js";
 
-const pages = { tasks: tasksPage, configs: configsPage, logs: logsPage };
+const pages = { overview: overviewPage, tasks: tasksPage, configs: configsPage, logs: logsPage, candles: candlesPage };
 export const session = { user: null };
 let leave = null;
 
 function route() {
-  const name = (location.hash.replace(/^#\//, "") || "tasks").split("?")[0];
-  const page = pages[name] || pages.tasks;
+  const name = (location.hash.replace(/^#\//, "") || "overview").split("?")[0];
+  const page = pages[name] || pages.overview;
   for (const link of document.querySelectorAll("nav a")) {
     link.classList.toggle("current", link.dataset.page === name);
   }

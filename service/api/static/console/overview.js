@@ -1,0 +1,114 @@
+// Overview: a health strip, stat cards, the success rate per hour (24 h) and the mean duration per
+// day (7 days), the last 10 executions. Refreshed when the stream says something changed.
+
+import { api, ApiError } from "./api.js";
+import { h, when, statusCell } from "./dom.js";
+import { onEvent } from "./events.js";
+import { newChart, seconds } from "./charts.js";
+
+const ADMIN = "/api/v1/admin/data-collection";
+
+function card(label, value, id) {
+  return h("div", { class: "card", id }, h("div", { class: "card-value" }, value), h("div", { class: "card-label" }, label));
+}
+
+function healthItem(name, ok, text) {
+  return h("span", { class: `health ${ok ? "ok" : "bad"}`, dataset: { health: name } }, `${name}: ${text}`);
+}
+
+export function overviewPage(main, session) {
+  const admin = Boolean(session.user && session.user.is_admin);
+  const strip = h("div", { class: "strip", id: "health-strip" });
+  const cards = h("div", { class: "cards", id: "stat-cards" });
+  const notice = h("p", { class: "notice" });
+  const rateHolder = h("div", { class: "chart", id: "success-chart" });
+  const durationHolder = h("div", { class: "chart", id: "duration-chart" });
+  const recentBody = h("tbody");
+  const charts = [];
+
+  async function health() {
+    const response = await fetch("/health");
+    const body = await response.json().catch(() => ({}));
+    return { ok: response.ok, text: body.database || `HTTP ${response.status}` };
+  }
+
+  async function load() {
+    try {
+      const [db, status] = await Promise.all([health(), api("/api/v1/data-collector/status")]);
+      const limiter = status.rate_limiter;
+      const paused = limiter.paused_until && new Date(limiter.paused_until) > new Date();
+      const schedulers = status.workers.length;
+      strip.replaceChildren(
+        healthItem("database", db.ok, db.ok ? "ok" : db.text),
+        healthItem("exchange", !paused, paused
+          ? `${limiter.paused_reason === "banned" ? "IP-ban pause" : "rate-limited"} until ${when(limiter.paused_until)}`
+          : limiter.weight_limit ? `ok, limit ${limiter.weight_limit}/min` : "not heard from yet"),
+        healthItem("scheduler", schedulers > 0 || status.scheduler_status.is_running,
+          schedulers ? `${schedulers} process${schedulers > 1 ? "es" : ""} running tasks` : "no process runs tasks"),
+      );
+      const weight = limiter.weight_budget ? `${limiter.weight_used_this_minute} / ${limiter.weight_budget}` : String(limiter.weight_used_this_minute);
+      const base = [card("active tasks", String(status.active_tasks), "card-active"), card("weight used this minute", weight, "card-weight")];
+      if (!admin) {
+        cards.replaceChildren(...base);
+        notice.textContent = "Log in as an admin for run statistics, charts and the last executions.";
+        return;
+      }
+      const [stats, overview, hourly, daily] = await Promise.all([
+        api(`${ADMIN}/stats?hours=24`), api(`${ADMIN}/status`),
+        api(`${ADMIN}/stats/timeline?bucket=hour&hours=24`), api(`${ADMIN}/stats/timeline?bucket=day&hours=168`),
+      ]);
+      cards.replaceChildren(
+        card("runs (24 h)", String(stats.total_executions), "card-runs"),
+        card("success (24 h)", `${stats.success_rate}%`, "card-success"),
+        card("mean duration (24 h)", stats.average_duration_seconds === null ? "–" : `${stats.average_duration_seconds} s`, "card-duration"),
+        card("candles collected (24 h)", stats.total_records_collected.toLocaleString(), "card-candles"),
+        ...base,
+      );
+      await drawCharts(hourly, daily);
+      recentBody.replaceChildren(...overview.recent_executions.map((log) => h("tr", {},
+        h("td", {}, log.job_name), h("td", {}, log.symbol || ""), h("td", {}, statusCell(log.status)),
+        h("td", {}, log.records_collected), h("td", {}, when(log.started_at)))));
+      notice.textContent = "";
+    } catch (error) {
+      notice.textContent = error instanceof ApiError && error.status === 401
+        ? "Log in to see the overview (reads need a token here)." : `Could not load the overview: ${error.message}`;
+    }
+  }
+
+  async function drawCharts(hourly, daily) {
+    if (!charts.length) {
+      const rate = await newChart(rateHolder, { height: 200 });
+      const duration = await newChart(durationHolder, { height: 200, timeScale: { timeVisible: false } });
+      charts.push([rate, rate.addHistogramSeries({ color: "#067647", priceFormat: { type: "percent" } })]);
+      charts.push([duration, duration.addLineSeries({ color: "#2563eb", lineWidth: 2 })]);
+    }
+    charts[0][1].setData(hourly.filter((b) => b.success_rate !== null).map((b) => ({ time: seconds(b.start), value: b.success_rate })));
+    charts[1][1].setData(daily.filter((b) => b.average_duration_seconds !== null).map((b) => ({ time: seconds(b.start), value: b.average_duration_seconds })));
+    for (const [chart] of charts) chart.timeScale().fitContent();
+    rateHolder.dataset.points = String(hourly.filter((b) => b.success_rate !== null).length);
+  }
+
+  let reload = null;
+  const stop = onEvent((type, event) => {
+    if (type === "resync" || type === "execution_log" || (type === "task" && event.status !== "running")) {
+      clearTimeout(reload);
+      reload = setTimeout(load, 1000);
+    }
+  });
+
+  main.append(
+    h("h1", {}, "Overview"),
+    strip,
+    notice,
+    cards,
+    admin ? h("div", { class: "two" },
+      h("section", {}, h("h2", {}, "Success rate per hour, last 24 h (%)"), rateHolder),
+      h("section", {}, h("h2", {}, "Mean run duration per day, last 7 days (s)"), durationHolder)) : "",
+    admin ? h("section", {}, h("h2", {}, "Last 10 executions"), h("table", { id: "recent-executions" },
+      h("thead", {}, h("tr", {}, ["Job", "Symbol", "Status", "Candles", "Started"].map((t) => h("th", {}, t)))), recentBody)) : "",
+    admin ? h("p", { class: "notice" }, "Charts by TradingView Lightweight Charts™, ",
+      h("a", { href: "https://www.tradingview.com/", rel: "noopener" }, "tradingview.com")) : "",
+  );
+  load();
+  return () => { stop(); clearTimeout(reload); for (const [chart] of charts) chart.remove(); };
+}
