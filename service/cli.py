@@ -6,6 +6,7 @@ Each setting is an environment variable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Generator, Iterator
@@ -219,7 +220,13 @@ async def _run_worker(settings: Settings, dsn: str, stop: _StopRequest) -> None:
         loop.add_signal_handler(sig, stopping.set)
     if stop.signal is not None:  # came in while the loop was starting
         stopping.set()
-    async with open_runtime(settings, dsn, runs_tasks=True, kind="worker"):
+    async with contextlib.AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(open_runtime(settings, dsn, runs_tasks=True, kind="worker"))
+        if settings.metrics_port is not None:
+            from service.worker_http import metrics_server
+
+            await stack.enter_async_context(metrics_server(runtime, host=settings.host, port=settings.metrics_port))
+            log.info("worker_metrics_serving", port=settings.metrics_port)
         log.info("worker_ready")
         await stopping.wait()
         log.info("worker_stopping")

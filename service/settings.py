@@ -71,6 +71,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
     """Unset: GET /metrics is public. Set: it requires `Authorization: Bearer <METRICS_TOKEN>`
     (Prometheus's `authorization` scrape setting); at least 16 characters."""
+    metrics_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] | None = None
+    """A `worker` serves GET /metrics on this port (on HOST); unset: no HTTP at all.
+
+    `serve` answers /metrics on PORT."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_tasks: PositiveInt = 5
