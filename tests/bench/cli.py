@@ -28,6 +28,7 @@ from tests.bench.scenarios import (
     Sizes,
     bulk_outcome,
     bulk_run,
+    console,
     memory_outcome,
     pacing,
     probe_outcome,
@@ -37,9 +38,9 @@ from tests.bench.scenarios import (
     startup,
 )
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
 # Which fake exchange each scenario talks to.
-_FAKE_OF = {1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup", 7: "bulk"}
+_FAKE_OF = {1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup", 7: "bulk", 8: "startup"}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -50,7 +51,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes: every scenario in seconds")
     parser.add_argument(
         "--scenario", type=int, nargs="+", action="extend", choices=SCENARIOS, metavar="N",
-        help="run only these scenarios (1-7; 3 and 5 run the backfill of 2); default: all",
+        help="run only these scenarios (1-8; 3 and 5 run the backfill of 2); default: all",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database, logs)")
@@ -113,6 +114,9 @@ async def _run(
         if 6 in scenarios:
             checks["before 6"] = cpu_check_ms()
             outcomes.append(await startup(bench))
+        if 8 in scenarios:
+            checks["before 8"] = cpu_check_ms()
+            outcomes.append(await console(bench))
         if 4 in scenarios:
             checks["before 4"] = cpu_check_ms()
             outcomes.append(await pacing(bench))

@@ -62,6 +62,7 @@ class Sizes:
     readers: int = 40  # closed-loop clients of scenario 7, spread evenly over its four routes
     readers_max_s: float = 120.0  # scenario 7's readers stop here at the latest, backfill or not
     readers_max_requests: int = 200_000
+    console_runs: int = 3  # cold loads of each console page (scenario 8)
 
     @property
     def ref_target_s(self) -> float:
@@ -72,7 +73,7 @@ FULL = Sizes(quick=False)
 QUICK = Sizes(
     quick=True, ref_symbols=10, ref_runs=1, bulk_symbols=4, bulk_candles=25_000, pace_symbols=20,
     pace_timeframes=("1m", "5m", "15m", "1h", "4h"), startup_runs=2, readers_max_s=15.0,
-    readers_max_requests=20_000,
+    readers_max_requests=20_000, console_runs=1,
 )
 
 
@@ -654,4 +655,86 @@ async def readers_during_backfill(b: Bench) -> Outcome:
     if lag is not None:
         out.add(f"event-loop lag p99 / max ({lag['samples']} samples of the last 60 s)",
                 f"{lag['p99']:.1f} / {lag['max']:.1f} ms")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. The console in a real browser: first paint and page weight
+# ---------------------------------------------------------------------------------------------
+
+#: Each page, and what is on screen once its data has arrived (the event stream never ends, so
+#: "network idle" never comes).
+CONSOLE_PAGES = {
+    "overview": "#card-runs", "tasks": "#active-tasks tbody tr", "configs": "#configs tbody tr",
+    "logs": "#logs tbody tr", "candles": "#candles-form",
+}
+
+
+async def console(b: Bench) -> Outcome:
+    """Each console page loaded cold (a new browser context) in headless Chromium as the admin: the
+    first contentful paint, the time until its data is on screen, and the bytes it transferred."""
+    from tests.browser.conftest import CHROMIUM_ARGS, find_chromium
+
+    path = find_chromium()
+    out = Outcome(8, "console", raw={})
+    if path is None:
+        out.add("first paint / page weight", "n/a", "", "no Chromium (apt-get install chromium)")
+        return out
+    from playwright.async_api import async_playwright
+
+    fake = b.fakes["startup"]
+    name, dsn = await b.pg.clone("console")
+    svc = Service("console", database_url=dsn, exchange_url=fake.url, env={}, log_dir=b.log_dir, prefix=b.prefix)
+    b._live.append(svc)
+    raw: dict[str, Any] = {}
+    try:
+        await svc.start()
+        await svc.ready()
+        token = await svc._admin_token()
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
+            try:
+                for page_name in CONSOLE_PAGES:
+                    paints, ready, sizes = [], [], []
+                    for _ in range(b.sizes.console_runs):
+                        say(f"scenario 8: {page_name}")
+                        context = await browser.new_context()
+                        await context.add_init_script(f"sessionStorage.setItem('kline-collector.token', '{token}')")
+                        page = await context.new_page()
+                        transferred: list[int] = []
+
+                        async def note(response: Any, into: list[int] = transferred) -> None:
+                            with contextlib.suppress(Exception):  # a stream (the events) has no body to count
+                                if "/api/v1/events" not in response.url:
+                                    into.append(len(await response.body()))
+
+                        page.on("response", lambda r, note=note: asyncio.ensure_future(note(r)))
+                        began = time.perf_counter()
+                        await page.goto(f"{svc.base}/#/{page_name}", wait_until="load")
+                        await page.wait_for_selector(CONSOLE_PAGES[page_name])
+                        ready.append(time.perf_counter() - began)
+                        await page.wait_for_timeout(300)  # late responses (charts' data) counted too
+                        paint = await page.evaluate(
+                            "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+                        )
+                        paints.append(None if paint is None else paint / 1000)
+                        sizes.append(sum(transferred))
+                        await context.close()
+                    raw[page_name] = {"first_paint_s": paints, "loaded_s": ready, "bytes": sizes}
+            finally:
+                await browser.close()
+    finally:
+        await b.stop(svc)
+        await b.pg.drop(name)
+    out.raw = raw
+    for page_name in CONSOLE_PAGES:
+        figures = raw[page_name]
+        paint_values = [p for p in figures["first_paint_s"] if p is not None]
+        paint = median(paint_values) if paint_values else None
+        weight = max(figures["bytes"])
+        out.add(f"{page_name}: first contentful paint (median of {len(paint_values)})", secs(paint), "<= 1 s",
+                at_most(paint, 1.0))
+        out.add(f"  {page_name}: its data on screen", secs(median(figures["loaded_s"])))
+        out.add(f"  {page_name}: bytes transferred", f"{weight / 1024:.0f} KB", "<= 300 KB",
+                at_most(weight, 300 * 1024, lambda v: f"{v / 1024:.0f} KB"))
     return out
