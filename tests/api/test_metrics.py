@@ -198,3 +198,17 @@ async def test_the_grafana_dashboard_uses_only_exported_metrics(
     used = {name for expr in expressions for name in re.findall(r"\bkline_[a-z0-9_]+", expr)}
     assert used
     assert used <= exported, used - exported
+
+
+async def test_a_418_ban_moves_the_ban_count_and_its_pause_seconds(api: Api, fake: FakeBinance) -> None:
+    """An IP ban (418 with a Retry-After of 1 s) answered to a manual collection counts once among the
+    exchange's requests and the pauses, with the second it ordered; the collection still completes."""
+    now_ms = fake.now_ms()
+    fake.generate_klines("ETHUSDT", "1m", now_ms - 100 * MINUTE_MS, 100)
+    fake.add_fault("418", retry_after=1)
+    task = await api.wait(await api.start(["ETHUSDT"], ["1m"]), timeout=20)
+    assert task["status"] == "completed", task
+    samples = await scrape(api)
+    assert value(samples, "kline_exchange_requests_total", endpoint="/api/v3/klines", status="418") == 1
+    assert value(samples, "kline_exchange_pauses_total", exchange="binance", status="418") == 1
+    assert value(samples, "kline_exchange_pause_seconds_total", status="418") >= 1
