@@ -11,6 +11,7 @@ deterministic (derandomized) and bounded in examples, so the test takes seconds,
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -112,7 +113,31 @@ class InProcess:
         request = client.request(
             kwargs["method"], kwargs["url"], params=kwargs.get("params"), headers=headers, **body
         )
-        return Response.from_any(self.loop.run_until_complete(request))
+        response = self.loop.run_until_complete(request)
+        # The service is settled before the next case: a task a case started has ended. Hypothesis
+        # replays sequences and needs them to draw alike, which a task still running in one run and
+        # ended in its replay (a later trigger answering 409, then 202) would break.
+        if response.status_code == 202 and isinstance(started := response.json(), dict) and "task_id" in started:
+            self.loop.run_until_complete(self.api.wait(str(started["task_id"])))
+        elif response.status_code in (200, 201) and "/configs" in kwargs["url"] and kwargs["method"] != "GET":
+            # An enabled config is run by the scheduler at once: wait for that run too.
+            self.loop.run_until_complete(self._settle_schedule())
+        return Response.from_any(response)
+
+    async def _settle_schedule(self, timeout: float = 10.0) -> None:
+        """Until no config is due any more and no task is active."""
+        async with asyncio.timeout(timeout):
+            while True:
+                configs = (await self.api.http.get("/api/v1/admin/data-collection/configs")).json()
+                now = datetime.now(UTC)
+                due = [
+                    c for c in configs
+                    if c["enabled"] and c["next_run_at"] is not None and datetime.fromisoformat(c["next_run_at"]) <= now
+                ]
+                if not due:
+                    break
+                await asyncio.sleep(0.02)
+        await self.api.wait_idle(timeout)
 
 
 def fuzz(app: InProcess, operation: APIOperation, mode: GenerationMode) -> str | None:
