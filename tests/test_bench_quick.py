@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from pathlib import Path
-
-from tests.browser.conftest import find_chromium
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 120.0
@@ -48,11 +45,8 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
 
     report = json.loads(out.read_text())
     scenarios = report["scenarios"]
-    expected = dict(EXPECTED)
-    if find_chromium() is None and os.environ.get("KLINE_BROWSER_TESTS") != "required":
-        expected["8"] = ()  # said n/a: without a browser there is nothing to measure (CI has one)
-    assert sorted(scenarios) == sorted(expected), text
-    for number, keys in expected.items():
+    assert sorted(scenarios) == sorted(EXPECTED), text
+    for number, keys in EXPECTED.items():
         figures = scenarios[number]["figures"]
         missing = [k for k in keys if figures.get(k) is None]
         assert not missing, f"scenario {number} lacks {missing}: {figures}"
@@ -65,6 +59,6 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
         assert readers["requests"] > 0 and readers["p99_ms"] is not None, (route, readers)
     for run in scenarios["1"]["figures"]["runs"]:
         assert run["service_cpu_s"] > 0 and run["fake_cpu_s"] > 0, run
-    for page, figures in (scenarios["8"]["figures"] or {}).items():
+    for page, figures in scenarios["8"]["figures"].items():
         assert figures["bytes"][0] > 0 and figures["loaded_s"][0] > 0, (page, figures)
     assert "ratio / verdict" in text, text

@@ -212,20 +212,14 @@ async def reference(b: Bench) -> Outcome:
 @contextlib.asynccontextmanager
 async def _browser() -> Any:
     """A headless Chromium for the console, or None where there is none."""
-    from tests.browser.conftest import CHROMIUM_ARGS, find_chromium
+    from tests.browser.conftest import find_chromium, launch_chromium
 
     path = find_chromium()
     if path is None:
         yield None
         return
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launch_chromium(path) as browser:
+        yield browser
 
 
 async def _reference_run(
@@ -746,15 +740,13 @@ CONSOLE_PAGES = {
 async def console(b: Bench) -> Outcome:
     """Each console page loaded cold (a new browser context) in headless Chromium as the admin: the
     first contentful paint, the time until its data is on screen, and the bytes it transferred."""
-    from tests.browser.conftest import CHROMIUM_ARGS, find_chromium
+    from tests.browser.conftest import find_chromium, launch_chromium
 
     path = find_chromium()
     out = Outcome(8, "console", raw={})
     if path is None:
         out.add("first paint / page weight", "n/a", "", "no Chromium (apt-get install chromium)")
         return out
-    from playwright.async_api import async_playwright
-
     fake = b.fakes["startup"]
     name, dsn = await b.pg.clone("console")
     svc = Service("console", database_url=dsn, exchange_url=fake.url, env={}, log_dir=b.log_dir, prefix=b.prefix)
@@ -764,38 +756,34 @@ async def console(b: Bench) -> Outcome:
         await svc.start()
         await svc.ready()
         token = await svc._admin_token()
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
-            try:
-                for page_name in CONSOLE_PAGES:
-                    paints, ready, sizes = [], [], []
-                    for _ in range(b.sizes.console_runs):
-                        say(f"scenario 8: {page_name}")
-                        context = await browser.new_context()
-                        await context.add_init_script(f"sessionStorage.setItem('kline-collector.token', '{token}')")
-                        page = await context.new_page()
-                        transferred: list[int] = []
+        async with launch_chromium(path) as browser:
+            for page_name in CONSOLE_PAGES:
+                paints, ready, sizes = [], [], []
+                for _ in range(b.sizes.console_runs):
+                    say(f"scenario 8: {page_name}")
+                    context = await browser.new_context()
+                    await context.add_init_script(f"sessionStorage.setItem('kline-collector.token', '{token}')")
+                    page = await context.new_page()
+                    transferred: list[int] = []
 
-                        async def note(response: Any, into: list[int] = transferred) -> None:
-                            with contextlib.suppress(Exception):  # a stream (the events) has no body to count
-                                if "/api/v1/events" not in response.url:
-                                    into.append(len(await response.body()))
+                    async def note(response: Any, into: list[int] = transferred) -> None:
+                        with contextlib.suppress(Exception):  # a stream (the events) has no body to count
+                            if "/api/v1/events" not in response.url:
+                                into.append(len(await response.body()))
 
-                        page.on("response", lambda r, note=note: asyncio.ensure_future(note(r)))
-                        began = time.perf_counter()
-                        await page.goto(f"{svc.base}/#/{page_name}", wait_until="load")
-                        await page.wait_for_selector(CONSOLE_PAGES[page_name])
-                        ready.append(time.perf_counter() - began)
-                        await page.wait_for_timeout(300)  # late responses (charts' data) counted too
-                        paint = await page.evaluate(
-                            "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
-                        )
-                        paints.append(None if paint is None else paint / 1000)
-                        sizes.append(sum(transferred))
-                        await context.close()
-                    raw[page_name] = {"first_paint_s": paints, "loaded_s": ready, "bytes": sizes}
-            finally:
-                await browser.close()
+                    page.on("response", lambda r, note=note: asyncio.ensure_future(note(r)))
+                    began = time.perf_counter()
+                    await page.goto(f"{svc.base}/#/{page_name}", wait_until="load")
+                    await page.wait_for_selector(CONSOLE_PAGES[page_name])
+                    ready.append(time.perf_counter() - began)
+                    await page.wait_for_timeout(300)  # late responses (charts' data) counted too
+                    paint = await page.evaluate(
+                        "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+                    )
+                    paints.append(None if paint is None else paint / 1000)
+                    sizes.append(sum(transferred))
+                    await context.close()
+                raw[page_name] = {"first_paint_s": paints, "loaded_s": ready, "bytes": sizes}
     finally:
         await b.stop(svc)
         await b.pg.drop(name)

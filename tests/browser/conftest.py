@@ -1,9 +1,8 @@
 """Browser tests: the console in a real headless Chromium (Debian's `chromium` package), driven by Playwright.
 
-They run whenever a Chromium is found (CHROMIUM_PATH, or /usr/bin/chromium). Without one they are
-skipped with a message saying how to get one, except where KLINE_BROWSER_TESTS=required (CI sets
-it): there a missing browser fails them. Playwright's own browser download cannot reach its host
-here, so Debian's Chromium it is.
+They need a Chromium (CHROMIUM_PATH, or `chromium` on the PATH); without one they fail with a
+message saying how to get one, never skip (`.ci/run` installs it). Playwright's own browser
+download cannot reach its host here, so Debian's Chromium it is.
 """
 
 from __future__ import annotations
@@ -11,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -43,17 +43,22 @@ def find_chromium() -> Path | None:
     return None
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    """A headless Chromium; skipped (failed where required) when there is none."""
-    path = find_chromium()
-    if path is None:
-        if os.environ.get("KLINE_BROWSER_TESTS") == "required":
-            pytest.fail(HOW_TO_GET_ONE)
-        pytest.skip(HOW_TO_GET_ONE)
+@asynccontextmanager
+async def launch_chromium(path: Path) -> AsyncIterator[Browser]:
+    """A headless Chromium at `path` for the block (the benchmark's console scenarios use it too)."""
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
         try:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium; the test fails, saying how to get one, when there is none."""
+    path = find_chromium()
+    if path is None:
+        pytest.fail(HOW_TO_GET_ONE)
+    async with launch_chromium(path) as launched:
+        yield launched
