@@ -9,7 +9,10 @@ import msgspec
 
 from service.settings import TIMEFRAMES
 
-__all__ = ["Window", "history_start", "interval_ms", "plan_windows", "resume_start"]
+__all__ = [
+    "Window", "align_open", "history_start", "interval_ms", "next_open", "plan_windows", "resume_start",
+    "slots_between",
+]
 
 _SECOND = 1000
 _MINUTE = 60 * _SECOND
@@ -36,6 +39,46 @@ class Window(msgspec.Struct, frozen=True):
 def interval_ms(timeframe: str) -> int:
     """Length of one candle (for 1M, the longest month)."""
     return _MONTH_MAX_MS if timeframe == "1M" else _FIXED_MS[timeframe]
+
+
+def _month_index(ms: int) -> int:
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    return moment.year * 12 + (moment.month - 1)
+
+
+def _month_open(index: int) -> int:
+    year, month = divmod(index, 12)
+    return calendar.timegm((year, month + 1, 1, 0, 0, 0)) * 1000
+
+
+# Binance aligns weeks on Monday; the epoch was a Thursday.
+_WEEK_OFFSET = 4 * _DAY
+
+
+def align_open(timeframe: str, ms: int) -> int:
+    """Open time of the `timeframe` candle holding the instant `ms` (calendar months for 1M)."""
+    if timeframe == "1M":
+        return _month_open(_month_index(ms))
+    step = _FIXED_MS[timeframe]
+    offset = _WEEK_OFFSET if timeframe == "1w" else 0
+    return (ms - offset) // step * step + offset
+
+
+def next_open(timeframe: str, open_ms: int) -> int:
+    """Open time of the candle after the one opening at `open_ms` (its close_time + 1 ms)."""
+    if timeframe == "1M":
+        return _month_open(_month_index(open_ms) + 1)
+    return open_ms + _FIXED_MS[timeframe]
+
+
+def slots_between(timeframe: str, start_ms: int, end_ms: int) -> int:
+    """How many candles open in [start_ms, end_ms) (both aligned open times)."""
+    if end_ms <= start_ms:
+        return 0
+    if timeframe == "1M":
+        return _month_index(end_ms - 1) - _month_index(start_ms) + 1
+    step = _FIXED_MS[timeframe]
+    return (end_ms - start_ms + step - 1) // step
 
 
 def history_start(timeframe: str, now_ms: int, candles: int) -> int:
