@@ -84,6 +84,11 @@ class Metrics:
             "kline_candles_written", "Candles written to the database by this process.",
             ["exchange", "timeframe"], registry=self.registry,
         )
+        self.candles_quarantined = Counter(
+            "kline_candles_quarantined",
+            "Candles the exchange sent that failed an ingest check: kept in quarantined_klines, not in klines.",
+            ["exchange", "timeframe", "reason"], registry=self.registry,
+        )
         self.exchange_requests = Counter(
             "kline_exchange_requests",
             "Requests sent to the exchange, by endpoint and HTTP status (`timeout`, `error`: no answer).",
@@ -117,6 +122,10 @@ class Metrics:
 
     def candles_stored(self, exchange: str, timeframe: str, count: int) -> None:
         self.candles_written.labels(exchange, timeframe).inc(count)
+
+    def candle_quarantined(self, exchange: str, timeframe: str, reason: str) -> None:
+        # The reason's kind only (before any ':'): the offending value must not become a label.
+        self.candles_quarantined.labels(exchange, timeframe, reason.split(":", 1)[0]).inc()
 
     def scheduled_run_submitted(self, lag_seconds: float) -> None:
         self.scheduler_lag.observe(max(lag_seconds, 0.0))

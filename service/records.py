@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Literal
+
 import msgspec
 
-__all__ = ["BudgetGrant", "Kline", "KlinePage", "SymbolInfo", "TickerPrice"]
+__all__ = ["BudgetGrant", "Kline", "KlinePage", "LedgerRange", "RangeKind", "SymbolInfo", "TickerPrice"]
 
 
 class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -77,3 +80,20 @@ class BudgetGrant(msgspec.Struct, frozen=True):
     paused_until: float | None
     """Epoch seconds until which every process holds its requests (a 429 or 418 one of them met)."""
     paused_reason: str | None
+
+
+RangeKind = Literal["verified", "exchange_gap", "failed"]
+
+
+class LedgerRange(msgspec.Struct, frozen=True):
+    """One range of a series' ledger."""
+
+    start: int
+    """Open time (epoch ms) of its first candle slot."""
+    end: int
+    """Open time just past its last candle slot (exclusive)."""
+    kind: RangeKind
+    checks: int = 1
+    """exchange_gap: how many fetches found it empty; otherwise 1."""
+    checked_at: datetime | None = None
+    detail: str | None = None

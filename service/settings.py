@@ -120,6 +120,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fails and the next run resumes it."""
     symbol_refresh_interval: Annotated[float, msgspec.Meta(ge=60)] = 3600.0
     """Seconds between refreshes of the symbols table (and of the learnt weight limit)."""
+    gap_repair_interval: Annotated[float, msgspec.Meta(ge=60)] = 6 * 3600.0
+    """Seconds between scheduled gap repairs: holes and failed ranges of every enabled, trading config's
+    series are fetched again."""
+    exchange_gap_recheck_after: Annotated[float, msgspec.Meta(ge=0)] = 24 * 3600.0
+    """Seconds after which a gap repair fetches a confirmed exchange gap once more (the exchange
+    sometimes re-publishes history); after that re-check it is left alone."""
     scheduler_enabled: bool = True
     """Run stored collection configs on their intervals (false: an API-only process)."""
     min_interval_minutes: PositiveInt = 1

@@ -37,6 +37,26 @@ def upgrade() -> None:
         EXCLUDE USING gist (series_id WITH =, int8range(start_time, end_time) WITH &&)
     );
 
+    -- Deleting candles (by hand, or any future retention) cuts the verified ranges that held them, so
+    -- the ledger never claims candles that are gone: per series, [first, last] deleted becomes a hole
+    -- (candles of that span still stored are simply fetched again by a repair).
+    CREATE FUNCTION kline_collector_klines_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        WITH cut AS (
+            SELECT series_id, min(open_time) AS lo, max(open_time) + 1 AS hi FROM gone GROUP BY series_id
+        ), hit AS (
+            DELETE FROM coverage c USING cut
+             WHERE c.series_id = cut.series_id AND c.kind = 'verified'
+               AND c.start_time < cut.hi AND c.end_time > cut.lo
+            RETURNING c.series_id, c.start_time, c.end_time, c.kind, c.checks, c.checked_at, c.detail, cut.lo, cut.hi
+        )
+        INSERT INTO coverage (series_id, start_time, end_time, kind, checks, checked_at, detail)
+        SELECT series_id, start_time, lo, kind, checks, checked_at, detail FROM hit WHERE start_time < lo
+        UNION ALL
+        SELECT series_id, hi, end_time, kind, checks, checked_at, detail FROM hit WHERE end_time > hi;   RETURN NULL; END $$;
+    CREATE TRIGGER klines_deleted AFTER DELETE ON klines REFERENCING OLD TABLE AS gone
+        FOR EACH STATEMENT EXECUTE FUNCTION kline_collector_klines_deleted();
+
     -- Candles the exchange sent that failed a check: never in klines, kept with the reason and the row.
     CREATE TABLE quarantined_klines (
         id             bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -104,6 +124,8 @@ def downgrade() -> None:
         DROP COLUMN paused_reason, DROP COLUMN paused_at;
     ALTER TABLE klines DROP CONSTRAINT klines_candle_valid;
     DROP TABLE quarantined_klines;
+    DROP TRIGGER klines_deleted ON klines;
+    DROP FUNCTION kline_collector_klines_deleted();
     DROP TABLE coverage;
     ALTER TABLE series DROP COLUMN listing_start;
     """)

@@ -24,6 +24,7 @@ from service.db import klines as klines_db
 from service.db import symbols as symbols_db
 from service.db import workers as workers_db
 from service.db.pool import connection
+from service.errors import InvalidInputError
 from service.loop_monitor import LoopLag
 from service.settings import TIMEFRAMES, TimeframeName
 
@@ -41,6 +42,62 @@ class StartCollection(Schema):
         default_factory=lambda: list(DEFAULT_TIMEFRAMES)
     )
     """Any of Binance's intervals: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M."""
+    start: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Where the history starts: "listing" (the symbol's first candle on the exchange) or an ISO 8601
+    time (2023-01-01, 2023-01-01T00:00:00Z). Every candle from there on that the coverage ledger does
+    not hold as verified (or as an exchange gap) is fetched. Absent: each series resumes where it ends
+    (a new one starts DEFAULT_HISTORY_CANDLES back)."""
+    end: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    """Where it ends (exclusive), ISO 8601; needs `start`. Absent: up to now, the open candle included."""
+
+
+class RepairRequest(Schema):
+    symbol: SymbolName | None = None
+    """One symbol to repair (BTCUSDT or BTC/USDT); absent: every enabled config whose symbol trades."""
+    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=16)] | None = None
+    """The symbol's timeframes to repair; absent: its config's."""
+
+
+class RepairReply(Schema):
+    """The gap repairs submitted: one task per symbol."""
+
+    task_ids: list[uuid.UUID]
+    skipped: dict[str, str]
+    """Per symbol left out (its series are being collected right now), why; the next repair takes it."""
+    message: str
+
+
+class SeriesPlanOut(Schema):
+    """What a collection would do for one series, computed without fetching candles."""
+
+    symbol: str
+    timeframe: TimeframeName
+    start: datetime | None
+    """First candle the run covers (null: the exchange has no candles for the series)."""
+    end: datetime | None
+    """End of the range (exclusive); an open-ended run also takes the candle open now."""
+    listing_start: datetime | None
+    """The series' first candle on the exchange (null: not asked: a run without `start` does not need it)."""
+    candles_stored: int
+    """Candles of the range already in the database."""
+    candles_to_fetch: int
+    """Candle slots the run will ask for (those the ledger does not hold as verified or as exchange gaps)."""
+    requests: int
+    """Requests to the exchange (plus one per exchange gap found, to confirm it)."""
+    request_weight: int
+
+
+class PlanReply(Schema):
+    series: list[SeriesPlanOut]
+    candles_stored: int
+    candles_to_fetch: int
+    requests: int
+    request_weight: int
+    weight_budget_per_minute: int | None
+    """The weight this service spends per minute on the exchange (null: not learnt yet)."""
+    estimated_seconds: float | None
+    """Duration at that budget (null: budget unknown). Running tasks report `eta_seconds` from their
+    measured throughput."""
 
 
 class TaskReply(Schema):
@@ -64,6 +121,8 @@ class TaskOut(Schema):
     result: Annotated[Any, DocumentedAs(TaskResult | None)]
     """Per series for a collection, the symbol count for a refresh; null until the task ends (and after a cancel)."""
     params: TaskParams
+    eta_seconds: float | None = None
+    """Running collections: estimated seconds to completion, from the throughput measured so far."""
 
 
 class TaskList(Schema):
@@ -162,6 +221,7 @@ def _task_out(view: TaskView) -> TaskOut:
         task_id=view.task_id, task_type=view.task_type, status=view.status, progress=view.progress,
         message=view.message, created_at=view.created_at, started_at=view.started_at,
         completed_at=view.completed_at, error=view.error, result=view.result, params=view.params,
+        eta_seconds=view.eta_seconds if view.status == "running" else None,
     )
 
 
@@ -182,10 +242,67 @@ class DataCollectorController(Controller):
         ),
     )
     async def start(self, data: JSONBody[StartCollection], jobs: JobsDep) -> TaskReply:
-        view = await jobs.start_collection(data.symbols, data.timeframes, task_type=DATA_COLLECTION)
+        view = await jobs.start_collection(
+            data.symbols, data.timeframes, task_type=DATA_COLLECTION, start=data.start, end=data.end
+        )
         return TaskReply(
             task_id=view.task_id, status=TaskReplyStatus.SUBMITTED,
             message="Data collection task submitted successfully. Use the task_id to check status.",
+        )
+
+    @post(
+        "/plan", operation_id="planCollection", status_code=200,
+        guards=[requires_admin], security=BEARER_SECURITY,
+        summary="What a /start with the same body would fetch, per series and in total, without fetching candles",
+        description=(
+            "Asks the exchange only for listing starts it does not know yet (one request per series,"
+            " remembered). The estimate is the request weight over this service's weight budget."
+        ),
+        responses=error_responses(400, 401, 403, 413, 415, 422),
+    )
+    async def plan(self, data: JSONBody[StartCollection], jobs: JobsDep) -> PlanReply:
+        plan = await jobs.plan(data.symbols, data.timeframes, start=data.start, end=data.end)
+        series = [
+            SeriesPlanOut(
+                symbol=p.symbol, timeframe=p.timeframe,
+                start=None if p.start_ms is None else ms_to_datetime(p.start_ms),
+                end=None if p.end_ms is None else ms_to_datetime(p.end_ms),
+                listing_start=None if p.listing_start is None else ms_to_datetime(p.listing_start),
+                candles_stored=p.candles_stored, candles_to_fetch=p.candles_to_fetch, requests=p.requests,
+                request_weight=p.request_weight,
+            )
+            for p in plan.series
+        ]
+        return PlanReply(
+            series=series, candles_stored=sum(p.candles_stored for p in plan.series),
+            candles_to_fetch=sum(p.candles_to_fetch for p in plan.series),
+            requests=sum(p.requests for p in plan.series), request_weight=plan.request_weight,
+            weight_budget_per_minute=plan.weight_budget_per_minute, estimated_seconds=plan.estimated_seconds(),
+        )
+
+    @post(
+        "/repair", operation_id="repairGaps", status_code=202,
+        guards=[requires_admin], security=BEARER_SECURITY,
+        summary="Re-fetch the holes and failed ranges of the coverage ledger (one symbol, or every config)",
+        description=(
+            "Never re-fetches a verified range; an exchange gap is fetched once more a day after it was"
+            " confirmed, then left alone. Runs as `gap_repair` tasks with their own execution logs."
+        ),
+        responses=error_responses(
+            400, 401, 403, 409, 415, 422,
+            descriptions={409: "The symbol's series are being collected right now (`extra.active_task_id`)"},
+        ),
+    )
+    async def repair(self, data: JSONBody[RepairRequest], jobs: JobsDep) -> RepairReply:
+        if data.symbol is not None:
+            view = await jobs.start_repair(data.symbol, data.timeframes)
+            return RepairReply(task_ids=[view.task_id], skipped={}, message="Gap repair task submitted.")
+        if data.timeframes is not None:
+            raise InvalidInputError("timeframes needs a symbol", field="timeframes")
+        views, skipped = await jobs.start_repairs()
+        return RepairReply(
+            task_ids=[v.task_id for v in views], skipped=skipped,
+            message=f"{len(views)} gap repair task(s) submitted" + (f", {len(skipped)} skipped" if skipped else ""),
         )
 
     @get(

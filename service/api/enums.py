@@ -63,6 +63,7 @@ class TaskType(StrEnum):
     DATA_COLLECTION = "data_collection"
     SCHEDULED_DATA_COLLECTION = "scheduled_data_collection"
     SYMBOL_REFRESH = "symbol_refresh"
+    GAP_REPAIR = "gap_repair"
 
 
 class LogStatus(StrEnum):

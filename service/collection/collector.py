@@ -11,26 +11,46 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
 
 import msgspec
 
-from service.collection.planner import Window, plan_windows, resume_start
+from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, holes
+from service.collection.planner import (
+    Window,
+    align_open,
+    next_open,
+    plan_span,
+    plan_windows,
+    resume_start,
+    slots_between,
+)
+from service.collection.ranges import LISTING, HistoryStart
+from service.collection.validation import check_klines
 from service.cpu_turns import CpuTurns
 from service.db import klines as klines_db
+from service.db import ledger as ledger_db
 from service.db.pool import Connection, Pool, retrying
+from service.errors import DatabaseUnavailableError
 from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.records import KlinePage
+from service.records import Kline, KlinePage, LedgerRange
 from service.settings import TimeframeName
 
-__all__ = ["CollectionResult", "Collector", "Pair", "PairResult", "ProgressSink", "SeriesProgress"]
+__all__ = [
+    "CollectionResult", "Collector", "HistoryRequest", "Pair", "PairResult", "ProgressSink", "SeriesPlan",
+    "SeriesProgress",
+]
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class Pair(msgspec.Struct, frozen=True):
@@ -49,6 +69,10 @@ class PairResult(msgspec.Struct):
     timeframe: TimeframeName
     candles_written: int = 0
     """Candles inserted or changed."""
+    candles_quarantined: int = 0
+    """Candles the exchange sent that failed a check: kept in quarantine, not stored."""
+    exchange_gaps: int = 0
+    """Ranges the exchange has no candles for (confirmed by a second fetch) found by this run."""
     error: str | None = None
     """Why the series could not be completed (null: it was)."""
 
@@ -61,6 +85,7 @@ class CollectionResult(msgspec.Struct):
     pairs_total: int
     pairs_failed: int
     pairs: list[PairResult]
+    candles_quarantined: int = 0
 
 
 class SeriesProgress(msgspec.Struct, kw_only=True):
@@ -73,8 +98,47 @@ class SeriesProgress(msgspec.Struct, kw_only=True):
     pages_total: int | None = None
     """None until the series' windows are planned."""
     candles_written: int = 0
+    candles_quarantined: int = 0
     ended: bool = False
     error: str | None = None
+
+
+class HistoryRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Which part of each series' history a run covers.
+
+    No start: resume where the stored series ends (the last DEFAULT_HISTORY_CANDLES for a new one).
+    A start: every candle from it (or from the listing) on that the ledger does not hold as
+    verified or as an exchange gap. Repair: the holes and failed ranges of what the ledger covers,
+    and exchange gaps due their one re-check; never a verified range.
+    """
+
+    start: HistoryStart | None = None
+    end: int | None = None
+    """Exclusive, epoch ms; None: up to now, including the candle still open."""
+    repair: bool = False
+    recheck_gaps_after_ms: int = 24 * 3600 * 1000
+    """Repair: an exchange gap confirmed this long ago is fetched once more."""
+
+
+class SeriesPlan(msgspec.Struct, kw_only=True):
+    """What a run will fetch for one series, and what it already holds."""
+
+    symbol: str
+    timeframe: str
+    series_id: int
+    windows: list[Window]
+    start_ms: int | None
+    """First open time the run covers (None: nothing to fetch, e.g. no candles on the exchange)."""
+    end_ms: int | None
+    """Exclusive bound of the bounded part; the last window may also run on past it (open-ended)."""
+    listing_start: int | None
+    candles_to_fetch: int
+    """Candle slots in the windows (an upper bound: exchange gaps have none)."""
+    listing_unknown: bool = False
+    """The first window may start before the listing: slots before its first candle are no gap."""
+    requests: int = 0
+    """Requests the windows take: one each, and one more for an open-ended last window that fills a
+    page (it ends in the open candle, which is read again)."""
 
 
 def result_so_far(exchange: str, series: Sequence[SeriesProgress]) -> CollectionResult:
@@ -82,36 +146,50 @@ def result_so_far(exchange: str, series: Sequence[SeriesProgress]) -> Collection
     pairs = [
         PairResult(
             symbol=s.symbol, timeframe=s.timeframe, candles_written=s.candles_written,
+            candles_quarantined=s.candles_quarantined,
             error=s.error if s.ended else "stopped before it was complete",
         )
         for s in series
     ]
+    return _result(exchange, pairs)
+
+
+def _result(exchange: str, pairs: list[PairResult]) -> CollectionResult:
     return CollectionResult(
         exchange=exchange,
         candles_written=sum(p.candles_written for p in pairs),
         pairs_total=len(pairs),
         pairs_failed=sum(1 for p in pairs if p.error is not None),
         pairs=pairs,
+        candles_quarantined=sum(p.candles_quarantined for p in pairs),
     )
 
 
 class ProgressSink(Protocol):
     """Where a run reports how far it is (the task handle)."""
 
-    async def report(self, progress: int, message: str) -> None: ...
+    async def report(self, progress: int, message: str, *, eta_seconds: float | None = None) -> None: ...
 
     def waiting(self, reason: str, until: float) -> None: ...
 
 
 class _Progress:
-    """Percent = mean over pairs of the share of their pages written (kept as a running sum)."""
+    """Percent = mean over pairs of the share of their pages written (kept as a running sum).
 
-    def __init__(self, sink: ProgressSink, pairs: int) -> None:
+    The ETA comes from measured throughput: pages written so far over the time since the first
+    page began, applied to the pages left (known once every series is planned).
+    """
+
+    def __init__(self, sink: ProgressSink, pairs: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._sink = sink
         self._pairs = pairs
         self._fraction: dict[int, float] = {}
         self._total = 0.0
         self.pairs_done = 0
+        self._clock = clock
+        self._began = clock()
+        self._pages_total: dict[int, int] = {}
+        self._pages_done: dict[int, int] = {}
 
     def _set(self, index: int, fraction: float) -> None:
         self._total += fraction - self._fraction.get(index, 0.0)
@@ -120,17 +198,46 @@ class _Progress:
     def percent(self) -> int:
         return min(99, int(100 * self._total / max(self._pairs, 1)))
 
+    def planned(self, index: int, pages: int) -> None:
+        self._pages_total[index] = pages
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the throughput measured so far (None until it can be measured)."""
+        done = sum(self._pages_done.values())
+        if len(self._pages_total) < self._pairs or done == 0:
+            return None
+        left = sum(self._pages_total.values()) - done
+        return max(left, 0) * (self._clock() - self._began) / done
+
     async def page_done(self, index: int, done: int, total: int) -> None:
         self._set(index, done / total)
-        await self._sink.report(self.percent(), "")
+        self._pages_done[index] = done
+        await self._sink.report(self.percent(), "", eta_seconds=self.eta_seconds())
 
     async def pair_done(self, index: int, pair: Pair, error: str | None) -> None:
         self._set(index, 1.0)
+        self._pages_done[index] = self._pages_total.get(index, 0)
         self.pairs_done += 1
         verb = "Failed" if error else "Collected"
         await self._sink.report(
-            self.percent(), f"{verb} {pair.symbol} {pair.timeframe} ({self.pairs_done}/{self._pairs})"
+            self.percent(), f"{verb} {pair.symbol} {pair.timeframe} ({self.pairs_done}/{self._pairs})",
+            eta_seconds=self.eta_seconds(),
         )
+
+
+class _Fetched(msgspec.Struct):
+    """One window's answers, and the exchange gaps found in it (confirmed by a second fetch)."""
+
+    window: Window
+    pages: list[KlinePage]
+    gaps: list[LedgerRange]
+
+
+# A candle may open this far past our clock before it counts as "in the future" (clock skew).
+_FUTURE_TOLERANCE_MS = 5_000
+# An exchange gap is confirmed by a second fetch (checks = 2) and re-checked once a day later (3).
+_GAP_CONFIRMED = 2
+_GAP_RECHECKED = 3
 
 
 class Collector:
@@ -164,11 +271,148 @@ class Collector:
     def exchange(self) -> str:
         return self._client.name
 
+    @property
+    def client(self) -> ExchangeClient:
+        return self._client
+
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
+    async def _db(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        async with self._connections:
+            return await retrying(self._pool, work, give_up_after=self._db_retry_seconds)
+
+    async def _series(
+        self, pairs: Sequence[Pair]
+    ) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd], dict[int, int | None]]:
+        keys = [(p.symbol, p.timeframe) for p in pairs]
+
+        async def find_series(
+            conn: Connection,
+        ) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd], dict[int, int | None]]:
+            ids = await klines_db.series_ids(conn, self.exchange, keys)
+            return (
+                ids, await klines_db.stored_ends(conn, list(ids.values())),
+                await ledger_db.listing_starts(conn, list(ids.values())),
+            )
+
+        return await self._db(find_series)
+
+    async def plan(self, pairs: Sequence[Pair], request: HistoryRequest) -> list[SeriesPlan]:
+        """What a run of `pairs` would fetch now, series by series (asks the exchange only for
+        listing starts it does not know yet, and remembers them)."""
+        ids, ends, listings = await self._series(pairs)
+        return [
+            await self._plan_pair(pair, ids[pair.symbol, pair.timeframe], ends[ids[pair.symbol, pair.timeframe]],
+                                  listings[ids[pair.symbol, pair.timeframe]], request, None)
+            for pair in pairs
+        ]
+
+    async def _listing(self, series_id: int, pair: Pair, known: int | None, on_wait: WaitCallback | None) -> int | None:
+        if known is not None:
+            return known
+        listing = await self._client.fetch_listing_start(pair.symbol, pair.timeframe, on_wait=on_wait)
+        if listing is not None:
+
+            async def remember(conn: Connection) -> None:
+                await ledger_db.set_listing_start(conn, series_id, listing)
+
+            await self._db(remember)
+        return listing
+
+    async def _plan_pair(
+        self,
+        pair: Pair,
+        series_id: int,
+        stored: klines_db.StoredEnd,
+        listing_known: int | None,
+        request: HistoryRequest,
+        on_wait: WaitCallback | None,
+    ) -> SeriesPlan:
+        tf, page = pair.timeframe, self._client.max_page
+        now = self._now_ms()
+        current_open = align_open(tf, now)
+        plan = SeriesPlan(
+            symbol=pair.symbol, timeframe=tf, series_id=series_id, windows=[], start_ms=None, end_ms=None,
+            listing_start=listing_known, candles_to_fetch=0,
+        )
+        if request.start is None and not request.repair:
+            start = resume_start(stored.resume_at, tf, now, self._history_candles)
+            if listing_known is not None:
+                start = max(start, _slot_at_or_after(tf, listing_known))
+            elif stored.newest is None:
+                # A new series whose listing is not known: no candles before the first one answered
+                # count as an exchange gap (they may predate the listing). Costs no extra request.
+                plan.listing_unknown = True
+            plan.windows = plan_windows(start, now, tf, page)
+            plan.start_ms, plan.end_ms = start, current_open
+        else:
+            plan.listing_start = await self._listing(series_id, pair, listing_known, on_wait)
+            if plan.listing_start is None:
+                return plan
+            await self._plan_range(plan, request, now, current_open)
+        slots = [_slots(tf, w, current_open) for w in plan.windows]
+        plan.candles_to_fetch = sum(slots)
+        plan.requests = len(slots) + (1 if plan.windows and plan.windows[-1].end_ms is None and slots[-1] >= page else 0)
+        return plan
+
+    async def _plan_range(self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int) -> None:
+        tf, page = plan.timeframe, self._client.max_page
+        listing = plan.listing_start
+        assert listing is not None
+        open_ended = False
+        if request.repair:
+
+            async def earliest(conn: Connection) -> int | None:
+                return await ledger_db.earliest_start(conn, plan.series_id)
+
+            first = await self._db(earliest)
+            if first is None:
+                return  # nothing collected with a ledger yet: nothing to repair
+            start, end = max(first, listing), current_open
+        else:
+            start = listing if request.start == LISTING or request.start is None else max(
+                _slot_at_or_after(tf, int(request.start)), listing
+            )
+            end = current_open
+            if request.end is not None:
+                end = min(end, _slot_at_or_after(tf, request.end))
+            open_ended = request.end is None or request.end > current_open
+        if start >= end and not open_ended:
+            return
+
+        async def ranges(conn: Connection) -> list[LedgerRange]:
+            return await ledger_db.ledger_ranges(conn, plan.series_id, start, max(end, start + 1))
+
+        ledger = await self._db(ranges) if start < end else []
+        spans = holes(ledger, start, end) if start < end else []
+        windows: list[Window] = []
+        for a, b in spans:
+            windows += plan_span(a, b, tf, page)
+        if request.repair:
+            due = now - request.recheck_gaps_after_ms
+            for r in ledger:
+                stale = r.checked_at is not None and r.checked_at.timestamp() * 1000 <= due
+                if r.kind == EXCHANGE_GAP and r.checks < _GAP_RECHECKED and stale:
+                    windows += plan_span(max(r.start, start), min(r.end, end), tf, page, recheck=True)
+            windows.sort(key=lambda w: w.start_ms)
+        if open_ended:
+            # The part from the current candle on (and the candle itself, open) is fetched open-ended.
+            tail_from = spans[-1][0] if spans and spans[-1][1] == end else end
+            if windows and windows[-1].start_ms >= tail_from:
+                windows = [w for w in windows if w.start_ms < tail_from]
+            windows += plan_windows(tail_from, now, tf, page)
+        plan.windows = windows
+        plan.start_ms, plan.end_ms = start, end
+
     async def collect(
-        self, pairs: Sequence[Pair], sink: ProgressSink, *, series: Sequence[SeriesProgress] | None = None
+        self,
+        pairs: Sequence[Pair],
+        sink: ProgressSink,
+        *,
+        series: Sequence[SeriesProgress] | None = None,
+        request: HistoryRequest | None = None,
+        task_id: uuid.UUID | None = None,
     ) -> CollectionResult:
         """Collect every pair; one failing pair does not stop the others.
 
@@ -178,33 +422,21 @@ class Collector:
         """
         if series is None:
             series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
-        keys = [(p.symbol, p.timeframe) for p in pairs]
-
-        async def find_series(conn: Connection) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd]]:
-            ids = await klines_db.series_ids(conn, self.exchange, keys)
-            return ids, await klines_db.stored_ends(conn, list(ids.values()))
-
-        async with self._connections:
-            ids, ends = await retrying(self._pool, find_series, give_up_after=self._db_retry_seconds)
+        ids, ends, listings = await self._series(pairs)
         progress = _Progress(sink, len(pairs))
+        run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id)
         async with asyncio.TaskGroup() as group:
             runs = [
                 group.create_task(
-                    self._collect_pair_safely(i, pair, ids[pair.symbol, pair.timeframe],
-                                              ends[ids[pair.symbol, pair.timeframe]], progress, sink.waiting,
-                                              series[i]),
+                    self._collect_pair_safely(
+                        i, pair, ids[pair.symbol, pair.timeframe], ends[ids[pair.symbol, pair.timeframe]],
+                        listings[ids[pair.symbol, pair.timeframe]], run, series[i],
+                    ),
                     name=f"collect:{pair.symbol}:{pair.timeframe}",
                 )
                 for i, pair in enumerate(pairs)
             ]
-        results = [run.result() for run in runs]
-        return CollectionResult(
-            exchange=self.exchange,
-            candles_written=sum(r.candles_written for r in results),
-            pairs_total=len(results),
-            pairs_failed=sum(1 for r in results if r.error is not None),
-            pairs=results,
-        )
+        return _result(self.exchange, [r.result() for r in runs])
 
     async def _collect_pair_safely(
         self,
@@ -212,74 +444,153 @@ class Collector:
         pair: Pair,
         series_id: int,
         stored: klines_db.StoredEnd,
-        progress: _Progress,
-        on_wait: WaitCallback,
+        listing: int | None,
+        run: _Run,
         live: SeriesProgress,
     ) -> PairResult:
         result = PairResult(symbol=pair.symbol, timeframe=pair.timeframe)
+        state = _PairState()
         try:
-            await self._collect_pair(index, pair, series_id, stored, result, progress, on_wait, live)
+            plan = await self._plan_pair(pair, series_id, stored, listing, run.request, run.on_wait)
+            state.plan = plan
+            await self._collect_pair(index, pair, plan, stored, result, run, live, state)
         except ExchangeError as exc:
             result.error = str(exc)
+            await self._record_failed(pair, series_id, state, result.error)
         except Exception as exc:  # a bug or a database fault must not sink the other pairs
             log.exception("pair_failed", symbol=pair.symbol, timeframe=pair.timeframe)
             result.error = f"{exc.__class__.__name__}: {exc}"[:500]
         if result.error:
             log.warning("pair_failed", symbol=pair.symbol, timeframe=pair.timeframe, error=result.error)
         live.candles_written, live.error, live.ended = result.candles_written, result.error, True
-        await progress.pair_done(index, pair, result.error)
+        live.candles_quarantined = result.candles_quarantined
+        await run.progress.pair_done(index, pair, result.error)
         return result
+
+    async def _record_failed(self, pair: Pair, series_id: int, state: _PairState, error: str) -> None:
+        """Mark what the failed series did not fetch as `failed` in the ledger (only where it holds
+        no verified range or exchange gap: a failed fetch proves nothing about those)."""
+        plan = state.plan
+        if plan is None or state.next_window >= len(plan.windows):
+            return
+        now_open = align_open(pair.timeframe, self._now_ms())
+        spans: list[tuple[int, int]] = []
+        for window in plan.windows[state.next_window:]:
+            end = now_open if window.end_ms is None else window.end_ms + 1
+            if end <= window.start_ms:
+                continue
+            if spans and spans[-1][1] >= window.start_ms:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+            else:
+                spans.append((window.start_ms, end))
+
+        async def record(conn: Connection) -> None:
+            async with conn.transaction():
+                for a, b in spans:
+                    settled = await ledger_db.ledger_ranges(conn, series_id, a, b)
+                    for hole_start, hole_end in holes(settled, a, b):
+                        await ledger_db.record_range(
+                            conn, series_id, LedgerRange(
+                                hole_start, hole_end, FAILED, checked_at=datetime.fromtimestamp(self._clock(), UTC),
+                                detail=error[:300],
+                            ),
+                        )
+
+        try:
+            await self._db(record)
+        except DatabaseUnavailableError:
+            log.warning("failed_range_not_recorded", symbol=pair.symbol, timeframe=pair.timeframe)
 
     async def _collect_pair(
         self,
         index: int,
         pair: Pair,
-        series_id: int,
+        plan: SeriesPlan,
         stored: klines_db.StoredEnd,
         result: PairResult,
-        progress: _Progress,
-        on_wait: WaitCallback,
+        run: _Run,
         live: SeriesProgress,
+        state: _PairState,
     ) -> None:
-        now_ms = self._now_ms()
-        start = resume_start(stored.resume_at, pair.timeframe, now_ms, self._history_candles)
-        windows = plan_windows(start, now_ms, pair.timeframe, self._client.max_page)
+        windows = plan.windows
         live.pages_total = len(windows)
+        run.progress.planned(index, len(windows))
         stored_until = stored.newest
         done = 0
-        async with aclosing(self._fetch_in_order(pair, windows, on_wait)) as fetched:
-            async for pages in fetched:
-                if any(page.klines for page in pages):
-                    async with self._cpu.turn():
-                        encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
-                    written = await self._store(encoded)
-                    result.candles_written += written
-                    if self._metrics is not None:
-                        self._metrics.candles_stored(self._client.name, pair.timeframe, written)
-                    last = max(page.klines[-1].open_time for page in pages if page.klines)
+        async with aclosing(self._fetch_in_order(pair, windows, run.on_wait, plan.listing_unknown)) as fetched:
+            async for window_pages in fetched:
+                last = await self._write_window(pair, plan.series_id, window_pages, stored_until, result, run)
+                if last is not None:
                     stored_until = last if stored_until is None else max(stored_until, last)
                 done += 1
+                state.next_window = done
                 live.pages_done, live.candles_written = done, result.candles_written
-                await progress.page_done(index, done, len(windows))
-        log.info("pair_collected", symbol=pair.symbol, timeframe=pair.timeframe, written=result.candles_written)
+                live.candles_quarantined = result.candles_quarantined
+                await run.progress.page_done(index, done, len(windows) or 1)
+        if not windows:
+            await run.progress.page_done(index, 1, 1)
+        log.info(
+            "pair_collected", symbol=pair.symbol, timeframe=pair.timeframe, written=result.candles_written,
+            quarantined=result.candles_quarantined, exchange_gaps=result.exchange_gaps,
+        )
 
-    async def _store(self, page: klines_db.EncodedPage) -> int:
-        """Write one page; a lost connection is retried on a fresh one (a page is one transaction)."""
+    async def _write_window(
+        self,
+        pair: Pair,
+        series_id: int,
+        fetched: _Fetched,
+        stored_until: int | None,
+        result: PairResult,
+        run: _Run,
+    ) -> int | None:
+        """Check, encode and store one window's candles with the ledger ranges they prove; returns
+        the open time of the newest candle written (None: none)."""
+        tf = pair.timeframe
+        async with self._cpu.turn():
+            now = self._now_ms() + _FUTURE_TOLERANCE_MS
+            pages: list[KlinePage] = []
+            rejected: list[tuple[Kline, str]] = []
+            for page in fetched.pages:
+                valid, refused = check_klines(page.klines, tf, now)
+                rejected += [(r.kline, r.reason) for r in refused]
+                pages.append(page if not refused else KlinePage(klines=valid, as_of_ms=page.as_of_ms))
+            checked_at = datetime.fromtimestamp(self._clock(), UTC)
+            ranges = [
+                msgspec.structs.replace(r, checked_at=checked_at)
+                for r in _verified_runs(tf, fetched.window, pages) + fetched.gaps
+            ]
+            encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
+        if not ranges and not rejected and not encoded.overlap and not encoded.fresh:
+            return None
 
         async def write(conn: Connection) -> int:
-            return await klines_db.store_page(conn, page)
+            return await klines_db.store_page(
+                conn, encoded, series_id=series_id, ranges=ranges, rejected=rejected, task_id=run.task_id
+            )
 
-        async with self._connections:
-            return await retrying(self._pool, write, give_up_after=self._db_retry_seconds)
+        written = await self._db(write)
+        result.candles_written += written
+        result.candles_quarantined += len(rejected)
+        result.exchange_gaps += len(fetched.gaps)
+        if self._metrics is not None:
+            self._metrics.candles_stored(self._client.name, tf, written)
+            for _, reason in rejected:
+                self._metrics.candle_quarantined(self._client.name, tf, reason)
+        if rejected:
+            log.warning(
+                "candles_quarantined", symbol=pair.symbol, timeframe=tf, count=len(rejected), first=rejected[0][1]
+            )
+        return max((page.klines[-1].open_time for page in pages if page.klines), default=None)
 
     async def _fetch_in_order(
-        self, pair: Pair, windows: list[Window], on_wait: WaitCallback
-    ) -> AsyncGenerator[list[KlinePage], None]:
+        self, pair: Pair, windows: list[Window], on_wait: WaitCallback, listing_unknown: bool
+    ) -> AsyncGenerator[_Fetched, None]:
         """Fetch up to `pages_ahead` windows concurrently; yield them in window order."""
-        in_flight: deque[asyncio.Task[list[KlinePage]]] = deque()
+        in_flight: deque[asyncio.Task[_Fetched]] = deque()
         try:
-            for window in windows:
-                in_flight.append(asyncio.create_task(self._fetch_window(pair, window, on_wait)))
+            for i, window in enumerate(windows):
+                leading_unknown = listing_unknown and i == 0
+                in_flight.append(asyncio.create_task(self._fetch_window(pair, window, on_wait, leading_unknown)))
                 if len(in_flight) >= self._pages_ahead:
                     yield await in_flight.popleft()
             while in_flight:
@@ -289,8 +600,10 @@ class Collector:
                 task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
 
-    async def _fetch_window(self, pair: Pair, window: Window, on_wait: WaitCallback) -> list[KlinePage]:
-        """All answers for one window, oldest first, without repeated candles.
+    async def _fetch_window(
+        self, pair: Pair, window: Window, on_wait: WaitCallback, leading_unknown: bool = False
+    ) -> _Fetched:
+        """All answers for one window, oldest first, without repeated candles, and its exchange gaps.
 
         A bounded window holds at most one page of candle slots, so one request covers it. The
         open-ended last window pages on while the exchange returns full pages (its clock may be
@@ -309,7 +622,109 @@ class Collector:
                 pages.append(KlinePage(klines=previous.klines[:-1], as_of_ms=previous.as_of_ms))
             pages.append(page)
             if len(page.klines) < page_size or window.end_ms is not None:
-                return pages
+                break
             last = page.klines[-1].open_time
             # Re-read an open last candle (unless it is all this page moved on by).
             start = last if page.last_is_open() and last > start else last + 1
+        gaps = await self._confirm_gaps(pair, window, pages, on_wait, leading_unknown)
+        return _Fetched(window=window, pages=pages, gaps=gaps)
+
+    async def _confirm_gaps(
+        self, pair: Pair, window: Window, pages: list[KlinePage], on_wait: WaitCallback, leading_unknown: bool
+    ) -> list[LedgerRange]:
+        """Runs of closed candle slots the answers skipped, each confirmed empty by a second fetch.
+
+        The second fetch asks for the first candle at or after the run's start: the run is an
+        exchange gap only if that candle lies past its end (the exchange has candles after it, and
+        none in it). A run after the last candle of an open-ended window is no gap: the exchange
+        may not have published those candles yet.
+        """
+        tf = pair.timeframe
+        limit = _closed_limit(tf, window, pages)
+        first = _first_slot(tf, window.start_ms)
+        present = sorted({k.open_time for p in pages for k in p.klines if align_open(tf, k.open_time) == k.open_time})
+        candidates: list[tuple[int, int]] = []
+        at = first
+        if leading_unknown:
+            if not present:
+                return []
+            at = present[0]
+        for t in present:
+            if t >= limit:
+                break
+            if t > at:
+                candidates.append((at, t))
+            at = max(at, next_open(tf, t))
+        if at < limit and window.end_ms is not None:
+            candidates.append((at, limit))
+        gaps: list[LedgerRange] = []
+        checks = _GAP_RECHECKED if window.recheck else _GAP_CONFIRMED
+        for gap_start, gap_end in candidates:
+            again = await self._client.fetch_klines(
+                pair.symbol, tf, start_ms=gap_start, end_ms=None, limit=1, on_wait=on_wait
+            )
+            if again.klines and again.klines[0].open_time >= gap_end:
+                gaps.append(LedgerRange(gap_start, gap_end, EXCHANGE_GAP, checks=checks))
+        return gaps
+
+
+class _Run(msgspec.Struct):
+    """What every series of one run shares."""
+
+    request: HistoryRequest
+    progress: _Progress
+    on_wait: WaitCallback
+    task_id: uuid.UUID | None
+
+
+class _PairState(msgspec.Struct):
+    plan: SeriesPlan | None = None
+    next_window: int = 0
+    """Index of the first window not written yet."""
+
+
+def _slot_at_or_after(timeframe: str, ms: int) -> int:
+    aligned = align_open(timeframe, ms)
+    return aligned if aligned == ms else next_open(timeframe, aligned)
+
+
+_first_slot = _slot_at_or_after
+
+
+def _slots(timeframe: str, window: Window, current_open: int) -> int:
+    """Candle slots a window asks for (an open-ended one: up to and including the open candle)."""
+    first = _first_slot(timeframe, window.start_ms)
+    if window.end_ms is not None:
+        return slots_between(timeframe, first, window.end_ms + 1)
+    return slots_between(timeframe, first, current_open) + 1
+
+
+def _closed_limit(timeframe: str, window: Window, pages: Sequence[KlinePage]) -> int:
+    """Open time past the last slot of the window that had closed when the exchange answered."""
+    as_of = min((p.as_of_ms for p in pages), default=0)
+    limit = align_open(timeframe, as_of)  # the slot open at as_of, and those after it, had not closed
+    if window.end_ms is not None:
+        limit = min(limit, _slot_at_or_after(timeframe, window.end_ms + 1))
+    return limit
+
+
+def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -> list[LedgerRange]:
+    """Runs of consecutive closed, valid candles of the window: each becomes a verified range."""
+    limit = _closed_limit(timeframe, window, pages)
+    first = _first_slot(timeframe, window.start_ms)
+    runs: list[LedgerRange] = []
+    run_start: int | None = None
+    expected = -1
+    for page in pages:
+        for kline in page.klines[: page.closed_count()]:
+            t = kline.open_time
+            if t < first or t >= limit:
+                continue
+            if run_start is None or t != expected:
+                if run_start is not None:
+                    runs.append(LedgerRange(run_start, expected, VERIFIED))
+                run_start = t
+            expected = next_open(timeframe, t)
+    if run_start is not None:
+        runs.append(LedgerRange(run_start, expected, VERIFIED))
+    return runs

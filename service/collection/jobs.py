@@ -13,30 +13,37 @@ import msgspec
 from service.collection.collector import (
     CollectionResult,
     Collector,
+    HistoryRequest,
     Pair,
     PairResult,
     SeriesProgress,
     result_so_far,
 )
+from service.collection.ranges import HistoryStart, format_start, parse_end, parse_start
 from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
 from service.collection.task_records import (
     DATA_COLLECTION,
+    GAP_REPAIR,
     SCHEDULED_DATA_COLLECTION,
     SYMBOL_REFRESH,
     LogMetadata,
     SymbolRefreshResult,
     TaskParams,
 )
+from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
+from service.db import klines as klines_db
 from service.db import symbols as symbols_db
+from service.db import tasks as tasks_db
 from service.db.pool import Connection, Pool, Row, connection, retrying
-from service.errors import DatabaseUnavailableError, InvalidInputError
+from service.errors import ConflictError, DatabaseUnavailableError, InvalidInputError
 from service.exchanges.base import ExchangeClient, ExchangeError
 from service.logging import get_logger
 from service.settings import TIMEFRAMES
 
 __all__ = [
     "DATA_COLLECTION",
+    "GAP_REPAIR",
     "MANUAL_JOB_NAME",
     "SCHEDULED_DATA_COLLECTION",
     "SYMBOL_REFRESH",
@@ -65,6 +72,8 @@ class ConfigRun(msgspec.Struct, frozen=True):
     exchange: str
     timeframes: list[str]
     interval_minutes: int
+    history_start: HistoryStart | None = None
+    """Where the config's history starts (None: the last DEFAULT_HISTORY_CANDLES, then onwards)."""
 
     @property
     def job_name(self) -> str:
@@ -72,10 +81,44 @@ class ConfigRun(msgspec.Struct, frozen=True):
 
     @classmethod
     def from_record(cls, row: Row) -> ConfigRun:
+        history: HistoryStart | None = None
+        if row["history_from_listing"]:
+            history = "listing"
+        elif row["history_start"] is not None:
+            history = int(row["history_start"].timestamp() * 1000)
         return cls(
             id=row["id"], symbol=row["symbol"], exchange=row["exchange"], timeframes=list(row["timeframes"]),
-            interval_minutes=row["interval_minutes"],
+            interval_minutes=row["interval_minutes"], history_start=history,
         )
+
+
+class PlannedSeries(msgspec.Struct, kw_only=True):
+    """What a collection would do for one series (see Collector.plan), with what is stored already."""
+
+    symbol: str
+    timeframe: str
+    start_ms: int | None
+    end_ms: int | None
+    listing_start: int | None
+    candles_stored: int
+    candles_to_fetch: int
+    requests: int
+    request_weight: int
+
+
+class CollectionPlan(msgspec.Struct, kw_only=True):
+    series: list[PlannedSeries]
+    weight_budget_per_minute: int | None
+
+    @property
+    def request_weight(self) -> int:
+        return sum(s.request_weight for s in self.series)
+
+    def estimated_seconds(self) -> float | None:
+        """Duration at the weight budget (None while the budget is not known)."""
+        if not self.weight_budget_per_minute:
+            return None
+        return round(60.0 * self.request_weight / self.weight_budget_per_minute, 1)
 
 
 def validate_timeframes(timeframes: Sequence[str]) -> list[str]:
@@ -117,6 +160,8 @@ def _symbol_log(pairs: list[PairResult], timeframes: list[str]) -> dict[str, Any
         timeframes_collected=sum(1 for p in pairs if not p.error),
         timeframes_failed=len(failed),
         records_per_timeframe={p.timeframe: p.candles_written for p in pairs},
+        records_quarantined=sum(p.candles_quarantined for p in pairs),
+        exchange_gaps=sum(p.exchange_gaps for p in pairs),
         failed_timeframes=failed or msgspec.UNSET,
     )
     return {
@@ -143,7 +188,9 @@ class CollectionJobs:
         collector: Collector,
         *,
         clock: Callable[[], float] = time.time,
+        recheck_gaps_after_seconds: float = 24 * 3600,
     ) -> None:
+        self._recheck_gaps_after_ms = int(recheck_gaps_after_seconds * 1000)
         self._pool = pool
         self._client = client
         self._registry = registry
@@ -165,11 +212,20 @@ class CollectionJobs:
             )
 
     async def refresh_symbols(self) -> int:
-        """Reload the exchange's listing (and its weight limit) into the symbols table."""
+        """Reload the exchange's listing (and its weight limit) into the symbols table, and pause the
+        configs whose symbol stopped trading (resume those trading again) in the same transaction."""
         symbols = await self._client.fetch_symbols()
-        async with connection(self._pool) as conn:
+        async with connection(self._pool) as conn, conn.transaction():
             count = await symbols_db.replace_symbols(conn, self.exchange, symbols)
+            paused, resumed = await configs_db.sync_listing_pauses(conn, self.exchange, self._now())
+            if paused or resumed:  # every process's scheduler re-reads its schedule (sent at commit)
+                await tasks_db.notify(conn, "configs", "changed")
         log.info("symbols_refreshed", exchange=self.exchange, count=count)
+        for row in paused:
+            log.warning("config_paused", config_id=row["id"], symbol=row["symbol"], status=row["status"],
+                        reason=row["reason"])
+        for row in resumed:
+            log.info("config_resumed", config_id=row["id"], symbol=row["symbol"], status=row["status"])
         return count
 
     async def resolve_symbols(self, names: Sequence[str]) -> list[str]:
@@ -212,17 +268,67 @@ class CollectionJobs:
         timeframes: Sequence[str],
         *,
         task_type: str = DATA_COLLECTION,
+        start: str | None = None,
+        end: str | None = None,
         conn: Connection | None = None,
     ) -> TaskView:
         """Validate and submit a collection of every symbol × timeframe (with `conn`, inside its
-        transaction: the `collect` command submits and claims its task at once)."""
+        transaction: the `collect` command submits and claims its task at once).
+
+        `start` ("listing" or ISO 8601) and `end` (ISO 8601, exclusive) bound the history collected;
+        without `start`, each series resumes where it ends."""
         frames = validate_timeframes(timeframes)
+        request = self.history_request(start, end)
         names = await self.resolve_symbols(symbols)
         return await self._registry.submit(
             task_type,
-            params=TaskParams(exchange=self.exchange, symbols=names, timeframes=frames),
+            params=TaskParams(
+                exchange=self.exchange, symbols=names, timeframes=frames,
+                start=format_start(request.start) or msgspec.UNSET,
+                end=format_start(request.end) or msgspec.UNSET,
+            ),
             series=[Pair(symbol=s, timeframe=tf).key(self.exchange) for s in names for tf in frames],
             conn=conn,
+        )
+
+    def history_request(self, start: str | None, end: str | None) -> HistoryRequest:
+        """The range a user asked for, checked: InvalidInputError (422) names a bad `start` or `end`."""
+        first = None if start is None else parse_start(start)
+        last = None if end is None else parse_end(end)
+        now_ms = int(self._clock() * 1000)
+        if isinstance(first, int) and first > now_ms:
+            raise InvalidInputError("start must not be in the future", field="start")
+        if last is not None:
+            if first is None:
+                raise InvalidInputError("end needs a start", field="end")
+            if isinstance(first, int) and last <= first:
+                raise InvalidInputError("end must be after start", field="end")
+        return HistoryRequest(start=first, end=last)
+
+    async def plan(
+        self, symbols: Sequence[str], timeframes: Sequence[str], *, start: str | None = None, end: str | None = None
+    ) -> CollectionPlan:
+        """What a collection of these series would fetch now (validated like a start; fetches no candles)."""
+        frames = validate_timeframes(timeframes)
+        request = self.history_request(start, end)
+        names = await self.resolve_symbols(symbols)
+        plans = await self._collector.plan([Pair(symbol=s, timeframe=tf) for s in names for tf in frames], request)
+        async with connection(self._pool) as conn:
+            stored = [
+                0 if p.start_ms is None else await klines_db.count_stored(conn, p.series_id, p.start_ms, p.end_ms)
+                for p in plans
+            ]
+        weight = self._client.klines_weight
+        return CollectionPlan(
+            series=[
+                PlannedSeries(
+                    symbol=p.symbol, timeframe=p.timeframe, start_ms=p.start_ms, end_ms=p.end_ms,
+                    listing_start=p.listing_start, candles_stored=count, candles_to_fetch=p.candles_to_fetch,
+                    requests=p.requests, request_weight=p.requests * weight,
+                )
+                for p, count in zip(plans, stored, strict=True)
+            ],
+            weight_budget_per_minute=self._client.limiter_state().budget,
         )
 
     async def start_config_run(self, config: ConfigRun, *, task_type: str, conn: Connection | None = None) -> TaskView:
@@ -235,6 +341,7 @@ class CollectionJobs:
             params=TaskParams(
                 exchange=config.exchange, symbols=[config.symbol], timeframes=config.timeframes,
                 config_id=config.id, job_name=config.job_name,
+                start=format_start(config.history_start) or msgspec.UNSET,
             ),
             series=[Pair(symbol=config.symbol, timeframe=tf).key(self.exchange) for tf in config.timeframes],
             conn=conn,
@@ -250,11 +357,22 @@ class CollectionJobs:
         pairs = [Pair(symbol=s, timeframe=tf) for s in symbols for tf in frames]
         if isinstance(params.job_name, str):
             job_names = dict.fromkeys(symbols, params.job_name)
+        elif task.task_type == GAP_REPAIR:
+            job_names = dict.fromkeys(symbols, GAP_REPAIR)
         else:
             job_names = dict.fromkeys(symbols, MANUAL_JOB_NAME)
-        return self._collection_body(pairs, task.task_type, job_names)
+        if task.task_type == GAP_REPAIR:
+            request = HistoryRequest(repair=True, recheck_gaps_after_ms=self._recheck_gaps_after_ms)
+        else:
+            request = HistoryRequest(
+                start=None if isinstance(params.start, msgspec.UnsetType) else parse_start(params.start),
+                end=None if isinstance(params.end, msgspec.UnsetType) else parse_end(params.end),
+            )
+        return self._collection_body(pairs, task.task_type, job_names, request)
 
-    def _collection_body(self, pairs: list[Pair], job_type: str, job_names: dict[str, str]) -> TaskBody:
+    def _collection_body(
+        self, pairs: list[Pair], job_type: str, job_names: dict[str, str], request: HistoryRequest
+    ) -> TaskBody:
         """A collection task that writes one execution log per symbol: running at start, then its outcome."""
 
         async def body(handle: TaskHandle) -> TaskOutcome:
@@ -275,7 +393,9 @@ class CollectionJobs:
             log_ids = await retrying(self._pool, open_logs, give_up_after=_LOG_RETRY_SECONDS)
             handle.series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
             try:
-                result = await self._collector.collect(pairs, handle, series=handle.series)
+                result = await self._collector.collect(
+                    pairs, handle, series=handle.series, request=request, task_id=handle.task_id
+                )
             except BaseException as exc:
                 if handle.handing_back is not None:
                     error_type, message = "Interrupted", handle.handing_back
@@ -316,6 +436,46 @@ class CollectionJobs:
             await retrying(self._pool, close_logs, give_up_after=_LOG_RETRY_SECONDS)
         except DatabaseUnavailableError:
             log.exception("execution_log_not_closed")  # closed as Interrupted at the next start
+
+    async def start_repair(self, symbol: str, timeframes: Sequence[str] | None) -> TaskView:
+        """Submit a gap repair of one symbol's series (its config's timeframes if none are given);
+        ConflictError if one of them is being collected."""
+        names = await self.resolve_symbols([symbol])
+        if timeframes:
+            frames = validate_timeframes(timeframes)
+        else:
+            async with connection(self._pool) as conn:
+                config = await configs_db.find_by_pair(conn, self.exchange, names[0])
+            if config is None:
+                raise InvalidInputError(
+                    f"{names[0]} has no collection config: name the timeframes to repair", field="timeframes"
+                )
+            frames = list(config["timeframes"])
+        return await self._submit_repair(names[0], frames)
+
+    async def _submit_repair(self, symbol: str, frames: list[str], conn: Connection | None = None) -> TaskView:
+        return await self._registry.submit(
+            GAP_REPAIR,
+            params=TaskParams(exchange=self.exchange, symbols=[symbol], timeframes=frames, job_name=GAP_REPAIR),
+            series=[Pair(symbol=symbol, timeframe=tf).key(self.exchange) for tf in frames],
+            message="Waiting for a free slot to repair gaps",
+            conn=conn,
+        )
+
+    async def start_repairs(self) -> tuple[list[TaskView], dict[str, str]]:
+        """A gap repair of every enabled, trading config's series: one task per config. A config
+        whose series are being collected is skipped (the next repair takes it): returns the tasks
+        and, per skipped symbol, why."""
+        async with connection(self._pool) as conn:
+            configs = await configs_db.repairable_configs(conn, self.exchange)
+        submitted: list[TaskView] = []
+        skipped: dict[str, str] = {}
+        for config in configs:
+            try:
+                submitted.append(await self._submit_repair(config["symbol"], list(config["timeframes"])))
+            except ConflictError as exc:
+                skipped[config["symbol"]] = exc.detail
+        return submitted, skipped
 
     async def start_symbol_refresh(self, *, conn: Connection | None = None) -> TaskView:
         """Submit a symbol refresh as a task (one at a time)."""

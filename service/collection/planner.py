@@ -10,7 +10,14 @@ import msgspec
 from service.settings import TIMEFRAMES
 
 __all__ = [
-    "Window", "align_open", "history_start", "interval_ms", "next_open", "plan_windows", "resume_start",
+    "Window",
+    "align_open",
+    "history_start",
+    "interval_ms",
+    "next_open",
+    "plan_span",
+    "plan_windows",
+    "resume_start",
     "slots_between",
 ]
 
@@ -34,6 +41,8 @@ class Window(msgspec.Struct, frozen=True):
 
     start_ms: int
     end_ms: int | None
+    recheck: bool = False
+    """A re-check of a range the ledger holds as an exchange gap (the exchange may have re-published it)."""
 
 
 def interval_ms(timeframe: str) -> int:
@@ -122,4 +131,18 @@ def plan_windows(start_ms: int, now_ms: int, timeframe: str, page: int) -> list[
         windows.append(Window(start, start + span - 1))
         start += span
     windows.append(Window(start, None))
+    return windows
+
+
+def plan_span(start_ms: int, end_ms: int, timeframe: str, page: int, *, recheck: bool = False) -> list[Window]:
+    """Split the bounded range [start_ms, end_ms) of open times into windows of at most `page` candles."""
+    span = page * interval_ms(timeframe)
+    windows: list[Window] = []
+    start = start_ms
+    while start < end_ms:
+        # Months differ in length: a window of 1M candles ends on a month boundary.
+        stop = _month_open(_month_index(start) + page) if timeframe == "1M" else start + span
+        end = min(stop, end_ms)
+        windows.append(Window(start, end - 1, recheck))
+        start = end
     return windows

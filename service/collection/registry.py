@@ -61,6 +61,8 @@ class TaskView(msgspec.Struct, kw_only=True):
     """The process running it (running tasks only)."""
     attempts: int = 0
     """How many times a process has started it (more than one: it was resumed)."""
+    eta_seconds: float | None = None
+    """A running collection's estimated seconds to completion, from its measured throughput."""
 
     @classmethod
     def from_record(cls, row: Row) -> TaskView:
@@ -69,7 +71,7 @@ class TaskView(msgspec.Struct, kw_only=True):
             message=row["message"], created_at=row["created_at"], started_at=row["started_at"],
             completed_at=row["completed_at"], error=row["error"],
             result=task_result_from_json(row["task_type"], row["result"]), params=task_params_from_json(row["params"]),
-            worker_id=row["worker_id"], attempts=row["attempts"],
+            worker_id=row["worker_id"], attempts=row["attempts"], eta_seconds=row["eta_seconds"],
         )
 
 
@@ -100,11 +102,13 @@ class TaskHandle:
     def task_id(self) -> uuid.UUID:
         return self.view.task_id
 
-    async def report(self, progress: int, message: str) -> None:
+    async def report(self, progress: int, message: str, *, eta_seconds: float | None = None) -> None:
         """Update live progress; written through to the database at most once a second."""
         self.view.progress = max(self.view.progress, min(progress, 100))
         if message:
             self.view.message = message
+        if eta_seconds is not None:
+            self.view.eta_seconds = round(eta_seconds, 1)
         now = time.monotonic()
         if now - self._persisted_at >= _PERSIST_EVERY:
             self._persisted_at = now
@@ -113,7 +117,8 @@ class TaskHandle:
             try:
                 async with connection(self._registry.pool) as conn:
                     await tasks_db.update_progress(
-                        conn, self.task_id, self._registry.worker_id, self.view.progress, self.view.message or ""
+                        conn, self.task_id, self._registry.worker_id, self.view.progress, self.view.message or "",
+                        self.view.eta_seconds,
                     )
             except DatabaseUnavailableError as exc:
                 log.warning("progress_not_recorded", task_id=str(self.task_id), error=exc.detail)
@@ -276,6 +281,7 @@ class TaskRegistry:
             return
         view.status, view.completed_at, view.progress = status, completed_at, progress
         view.message, view.result, view.error = outcome.message, outcome.result, error
+        view.eta_seconds = None
         asyncio.get_running_loop().call_later(self._cleanup_delay, self._entries.pop, view.task_id, None)
 
     async def _hand_back(self, entry: _Entry, message: str) -> None:

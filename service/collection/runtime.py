@@ -127,7 +127,10 @@ async def open_runtime(
                 clock=clock,
                 metrics=metrics,
             )
-            jobs = CollectionJobs(pool, client, registry, collector, clock=clock)
+            jobs = CollectionJobs(
+                pool, client, registry, collector, clock=clock,
+                recheck_gaps_after_seconds=settings.exchange_gap_recheck_after,
+            )
             scheduler = Scheduler(
                 pool, jobs, settings, worker_id=registry.worker_id, clock=clock, sleep=sleep, metrics=metrics
             )

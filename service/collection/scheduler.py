@@ -38,6 +38,7 @@ log = get_logger(__name__)
 
 RETENTION_EVERY = timedelta(days=1)
 _SYMBOL_REFRESH = "symbol_refresh"
+_GAP_REPAIR = "gap_repair"
 _RETENTION = "retention"
 RETENTION_BATCH = 1000
 # Upper bound on one sleep, so a change made by another process is noticed within it.
@@ -75,6 +76,7 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._next_refresh: datetime | None = None
         self._next_retention: datetime | None = None
+        self._next_repair: datetime | None = None
         self._next_run: datetime | None = None
 
     def now(self) -> datetime:
@@ -158,10 +160,19 @@ class Scheduler:
             refreshed = await self._refresh_symbols()
         if await self._claim_periodic(_RETENTION, now, now + RETENTION_EVERY):
             await self.apply_retention(now)
+        repair_every = timedelta(seconds=self._settings.gap_repair_interval)
+        if self._next_repair is None:
+            # The first repair comes one interval after the service first started, not at once: a
+            # fresh service has nothing to repair, and a restart must not trigger one.
+            async with connection(self._pool) as conn:
+                await periodic_db.schedule_first(conn, _GAP_REPAIR, now + repair_every)
+        if await self._claim_periodic(_GAP_REPAIR, now, now + repair_every):
+            await self._repair_gaps()
         async with connection(self._pool) as conn:
             self._next_run = await configs_db.next_due_at(conn)
             self._next_refresh = await periodic_db.next_periodic(conn, _SYMBOL_REFRESH)
             self._next_retention = await periodic_db.next_periodic(conn, _RETENTION)
+            self._next_repair = await periodic_db.next_periodic(conn, _GAP_REPAIR)
         return refreshed
 
     async def _claim_periodic(self, name: str, now: datetime, next_at: datetime) -> bool:
@@ -205,6 +216,10 @@ class Scheduler:
             return False
         return True
 
+    async def _repair_gaps(self) -> None:
+        tasks, skipped = await self._jobs.start_repairs()
+        log.info("gap_repairs_submitted", tasks=len(tasks), skipped=sorted(skipped))
+
     async def apply_retention(self, now: datetime) -> tuple[int, int]:
         """Delete execution logs and finished tasks older than LOG_RETENTION_DAYS, in bounded batches."""
         cutoff = now - timedelta(days=self._settings.log_retention_days)
@@ -227,7 +242,9 @@ class Scheduler:
 
     def _seconds_to_next(self) -> float:
         now = self.now()
-        candidates = [t for t in (self._next_run, self._next_refresh, self._next_retention) if t is not None]
+        candidates = [
+            t for t in (self._next_run, self._next_refresh, self._next_retention, self._next_repair) if t is not None
+        ]
         if not candidates:
             return _MAX_SLEEP
         return min(max((min(candidates) - now).total_seconds(), 0.0), _MAX_SLEEP)

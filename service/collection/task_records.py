@@ -18,6 +18,7 @@ from service.settings import TimeframeName
 
 __all__ = [
     "DATA_COLLECTION",
+    "GAP_REPAIR",
     "SCHEDULED_DATA_COLLECTION",
     "SYMBOL_REFRESH",
     "TASK_TYPES",
@@ -34,7 +35,8 @@ __all__ = [
 DATA_COLLECTION = "data_collection"  # started by hand (/start) or by triggering a config
 SCHEDULED_DATA_COLLECTION = "scheduled_data_collection"  # a config's run started by the scheduler
 SYMBOL_REFRESH = "symbol_refresh"  # a reload of the exchange's symbol list and weight limit
-TASK_TYPES: tuple[str, ...] = (DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH)
+GAP_REPAIR = "gap_repair"  # re-fetches the holes and failed ranges of the coverage ledger
+TASK_TYPES: tuple[str, ...] = (DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH, GAP_REPAIR)
 
 
 class TaskParams(msgspec.Struct, kw_only=True):
@@ -49,6 +51,10 @@ class TaskParams(msgspec.Struct, kw_only=True):
     """The collection config run (a config's run only)."""
     job_name: str | UnsetType = UNSET
     """`collect_data_{config_id}`, the job_name of its execution logs (a config's run only)."""
+    start: str | UnsetType = UNSET
+    """Where the history collected starts: "listing" or an ISO 8601 UTC time (absent: resume)."""
+    end: str | UnsetType = UNSET
+    """Where it ends (exclusive, ISO 8601 UTC; absent: up to now)."""
 
 
 class SymbolRefreshResult(msgspec.Struct, kw_only=True):
@@ -76,6 +82,10 @@ class LogMetadata(msgspec.Struct, kw_only=True):
     """Candles written (inserted or changed) per timeframe (a finished collection)."""
     failed_timeframes: dict[str, str] | UnsetType = UNSET
     """The error of each failed timeframe (a finished collection with failures)."""
+    records_quarantined: int | UnsetType = UNSET
+    """Candles the exchange sent that failed an ingest check: quarantined, not stored (a finished collection)."""
+    exchange_gaps: int | UnsetType = UNSET
+    """Exchange gaps (ranges the exchange has no candles for) this run found (a finished collection)."""
     symbols: int | UnsetType = UNSET
     """How many symbols the exchange lists (a successful symbol refresh)."""
 

@@ -12,17 +12,21 @@ Write path, per page of candles of one series, in one transaction:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 
 import asyncpg
 import msgspec
 
+from service.db import ledger as ledger_db
+from service.db import quarantine as quarantine_db
 from service.db.pool import Connection
-from service.records import Kline, KlinePage
+from service.records import Kline, KlinePage, LedgerRange
 
 __all__ = [
     "EncodedPage",
     "StoredEnd",
+    "count_stored",
     "encode_copy_rows",
     "encode_page",
     "fetch_klines_json",
@@ -187,29 +191,50 @@ def encode_page(series_id: int, pages: Sequence[KlinePage], *, stored_until: int
     return EncodedPage(overlap=b"".join(overlap), fresh=b"".join(fresh))
 
 
-async def store_page(conn: Connection, page: EncodedPage) -> int:
-    """Write one encoded page; returns how many rows were inserted or changed.
+async def store_page(
+    conn: Connection,
+    page: EncodedPage,
+    *,
+    series_id: int | None = None,
+    ranges: Sequence[LedgerRange] = (),
+    rejected: Sequence[tuple[Kline, str]] = (),
+    task_id: uuid.UUID | None = None,
+) -> int:
+    """Write one encoded page, with the ledger ranges it proves and the candles it refused, in one
+    transaction; returns how many candles were inserted or changed.
 
     Pages commit without waiting for the WAL flush (synchronous_commit off, for this transaction
     only): a database crash can lose at most the last fraction of a second of pages, never
-    corrupt them, and the next run re-fetches them because it resumes at the last stored candle.
+    corrupt them, and the next run re-fetches them: it resumes at the last stored candle, and a
+    lost page's ledger ranges are lost with it, so the ledger never claims what is not stored.
     Everything else (tasks, logs, configs) keeps the server's durable default.
     """
-    if not page.overlap and not page.fresh:
+    if not page.overlap and not page.fresh and not ranges and not rejected:
         return 0
+
+    async def extras() -> None:
+        if series_id is not None:
+            await ledger_db.record_ranges(conn, series_id, ranges)
+            await quarantine_db.quarantine(conn, series_id, rejected, task_id)
+
     try:
         async with conn.transaction():
             await conn.execute("SET LOCAL synchronous_commit TO off")
             written = await _upsert(conn, page.overlap) if page.overlap else 0
             if page.fresh:
                 written += await _copy(conn, "klines", page.fresh)
+            await extras()
             return written
-    except asyncpg.UniqueViolationError:
+    except asyncpg.UniqueViolationError as exc:
+        if exc.table_name != "klines":
+            raise
         # Someone stored some of these candles after the page was split: its transaction rolled
         # back whole, so merge the whole page instead.
         async with conn.transaction():
             await conn.execute("SET LOCAL synchronous_commit TO off")
-            return await _upsert(conn, page.overlap + page.fresh)
+            written = await _upsert(conn, page.overlap + page.fresh) if page.overlap or page.fresh else 0
+            await extras()
+            return written
 
 
 # Reads for GET /api/v1/klines, with the response body built by PostgreSQL. Encoding thousands of
@@ -316,6 +341,15 @@ async def fetch_klines_json(
     else:
         body = await conn.fetchval(_KLINES_JSON_FROM_START, *args, start_ms)
     return body
+
+
+async def count_stored(conn: Connection, series_id: int, start_ms: int, end_ms: int | None) -> int:
+    """Candles of the series with start_ms <= open_time < end_ms (None: no end)."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM klines WHERE series_id = $1 AND open_time >= $2 AND open_time < $3",
+        series_id, start_ms, _NO_END if end_ms is None else end_ms,
+    )
+    return count
 
 
 async def latest_prices(conn: Connection) -> list[asyncpg.Record]:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from service.db.pool import Connection
 
-__all__ = ["claim_periodic", "next_periodic"]
+__all__ = ["claim_periodic", "next_periodic", "schedule_first"]
 
 
 async def claim_periodic(conn: Connection, name: str, *, now: datetime, next_run_at: datetime) -> bool:
@@ -27,3 +27,10 @@ async def next_periodic(conn: Connection, name: str) -> datetime | None:
     """When `name` is next due (None: never run, so due now)."""
     due: datetime | None = await conn.fetchval("SELECT next_run_at FROM periodic_runs WHERE name = $1", name)
     return due
+
+
+async def schedule_first(conn: Connection, name: str, at: datetime) -> None:
+    """Make `name` first due at `at`, unless it is scheduled already."""
+    await conn.execute(
+        "INSERT INTO periodic_runs (name, next_run_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", name, at
+    )

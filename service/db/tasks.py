@@ -39,7 +39,7 @@ __all__ = [
 
 TASK_COLUMNS = (
     "id, task_type, status, progress, message, params, result, error, series,"
-    " created_at, started_at, completed_at, worker_id, attempts"
+    " created_at, started_at, completed_at, worker_id, attempts, eta_seconds"
 )
 _TASK_COLUMNS_OF_T = ", ".join(f"t.{column.strip()}" for column in TASK_COLUMNS.split(","))
 
@@ -151,15 +151,20 @@ async def claim_task(conn: Connection, worker_id: uuid.UUID, task_id: uuid.UUID)
 
 
 async def update_progress(
-    conn: Connection, task_id: uuid.UUID, worker_id: uuid.UUID, progress: int, message: str
+    conn: Connection,
+    task_id: uuid.UUID,
+    worker_id: uuid.UUID,
+    progress: int,
+    message: str,
+    eta_seconds: float | None = None,
 ) -> None:
     """Progress of a task this worker still owns (a task taken back from it is left alone)."""
     await conn.execute(
         """
-        UPDATE tasks SET progress = $3, message = $4, updated_at = now()
+        UPDATE tasks SET progress = $3, message = $4, eta_seconds = $5, updated_at = now()
          WHERE id = $1 AND worker_id = $2 AND status = 'running'
         """,
-        task_id, worker_id, progress, message,
+        task_id, worker_id, progress, message, eta_seconds,
     )
 
 
@@ -180,7 +185,7 @@ async def finish_task(
     status_tag: str = await conn.execute(
         """
         UPDATE tasks
-           SET status = $3, progress = $4, message = $5, result = $6, error = $7,
+           SET status = $3, progress = $4, message = $5, result = $6, error = $7, eta_seconds = NULL,
                completed_at = $8, updated_at = $8
          WHERE id = $1 AND worker_id = $2 AND status = 'running'
         """,

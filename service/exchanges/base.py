@@ -96,6 +96,17 @@ class ExchangeClient(Protocol):
         """
         ...
 
+    async def fetch_listing_start(
+        self, symbol: str, timeframe: str, *, on_wait: WaitCallback | None = None
+    ) -> int | None:
+        """Open time (epoch ms) of the symbol's first candle of `timeframe` (None: it has none)."""
+        ...
+
+    @property
+    def klines_weight(self) -> int:
+        """Request weight of one fetch_klines call (for plans)."""
+        ...
+
     async def fetch_symbols(self) -> list[SymbolInfo]:
         """Every listed symbol. Also refreshes what the client knows of the exchange's limits."""
         ...

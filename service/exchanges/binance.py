@@ -176,6 +176,17 @@ class BinanceClient:
 
         return await self._get("/api/v3/klines", params, KLINES_WEIGHT, on_wait, parse)
 
+    async def fetch_listing_start(
+        self, symbol: str, timeframe: str, *, on_wait: WaitCallback | None = None
+    ) -> int | None:
+        # Binance answers startTime=0 with the series' first candle.
+        page = await self.fetch_klines(symbol, timeframe, start_ms=0, end_ms=None, limit=1, on_wait=on_wait)
+        return page.klines[0].open_time if page.klines else None
+
+    @property
+    def klines_weight(self) -> int:
+        return KLINES_WEIGHT
+
     async def fetch_symbols(self) -> list[SymbolInfo]:
         info: _ExchangeInfo = await self._get(
             "/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None,

@@ -72,7 +72,7 @@ async def test_resumes_at_the_last_stored_candle_and_corrects_the_open_one(
 
         # Five minutes later: the open candle closed with other values, five more exist.
         clock.start += 5 * 60
-        fake.update_kline("ETHUSDT", "1m", open_time, close="1234.50000000", high="99999.00000000")
+        fake.update_kline("ETHUSDT", "1m", open_time, close="1234.50000000", high="99999.00000000", low="0.50000000")
         fake.reset_stats()
         second = await api.wait(await api.start(["ETHUSDT"], ["1m"]))
 

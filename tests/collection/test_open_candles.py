@@ -37,7 +37,9 @@ def close_after_the_first_answer(fake: FakeBinance, clock: Clock, symbol: str, o
     def hook(params: Mapping[str, str]) -> None:
         calls.append(int(params["startTime"]))
         if len(calls) == 1:
-            fake.update_kline(symbol, "1m", open_time, trades=2788, close="1.23450000", high="99999.00000000")
+            fake.update_kline(
+                symbol, "1m", open_time, trades=2788, close="1.23450000", high="99999.00000000", low="1.00000000"
+            )
             clock.start += 2.0  # 10:01:01.9: past the minute and the client's clock-skew allowance
 
     fake.after_klines = hook

@@ -47,7 +47,7 @@ class Sink:
     def __init__(self) -> None:
         self.waits: list[tuple[str, float]] = []
 
-    async def report(self, progress: int, message: str) -> None:
+    async def report(self, progress: int, message: str, *, eta_seconds: float | None = None) -> None:
         """Progress is not what these tests look at."""
 
     def waiting(self, reason: str, until: float) -> None:

@@ -1,0 +1,124 @@
+"""Writing the coverage ledger, and what the collector reads of it to plan: listing starts, ranges.
+
+Ranges are recorded inside the transaction of the page they describe (see klines.store_page), so
+ledger and candles never disagree. The merge rules are service/collection/coverage.merge_range;
+the exclusion constraint on `coverage` refuses overlaps should the code ever get them wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+
+from service.db.pool import Connection, Row
+from service.records import LedgerRange
+
+__all__ = [
+    "earliest_start", "ledger_ranges", "listing_starts", "merge_range", "record_range", "record_ranges",
+    "set_listing_start",
+]
+
+_RANGE_COLUMNS = "start_time, end_time, kind, checks, checked_at, detail"
+
+
+def _range(r: Row) -> LedgerRange:
+    return LedgerRange(
+        start=r["start_time"], end=r["end_time"], kind=r["kind"], checks=r["checks"],
+        checked_at=r["checked_at"], detail=r["detail"],
+    )
+
+
+def merge_range(neighbourhood: Sequence[LedgerRange], new: LedgerRange) -> list[LedgerRange]:
+    """The ranges that replace `neighbourhood` (every stored range overlapping or touching `new`)
+    once `new` is recorded: `new` wins where it overlaps, older ranges keep what lies outside it,
+    and touching ranges of the same kind and checks become one."""
+    pieces: list[LedgerRange] = []
+    for old in neighbourhood:
+        if old.start < new.start:
+            pieces.append(msgspec.structs.replace(old, end=min(old.end, new.start)))
+        if old.end > new.end:
+            pieces.append(msgspec.structs.replace(old, start=max(old.start, new.end)))
+    pieces.append(new)
+    pieces.sort(key=lambda r: r.start)
+    merged: list[LedgerRange] = []
+    for piece in pieces:
+        if piece.end <= piece.start:
+            continue
+        last = merged[-1] if merged else None
+        if (
+            last is not None and last.end == piece.start and last.kind == piece.kind
+            and last.checks == piece.checks and last.detail == piece.detail
+        ):
+            checked = [t for t in (last.checked_at, piece.checked_at) if t is not None]
+            merged[-1] = msgspec.structs.replace(last, end=piece.end, checked_at=max(checked) if checked else None)
+        else:
+            merged.append(piece)
+    return merged
+
+
+async def ledger_ranges(conn: Connection, series_id: int, start: int, end: int) -> list[LedgerRange]:
+    """The series' ranges overlapping [start, end), oldest first (not clipped)."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_RANGE_COLUMNS} FROM coverage
+         WHERE series_id = $1 AND start_time < $3 AND end_time > $2
+         ORDER BY start_time
+        """,
+        series_id, start, end,
+    )
+    return [_range(r) for r in rows]
+
+
+async def earliest_start(conn: Connection, series_id: int) -> int | None:
+    """Where the series' ledger begins (None: nothing recorded)."""
+    start: int | None = await conn.fetchval(
+        "SELECT start_time FROM coverage WHERE series_id = $1 ORDER BY start_time LIMIT 1", series_id
+    )
+    return start
+
+
+async def record_range(conn: Connection, series_id: int, new: LedgerRange) -> None:
+    """Record `new` over whatever the ledger said of its range (call inside a transaction).
+
+    The ranges overlapping or touching it are read under lock, merged in Python and written back;
+    a series has one writer at a time (one active task per series), so the locks only guard
+    against an operator's concurrent edit.
+    """
+    rows = await conn.fetch(
+        f"""
+        SELECT {_RANGE_COLUMNS} FROM coverage
+         WHERE series_id = $1 AND start_time <= $3 AND end_time >= $2
+         ORDER BY start_time FOR UPDATE
+        """,
+        series_id, new.start, new.end,
+    )
+    old = [_range(r) for r in rows]
+    merged = merge_range(old, new)
+    if old:
+        await conn.execute(
+            "DELETE FROM coverage WHERE series_id = $1 AND start_time = ANY($2::bigint[])",
+            series_id, [r.start for r in old],
+        )
+    await conn.executemany(
+        """
+        INSERT INTO coverage (series_id, start_time, end_time, kind, checks, checked_at, detail)
+        VALUES ($1, $2, $3, $4, $5, coalesce($6, now()), $7)
+        """,
+        [(series_id, r.start, r.end, r.kind, r.checks, r.checked_at, r.detail) for r in merged],
+    )
+
+
+async def record_ranges(conn: Connection, series_id: int, ranges: Sequence[LedgerRange]) -> None:
+    for new in ranges:
+        await record_range(conn, series_id, new)
+
+
+async def listing_starts(conn: Connection, ids: Sequence[int]) -> dict[int, int | None]:
+    """Per series, the open time of the exchange's first candle, where it was learnt."""
+    rows = await conn.fetch("SELECT id, listing_start FROM series WHERE id = ANY($1::int[])", list(ids))
+    return {r["id"]: r["listing_start"] for r in rows}
+
+
+async def set_listing_start(conn: Connection, series_id: int, listing_start: int) -> None:
+    await conn.execute("UPDATE series SET listing_start = $2 WHERE id = $1", series_id, listing_start)

@@ -1,0 +1,295 @@
+"""Complete, verified history through the whole pipeline: ranges from the listing, plans that match
+the run, the coverage ledger (verified, exchange gaps, holes), gap repair and quarantined candles.
+
+The fake exchange and the service share one clock frozen at T0 (10:00:30, half a minute into the
+10:00 candle); every series below ends in that open candle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.settings import Settings
+from tests.collection.test_collect import MINUTE, T0, frozen_at, stored
+from tests.conftest import Api, serve_app
+from tests.fakes.binance import FakeBinance
+
+OPEN = T0 - 30_000  # the candle open at T0: every one before it has closed
+START = "/api/v1/data-collector/start"
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def ledger(db: asyncpg.Connection[Any], symbol: str, timeframe: str = "1m") -> list[tuple[int, int, str, int]]:
+    rows = await db.fetch(
+        """
+        SELECT c.start_time, c.end_time, c.kind, c.checks FROM coverage c JOIN series s ON s.id = c.series_id
+         WHERE s.symbol = $1 AND s.timeframe = $2 ORDER BY c.start_time
+        """,
+        symbol, timeframe,
+    )
+    return [(r["start_time"], r["end_time"], r["kind"], r["checks"]) for r in rows]
+
+
+async def start(api: Api, body: dict[str, Any]) -> dict[str, Any]:
+    response = await api.http.post(START, json=body)
+    assert response.status_code == 202, response.text
+    return await api.wait(response.json()["task_id"], timeout=30)
+
+
+async def repair(api: Api, symbol: str, timeframes: list[str]) -> dict[str, Any]:
+    response = await api.http.post("/api/v1/data-collector/repair", json={"symbol": symbol, "timeframes": timeframes})
+    assert response.status_code == 202, response.text
+    (task_id,) = response.json()["task_ids"]
+    return await api.wait(str(task_id), timeout=30)
+
+
+def klines_requests(fake: FakeBinance) -> list[dict[str, str]]:
+    return [r.params for r in fake.requests if r.path == "/api/v3/klines" and r.status == 200]
+
+
+async def test_a_backfill_from_listing_takes_every_candle_of_a_recently_listed_symbol(
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """`start: "listing"` asks the exchange for the first candle (startTime=0), fetches everything from
+    it, and the ledger holds the whole history as one verified range up to the open candle."""
+    clock = frozen_at(fake, T0)
+    listing = OPEN - 2999 * MINUTE  # listed about two days ago: 3,000 candles, far past DEFAULT_HISTORY_CANDLES
+    fake.generate_klines("NEWUSDT", "1m", listing, 3000)
+    async with serve_app(settings, clock) as api:
+        await api.wait_idle()
+        fake.reset_stats()
+        task = await start(api, {"symbols": ["NEWUSDT"], "timeframes": ["1m"], "start": "listing"})
+    assert task["status"] == "completed", task
+    assert task["params"]["start"] == "listing"
+    assert task["result"]["candles_written"] == 3000
+    rows = await stored(db, "NEWUSDT", "1m")
+    assert [r["open_time"] for r in rows] == [listing + i * MINUTE for i in range(3000)]
+    assert await ledger(db, "NEWUSDT") == [(listing, OPEN, "verified", 1)]
+    assert klines_requests(fake)[0]["startTime"] == "0"  # the listing, asked once
+    assert await db.fetchval("SELECT listing_start FROM series WHERE symbol = 'NEWUSDT'") == listing
+
+
+async def test_a_plan_matches_what_the_run_then_does(
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """The plan's candles, requests and weight are what the run fetched; planned again afterwards,
+    only the open candle is left (verified ranges are never fetched again)."""
+    clock = frozen_at(fake, T0)
+    fake.generate_klines("BTCUSDT", "1m", OPEN - 4499 * MINUTE, 4500)
+    body = {"symbols": ["BTCUSDT"], "timeframes": ["1m"], "start": iso(OPEN - 3999 * MINUTE)}
+    async with serve_app(settings, clock) as api:
+        await api.wait_idle()
+        plan = (await api.http.post("/api/v1/data-collector/plan", json=body)).json()
+        fake.reset_stats()
+        task = await start(api, body)
+        again = (await api.http.post("/api/v1/data-collector/plan", json=body)).json()
+    assert task["status"] == "completed", task
+    assert (plan["candles_stored"], plan["candles_to_fetch"]) == (0, 4000)
+    assert task["result"]["candles_written"] == plan["candles_to_fetch"]
+    assert len(klines_requests(fake)) == plan["requests"] == 5  # 3 full windows, the open-ended one, its open candle again
+    assert sum(fake.weight_by_window.values()) == plan["request_weight"] == 10
+    assert plan["weight_budget_per_minute"] > 0
+    assert plan["estimated_seconds"] == round(60 * plan["request_weight"] / plan["weight_budget_per_minute"], 1)
+    (series,) = plan["series"]
+    assert series["start"] == iso(OPEN - 3999 * MINUTE) and series["listing_start"] == iso(OPEN - 4499 * MINUTE)
+    assert (again["candles_stored"], again["candles_to_fetch"], again["requests"]) == (3999, 1, 1)
+
+
+async def test_a_start_before_the_listing_begins_at_the_listing(
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """A range reaching back before the symbol existed is no hole: it begins at the first candle, and
+    an `end` in the past fetches only that range."""
+    clock = frozen_at(fake, T0)
+    listing = OPEN - 999 * MINUTE
+    fake.generate_klines("NEWUSDT", "1m", listing, 1000)
+    body = {"symbols": ["NEWUSDT"], "timeframes": ["1m"], "start": "2020-01-01", "end": iso(listing + 500 * MINUTE)}
+    async with serve_app(settings, clock) as api:
+        await api.wait_idle()
+        task = await start(api, body)
+    assert task["result"]["candles_written"] == 500
+    assert await ledger(db, "NEWUSDT") == [(listing, listing + 500 * MINUTE, "verified", 1)]
+
+
+async def test_a_maintenance_gap_is_an_exchange_gap_a_deleted_range_a_hole_and_repair_fills_only_the_hole(
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """The exchange's empty hour is confirmed by a second fetch and recorded as an exchange gap;
+    candles deleted from the database become a hole; a repair fetches exactly the hole, never a
+    verified range nor the gap, and logs its run as `gap_repair`."""
+    clock = frozen_at(fake, T0)
+    listing = OPEN - 2999 * MINUTE
+    fake.generate_klines("ETHUSDT", "1m", listing, 3000)
+    gap = (listing + 1200 * MINUTE, listing + 1260 * MINUTE)
+    assert fake.remove_klines("ETHUSDT", "1m", *gap) == 60
+    async with serve_app(settings, clock) as api:
+        await api.wait_idle()
+        task = await start(api, {"symbols": ["ETHUSDT"], "timeframes": ["1m"], "start": "listing"})
+        assert task["status"] == "completed", task
+        assert task["result"]["candles_written"] == 2940
+        assert task["result"]["pairs"][0]["exchange_gaps"] == 1
+        assert await ledger(db, "ETHUSDT") == [
+            (listing, gap[0], "verified", 1), (gap[0], gap[1], "exchange_gap", 2), (gap[1], OPEN, "verified", 1),
+        ]
+
+        hole = (listing + 100 * MINUTE, listing + 150 * MINUTE)
+        deleted = await db.execute(
+            """
+            DELETE FROM klines USING series s WHERE s.id = klines.series_id AND s.symbol = 'ETHUSDT'
+               AND open_time >= $1 AND open_time < $2
+            """,
+            *hole,
+        )
+        assert deleted == "DELETE 50"
+        after_delete = await ledger(db, "ETHUSDT")
+        assert after_delete[0] == (listing, hole[0], "verified", 1)
+        assert after_delete[1][0] > hole[1] - MINUTE and after_delete[1][2] == "verified"  # the rest still verified
+
+        fake.reset_stats()
+        repaired = await repair(api, "ETHUSDT", ["1m"])
+    assert repaired["status"] == "completed", repaired
+    assert repaired["task_type"] == "gap_repair"
+    assert repaired["result"]["candles_written"] == 50
+    requests = klines_requests(fake)
+    assert [(int(r["startTime"]), int(r["endTime"])) for r in requests] == [(hole[0], hole[1] - MINUTE)]
+    assert await ledger(db, "ETHUSDT") == [
+        (listing, gap[0], "verified", 1), (gap[0], gap[1], "exchange_gap", 2), (gap[1], OPEN, "verified", 1),
+    ]
+    rows = await stored(db, "ETHUSDT", "1m")
+    assert len(rows) == 2940
+    logs = await db.fetch("SELECT job_type, job_name, status FROM job_execution_logs WHERE task_id = $1::uuid",
+                          repaired["task_id"])
+    assert [tuple(r.values()) for r in logs] == [("gap_repair", "gap_repair", "success")]
+
+
+async def test_an_exchange_gap_is_rechecked_once_and_then_left_alone(
+    fake: FakeBinance, make_settings: Callable[..., Settings], db: asyncpg.Connection[Any]
+) -> None:
+    """Past EXCHANGE_GAP_RECHECK_AFTER a repair fetches the gap once more; found empty again it is
+    marked re-checked (3 checks) and no later repair asks for it; history the exchange re-publishes
+    in a gap is taken on its re-check."""
+    clock = frozen_at(fake, T0)
+    listing = OPEN - 1999 * MINUTE
+    fake.generate_klines("ETHUSDT", "1m", listing, 2000)
+    fake.generate_klines("BTCUSDT", "1m", listing, 2000)
+    eth_gap = (listing + 500 * MINUTE, listing + 530 * MINUTE)
+    btc_gap = (listing + 700 * MINUTE, listing + 710 * MINUTE)
+    fake.remove_klines("ETHUSDT", "1m", *eth_gap)
+    republished = [row for row in fake.get_klines("BTCUSDT", "1m") if btc_gap[0] <= row[0] < btc_gap[1]]
+    fake.remove_klines("BTCUSDT", "1m", *btc_gap)
+    async with serve_app(make_settings(exchange_gap_recheck_after=0), clock) as api:
+        await api.wait_idle()
+        await start(api, {"symbols": ["ETHUSDT", "BTCUSDT"], "timeframes": ["1m"], "start": "listing"})
+        fake.add_klines("BTCUSDT", "1m", republished)
+
+        fake.reset_stats()
+        first = await repair(api, "ETHUSDT", ["1m"])
+        assert first["status"] == "completed", first
+        assert [int(r["startTime"]) for r in klines_requests(fake)] == [eth_gap[0], eth_gap[0]]  # fetch, confirm
+        assert (eth_gap[0], eth_gap[1], "exchange_gap", 3) in await ledger(db, "ETHUSDT")
+
+        fake.reset_stats()
+        await repair(api, "ETHUSDT", ["1m"])
+        assert klines_requests(fake) == []
+
+        btc = await repair(api, "BTCUSDT", ["1m"])
+    assert btc["result"]["candles_written"] == 10
+    assert await ledger(db, "BTCUSDT") == [(listing, OPEN, "verified", 1)]
+
+
+async def test_invalid_candles_are_quarantined_counted_and_left_as_a_hole(
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """A candle whose low is above its open never reaches klines: it is kept in quarantine with the
+    reason and the raw row, counted in the task result, the execution log and /metrics, and its
+    slot stays a hole in the ledger."""
+    clock = frozen_at(fake, T0)
+    listing = OPEN - 199 * MINUTE
+    fake.generate_klines("BTCUSDT", "1m", listing, 200)
+    bad = listing + 100 * MINUTE
+    fake.corrupt_kline("BTCUSDT", "1m", bad, low="99999999.00000000")
+    async with serve_app(settings, clock) as api:
+        await api.wait_idle()
+        task = await start(api, {"symbols": ["BTCUSDT"], "timeframes": ["1m"], "start": "listing"})
+        metrics = (await api.http.get("/metrics")).text
+    assert task["status"] == "completed", task
+    assert task["result"]["candles_quarantined"] == 1
+    assert task["result"]["pairs"][0]["candles_quarantined"] == 1
+    assert task["result"]["candles_written"] == 199
+    assert bad not in [r["open_time"] for r in await stored(db, "BTCUSDT", "1m")]
+    (row,) = await db.fetch("SELECT open_time, reason, raw, task_id::text FROM quarantined_klines")
+    assert row["open_time"] == bad and "low" in row["reason"]
+    assert row["raw"][0] == bad and row["raw"][3] == "99999999.00000000"
+    assert row["task_id"] == task["task_id"]
+    log = await db.fetchrow("SELECT metadata FROM job_execution_logs WHERE task_id = $1::uuid", task["task_id"])
+    assert log is not None and log["metadata"]["records_quarantined"] == 1
+    assert await ledger(db, "BTCUSDT") == [(listing, bad, "verified", 1), (bad + MINUTE, OPEN, "verified", 1)]
+    quarantined = {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics) for sample in family.samples
+        if sample.name == "kline_candles_quarantined_total"
+    }
+    assert sum(quarantined.values()) == 1
+
+
+async def test_under_exchange_faults_the_history_has_no_hole(
+    fake: FakeBinance, make_settings: Callable[..., Settings], db: asyncpg.Connection[Any]
+) -> None:
+    """With 5xx answers, dropped connections and garbled bodies sprinkled over every klines request
+    (the fault rates of the faults tests), a backfill from listing ends complete: every candle, the
+    maintenance gap recorded as such, no hole left."""
+    clock = frozen_at(fake, T0)
+    listing = OPEN - 5999 * MINUTE
+    rows = fake.generate_klines("SOLUSDT", "1m", listing, 6000)
+    gap = (listing + 3100 * MINUTE, listing + 3150 * MINUTE)
+    fake.remove_klines("SOLUSDT", "1m", *gap)
+    fake.add_fault("500", count=3, every=3)
+    fake.add_fault("502", count=2, every=4)
+    fake.add_fault("drop", count=4, every=2)
+    fake.add_fault("bad_json", count=2, every=5)
+    async with serve_app(make_settings(binance_retry_attempts=8), clock) as api:
+        await api.wait_idle()
+        task = await start(api, {"symbols": ["SOLUSDT"], "timeframes": ["1m"], "start": "listing"})
+    assert task["status"] == "completed", task
+    assert {500, 502, 0} <= set(fake.status_counts)
+    expected = [r[0] for r in rows if not gap[0] <= r[0] < gap[1]]
+    assert [r["open_time"] for r in await stored(db, "SOLUSDT", "1m")] == expected
+    assert await ledger(db, "SOLUSDT") == [
+        (listing, gap[0], "verified", 1), (gap[0], gap[1], "exchange_gap", 2), (gap[1], OPEN, "verified", 1),
+    ]
+
+
+async def test_a_running_backfill_reports_an_eta_within_a_quarter_of_the_time_it_then_took(
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+) -> None:
+    """While a 40-page backfill runs, every `eta_seconds` it reports between 20 % and 80 % of its
+    progress, added to the time elapsed, lands within 25 % of the run's measured duration."""
+    clock = frozen_at(fake, T0)
+    fake.latency_ms = 25  # an exchange a little slower than localhost, so that the run lasts seconds
+    fake.generate_klines("BTCUSDT", "1m", OPEN - 39_999 * MINUTE, 40_000)
+    async with serve_app(settings, clock) as api:
+        await api.wait_idle()
+        response = await api.http.post(START, json={"symbols": ["BTCUSDT"], "timeframes": ["1m"], "start": "listing"})
+        task_id = response.json()["task_id"]
+        began = time.monotonic()
+        samples: list[tuple[float, float]] = []
+        while (body := await api.task(task_id))["status"] in {"pending", "running"}:
+            if body["eta_seconds"] is not None and 20 <= body["progress"] <= 80:
+                samples.append((time.monotonic() - began, body["eta_seconds"]))
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - began
+    assert body["status"] == "completed", body
+    assert body["eta_seconds"] is None  # an ended task has no ETA
+    assert len(samples) >= 3, (samples, took)
+    misses = [(elapsed, eta) for elapsed, eta in samples if abs(elapsed + eta - took) > 0.25 * took]
+    assert misses == [], (misses, took)
