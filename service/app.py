@@ -16,6 +16,7 @@ from service.api.auth import AuthController
 from service.api.collector import DataCollectorController
 from service.api.configs import ConfigsController
 from service.api.console import ConsoleController, console_assets_router
+from service.api.coverage import CoverageController
 from service.api.deps import dependencies
 from service.api.errors import exception_handlers
 from service.api.events import EventsController
@@ -64,7 +65,8 @@ def create_app(
 
     app = Litestar(
         route_handlers=[
-            HealthController, AuthController, DataCollectorController, KlinesController, ConfigsController,
+            HealthController, AuthController, DataCollectorController, KlinesController, CoverageController,
+            ConfigsController,
             ExecutionLogsController, EventsController, MetricsController, docs_assets_router(),
             ConsoleController, console_assets_router(),
         ],

@@ -125,7 +125,18 @@ def main() -> None:
     help="Candles fetched for a series that has none stored yet "
     "[env var: DEFAULT_HISTORY_CANDLES; default: 100]. A stored series resumes at its newest candle.",
 )
-def collect(symbols: str, timeframes: str, history_candles: int | None) -> None:
+@click.option(
+    "--since", default=None, metavar="WHEN",
+    help='Where the history starts: "listing" (the symbol\'s first candle) or an ISO 8601 date or time. '
+    "Only what the coverage ledger does not hold as verified is fetched. Unset: each series resumes.",
+)
+@click.option(
+    "--until", default=None, metavar="WHEN",
+    help="Where it ends (exclusive), ISO 8601; needs --since. Unset: up to now.",
+)
+def collect(
+    symbols: str, timeframes: str, history_candles: int | None, since: str | None, until: str | None
+) -> None:
     """Collect every symbol x timeframe once, with progress bars (DATABASE_URL, or the embedded server).
 
     The run is a task like one started through the API: a service on the same database shows it,
@@ -144,7 +155,9 @@ def collect(symbols: str, timeframes: str, history_candles: int | None) -> None:
     with _signals_deferred() as stop, _database(settings) as (dsn, _):
         if not stop.pending():
             _migrate_if_reachable(dsn, settings)
-        code = asyncio.run(run_collect(settings, dsn, symbols, timeframes, early_signal=lambda: stop.signal))
+        code = asyncio.run(
+            run_collect(settings, dsn, symbols, timeframes, since=since, until=until, early_signal=lambda: stop.signal)
+        )
     sys.exit(code)
 
 

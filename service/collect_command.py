@@ -113,7 +113,14 @@ def _parse_list(value: str) -> list[str]:
 
 
 async def run_collect(
-    settings: Settings, dsn: str, symbols: str, timeframes: str, *, early_signal: Callable[[], int | None]
+    settings: Settings,
+    dsn: str,
+    symbols: str,
+    timeframes: str,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    early_signal: Callable[[], int | None],
 ) -> int:
     """Collect every symbol × timeframe once; the process's exit code. `early_signal`: a SIGINT or
     SIGTERM that came in before this loop's handlers took over (while the database was starting)."""
@@ -144,7 +151,9 @@ async def run_collect(
             return watched
 
         async def submit(conn: Connection) -> TaskView:
-            return await runtime.jobs.start_collection(_parse_list(symbols), _parse_list(timeframes), conn=conn)
+            return await runtime.jobs.start_collection(
+                _parse_list(symbols), _parse_list(timeframes), start=since, end=until, conn=conn
+            )
 
         try:
             try:

@@ -289,7 +289,7 @@ class DataCollectorController(Controller):
             " confirmed, then left alone. Runs as `gap_repair` tasks with their own execution logs."
         ),
         responses=error_responses(
-            400, 401, 403, 409, 415, 422,
+            400, 401, 403, 409, 413, 415, 422,
             descriptions={409: "The symbol's series are being collected right now (`extra.active_task_id`)"},
         ),
     )

@@ -21,6 +21,7 @@ from service.api.enums import ExchangeChoice, TaskReplyStatus
 from service.api.openapi import error_responses
 from service.api.schemas import (
     INT4_MAX,
+    NO_NUL_PATTERN,
     Description,
     ExchangeName,
     Schema,
@@ -45,6 +46,16 @@ Timeframes = Annotated[
 # An int4 column: a larger id is a 400 naming config_id, not a driver error.
 ConfigId = Annotated[int, id_path(INT4_MAX, "Id of the collection config")]
 
+HistoryStartText = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=64, pattern=NO_NUL_PATTERN,
+        description='"listing" (from the symbol\'s first candle on the exchange) or an ISO 8601 date or time '
+                    "(UTC unless it has an offset), not in the future",
+        examples=["listing", "2024-01-01", "2024-01-01T00:00:00Z"],
+    ),
+]
+
 _DUPLICATE = "A config for this symbol on this exchange already exists (`extra.config_id`)"
 
 
@@ -65,7 +76,15 @@ class Config(Schema):
     last_run_at: datetime | None
     """When the scheduler last started a run of this config."""
     next_run_at: datetime | None
-    """When it runs next; null while disabled."""
+    """When it runs next; null while disabled. Not run while paused, whatever it says."""
+    history_start: str | None
+    """Where a series with no candles yet starts: "listing", an ISO 8601 UTC time, or null (the last
+    DEFAULT_HISTORY_CANDLES only)."""
+    paused_reason: str | None
+    """Set while the symbol does not trade (BREAK, HALT, delisted): the config is not scheduled (a
+    trigger still runs it) and resumes by itself when the symbol trades again. Independent of `enabled`."""
+    paused_at: datetime | None
+    """When the symbol refresh paused it; null while not paused."""
 
 
 class CreateConfig(Schema):
@@ -75,10 +94,13 @@ class CreateConfig(Schema):
     exchange: ExchangeName = "binance"
     enabled: bool = True
     description: Description | None = None
+    history_start: HistoryStartText | None = None
+    """null: the last DEFAULT_HISTORY_CANDLES of a series with no candles yet."""
 
 
 class UpdateConfig(Schema):
-    """Only the fields sent change; `description: null` clears the description."""
+    """Only the fields sent change; `description: null` clears the description, `history_start: null`
+    the history start."""
 
     symbol: SymbolName | UnsetType = UNSET
     exchange: ExchangeName | UnsetType = UNSET
@@ -86,6 +108,7 @@ class UpdateConfig(Schema):
     interval_minutes: IntervalMinutes | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     description: Description | UnsetType | None = UNSET
+    history_start: HistoryStartText | UnsetType | None = UNSET
 
 
 def _config(config: CollectionConfig) -> Config:
@@ -122,7 +145,7 @@ class ConfigsController(Controller):
         created = await configs.create(
             symbol=data.symbol, exchange=data.exchange, timeframes=data.timeframes,
             interval_minutes=data.interval_minutes, enabled=data.enabled, description=data.description,
-            created_by=request.user.email,
+            created_by=request.user.email, history_start=data.history_start,
         )
         return _config(created)
 

@@ -7,6 +7,7 @@ from litestar.di import NamedDependency, Provide
 
 from service.auth.accounts import Accounts
 from service.collection.configs import Configs
+from service.collection.coverage_report import CoverageReports
 from service.collection.jobs import CollectionJobs
 from service.collection.registry import TaskRegistry
 from service.collection.runtime import Runtime
@@ -14,7 +15,8 @@ from service.db.health import HealthProbe
 from service.db.pool import Pool
 
 __all__ = [
-    "AccountsDep", "ConfigsDep", "HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep", "RuntimeDep", "dependencies",
+    "AccountsDep", "ConfigsDep", "CoverageReportsDep", "HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep",
+    "RuntimeDep", "dependencies",
 ]
 
 
@@ -51,6 +53,11 @@ async def provide_accounts(state: State) -> Accounts:
     return _runtime(state).accounts
 
 
+async def provide_coverage_reports(state: State) -> CoverageReports:
+    runtime = _runtime(state)
+    return CoverageReports(runtime.pool, runtime.clock)  # holds nothing of its own: made per request
+
+
 dependencies = {
     "pool": Provide(provide_pool),
     "registry": Provide(provide_registry),
@@ -59,6 +66,7 @@ dependencies = {
     "runtime": Provide(provide_runtime),
     "health_probe": Provide(provide_health_probe),
     "accounts": Provide(provide_accounts),
+    "coverage_reports": Provide(provide_coverage_reports),
 }
 
 # Handler parameter types: the parameter's name picks the provider above.
@@ -69,3 +77,4 @@ ConfigsDep = NamedDependency[Configs]
 RuntimeDep = NamedDependency[Runtime]
 HealthProbeDep = NamedDependency[HealthProbe]
 AccountsDep = NamedDependency[Accounts]
+CoverageReportsDep = NamedDependency[CoverageReports]

@@ -19,7 +19,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ValidationException
 from litestar.params import QueryParameter
 
-from service.api.deps import RuntimeDep
+from service.api.coverage import SeriesCoverageSummary, coverage_summary
+from service.api.deps import CoverageReportsDep, RuntimeDep
 from service.api.enums import ExchangeChoice, LogStatus, LogStatusName, TaskTypeName, require_one_of
 from service.api.openapi import error_responses
 from service.api.schemas import INT8_MAX, Schema, id_path, skip_query, text_query
@@ -96,6 +97,9 @@ class StatusOut(Schema):
     """The 10 newest execution logs."""
     stats: StatsOut
     """The last 24 hours."""
+    coverage: list[SeriesCoverageSummary]
+    """Per configured series (each config × each of its timeframes): its coverage from its ledger's
+    earliest range up to now (GET /api/v1/coverage has the ranges and holes)."""
 
 
 def _log(row: Row) -> LogOut:
@@ -258,7 +262,7 @@ class ExecutionLogsController(Controller):
         "/status", operation_id="adminStatus", summary="Overview: configs, scheduled jobs, recent runs, 24 h stats",
         responses=error_responses(401, 403),
     )
-    async def status(self, runtime: RuntimeDep) -> StatusOut:
+    async def status(self, runtime: RuntimeDep, coverage_reports: CoverageReportsDep) -> StatusOut:
         async with connection(runtime.pool) as conn:
             total, enabled = await configs_db.count_configs(conn)
             recent = await logs_db.recent_logs(conn, 10)
@@ -269,4 +273,5 @@ class ExecutionLogsController(Controller):
             active_jobs=enabled if runtime.scheduler.is_running else 0,
             recent_executions=[_log(r) for r in recent],
             stats=await _stats(runtime, job_type=None, hours=24),
+            coverage=coverage_summary(await coverage_reports.configured()),
         )

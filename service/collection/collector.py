@@ -35,7 +35,7 @@ from service.collection.validation import check_klines
 from service.cpu_turns import CpuTurns
 from service.db import klines as klines_db
 from service.db import ledger as ledger_db
-from service.db.pool import Connection, Pool, retrying
+from service.db.pool import Connection, Pool, connection, retrying
 from service.errors import DatabaseUnavailableError
 from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
 from service.logging import get_logger
@@ -135,7 +135,7 @@ class SeriesPlan(msgspec.Struct, kw_only=True):
     candles_to_fetch: int
     """Candle slots in the windows (an upper bound: exchange gaps have none)."""
     listing_unknown: bool = False
-    """The first window may start before the listing: slots before its first candle are no gap."""
+    """The windows may start before the listing: only slots between two candles of one window can be gaps."""
     requests: int = 0
     """Requests the windows take: one each, and one more for an open-ended last window that fills a
     page (it ends in the open candle, which is read again)."""
@@ -353,7 +353,8 @@ class Collector:
             await self._plan_range(plan, request, now, current_open)
         slots = [_slots(tf, w, current_open) for w in plan.windows]
         plan.candles_to_fetch = sum(slots)
-        plan.requests = len(slots) + (1 if plan.windows and plan.windows[-1].end_ms is None and slots[-1] >= page else 0)
+        rereads_open_candle = bool(plan.windows) and plan.windows[-1].end_ms is None and slots[-1] >= page
+        plan.requests = len(slots) + rereads_open_candle
         return plan
 
     async def _plan_range(self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int) -> None:
@@ -457,7 +458,9 @@ class Collector:
         except ExchangeError as exc:
             result.error = str(exc)
             await self._record_failed(pair, series_id, state, result.error)
-        except Exception as exc:  # a bug or a database fault must not sink the other pairs
+        except DatabaseUnavailableError as exc:  # a fault, not a bug: no traceback (warned below)
+            result.error = f"{exc.__class__.__name__}: {exc}"[:500]
+        except Exception as exc:  # a bug must not sink the other pairs
             log.exception("pair_failed", symbol=pair.symbol, timeframe=pair.timeframe)
             result.error = f"{exc.__class__.__name__}: {exc}"[:500]
         if result.error:
@@ -496,8 +499,11 @@ class Collector:
                             ),
                         )
 
+        # One attempt: what is not recorded as failed is a hole all the same, and a series that
+        # failed must not hold its place (or a write connection) waiting for the database.
         try:
-            await self._db(record)
+            async with connection(self._pool) as conn:
+                await record(conn)
         except DatabaseUnavailableError:
             log.warning("failed_range_not_recorded", symbol=pair.symbol, timeframe=pair.timeframe)
 
@@ -546,6 +552,8 @@ class Collector:
         """Check, encode and store one window's candles with the ledger ranges they prove; returns
         the open time of the newest candle written (None: none)."""
         tf = pair.timeframe
+        if not fetched.gaps and not any(page.klines for page in fetched.pages):
+            return None  # an empty window (before the listing, say): nothing to check or record
         async with self._cpu.turn():
             now = self._now_ms() + _FUTURE_TOLERANCE_MS
             pages: list[KlinePage] = []
@@ -588,9 +596,8 @@ class Collector:
         """Fetch up to `pages_ahead` windows concurrently; yield them in window order."""
         in_flight: deque[asyncio.Task[_Fetched]] = deque()
         try:
-            for i, window in enumerate(windows):
-                leading_unknown = listing_unknown and i == 0
-                in_flight.append(asyncio.create_task(self._fetch_window(pair, window, on_wait, leading_unknown)))
+            for window in windows:
+                in_flight.append(asyncio.create_task(self._fetch_window(pair, window, on_wait, listing_unknown)))
                 if len(in_flight) >= self._pages_ahead:
                     yield await in_flight.popleft()
             while in_flight:
@@ -601,7 +608,7 @@ class Collector:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _fetch_window(
-        self, pair: Pair, window: Window, on_wait: WaitCallback, leading_unknown: bool = False
+        self, pair: Pair, window: Window, on_wait: WaitCallback, listing_unknown: bool = False
     ) -> _Fetched:
         """All answers for one window, oldest first, without repeated candles, and its exchange gaps.
 
@@ -626,11 +633,11 @@ class Collector:
             last = page.klines[-1].open_time
             # Re-read an open last candle (unless it is all this page moved on by).
             start = last if page.last_is_open() and last > start else last + 1
-        gaps = await self._confirm_gaps(pair, window, pages, on_wait, leading_unknown)
+        gaps = await self._confirm_gaps(pair, window, pages, on_wait, listing_unknown)
         return _Fetched(window=window, pages=pages, gaps=gaps)
 
     async def _confirm_gaps(
-        self, pair: Pair, window: Window, pages: list[KlinePage], on_wait: WaitCallback, leading_unknown: bool
+        self, pair: Pair, window: Window, pages: list[KlinePage], on_wait: WaitCallback, listing_unknown: bool
     ) -> list[LedgerRange]:
         """Runs of closed candle slots the answers skipped, each confirmed empty by a second fetch.
 
@@ -645,7 +652,9 @@ class Collector:
         present = sorted({k.open_time for p in pages for k in p.klines if align_open(tf, k.open_time) == k.open_time})
         candidates: list[tuple[int, int]] = []
         at = first
-        if leading_unknown:
+        if listing_unknown:
+            # The window may lie before the listing (fetched concurrently, it cannot know whether
+            # an earlier one had candles): only runs between two of its candles can be gaps.
             if not present:
                 return []
             at = present[0]
@@ -655,7 +664,7 @@ class Collector:
             if t > at:
                 candidates.append((at, t))
             at = max(at, next_open(tf, t))
-        if at < limit and window.end_ms is not None:
+        if at < limit and window.end_ms is not None and not listing_unknown:
             candidates.append((at, limit))
         gaps: list[LedgerRange] = []
         checks = _GAP_RECHECKED if window.recheck else _GAP_CONFIRMED

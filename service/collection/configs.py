@@ -3,24 +3,34 @@
 One config per (exchange, symbol). Every change is stored first, then the scheduler is woken, so
 the new schedule applies at once without a restart. A new or re-enabled config runs promptly; a
 changed interval counts from the config's last run. The API only translates HTTP to these calls.
+
+A config whose symbol does not trade (BREAK, HALT, delisted) is paused: kept, shown with the reason,
+but not scheduled until the symbol trades again. The symbol refresh pauses and resumes configs; a
+config created for (or moved to) such a symbol is paused at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from service.collection import ranges
 from service.collection.jobs import CollectionJobs, validate_timeframes
 from service.collection.registry import TaskView
 from service.collection.scheduler import Scheduler
 from service.db import configs as configs_db
 from service.db.pool import Connection, Pool, Row, connection
 from service.errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError
+from service.logging import get_logger
 
 __all__ = ["CollectionConfig", "ConfigChanges", "Configs"]
+
+log = get_logger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class CollectionConfig(msgspec.Struct, frozen=True):
@@ -39,19 +49,32 @@ class CollectionConfig(msgspec.Struct, frozen=True):
     created_by: str | None
     last_run_at: datetime | None
     next_run_at: datetime | None
+    history_start: str | None
+    """Where a series with no candles starts: "listing", an ISO 8601 time, or None (the recent
+    DEFAULT_HISTORY_CANDLES)."""
+    paused_reason: str | None
+    """Why the config is not scheduled (its symbol does not trade); None while it runs on schedule."""
+    paused_at: datetime | None
 
     @classmethod
     def from_row(cls, row: Row) -> CollectionConfig:
+        start: ranges.HistoryStart | None = None
+        if row["history_from_listing"]:
+            start = ranges.LISTING
+        elif row["history_start"] is not None:
+            start = ranges.to_ms(row["history_start"])
         return cls(
             id=row["id"], symbol=row["symbol"], exchange=row["exchange"], timeframes=list(row["timeframes"]),
             interval_minutes=row["interval_minutes"], enabled=row["enabled"], job_id=row["job_id"],
             description=row["description"], created_at=row["created_at"], updated_at=row["updated_at"],
             created_by=row["created_by"], last_run_at=row["last_run_at"], next_run_at=row["next_run_at"],
+            history_start=ranges.format_start(start), paused_reason=row["paused_reason"], paused_at=row["paused_at"],
         )
 
 
 class ConfigChanges(msgspec.Struct, frozen=True):
-    """The fields an update changes; UNSET ones stay. `description=None` clears the description."""
+    """The fields an update changes; UNSET ones stay. `description=None` clears the description,
+    `history_start=None` the history start (back to the recent DEFAULT_HISTORY_CANDLES)."""
 
     symbol: str | UnsetType = UNSET
     exchange: str | UnsetType = UNSET
@@ -59,6 +82,7 @@ class ConfigChanges(msgspec.Struct, frozen=True):
     interval_minutes: int | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     description: str | UnsetType | None = UNSET
+    history_start: str | UnsetType | None = UNSET
 
 
 class Configs:
@@ -105,15 +129,17 @@ class Configs:
         enabled: bool,
         description: str | None,
         created_by: str | None,
+        history_start: str | None = None,
     ) -> CollectionConfig:
-        """Store a config and schedule it (its first run is due at once).
+        """Store a config and schedule it (its first run is due at once; paused if its symbol does not trade).
 
-        InvalidInputError for an unknown exchange, symbol or timeframe or a too short interval;
-        ConflictError (`config_id`) if the pair has a config already.
+        InvalidInputError for an unknown exchange, symbol or timeframe, a too short interval or a bad
+        or future history_start; ConflictError (`config_id`) if the pair has a config already.
         """
         self._jobs.check_exchange(exchange)
         frames = validate_timeframes(timeframes)
         self._check_interval(interval_minutes)
+        start_at, from_listing = self._history_columns(history_start)
         name = await self._resolve_symbol(symbol)
         try:
             async with connection(self._pool) as conn:
@@ -124,11 +150,14 @@ class Configs:
                         conn, symbol=name, exchange=exchange, timeframes=frames,
                         interval_minutes=interval_minutes, enabled=enabled,
                         description=description, created_by=created_by, next_run_at=None,
+                        history_start=start_at, history_from_listing=from_listing,
                     )
+                    listing = await configs_db.sync_listing_pauses(conn, exchange, self._now())
                     await configs_db.reschedule(conn, inserted["id"], self._now())
                     row = await configs_db.get_config(conn, inserted["id"])
         except DuplicateError:
             raise await self._conflict_after_race(exchange, name, None) from None
+        _log_listing_changes(*listing)
         await self._scheduler.changed()
         assert row is not None  # read back in the transaction that inserted it
         return CollectionConfig.from_row(row)
@@ -157,6 +186,8 @@ class Configs:
             columns["enabled"] = changes.enabled
         if changes.description is not UNSET:
             columns["description"] = changes.description
+        if changes.history_start is not UNSET:
+            columns["history_start"], columns["history_from_listing"] = self._history_columns(changes.history_start)
         exchange = str(columns.get("exchange", current["exchange"]))
         symbol = str(columns.get("symbol", current["symbol"]))
         try:
@@ -165,13 +196,17 @@ class Configs:
                     raise conflict
                 async with conn.transaction():
                     row = await configs_db.update_config(conn, config_id, changes=columns)
+                    listing: tuple[list[Row], list[Row]] = ([], [])
                     if row is not None:
                         await configs_db.reschedule(conn, config_id, self._now())
+                        # A new symbol (or exchange) may trade where the old one did not, or not at all.
+                        listing = await configs_db.sync_listing_pauses(conn, exchange, self._now())
                         row = await configs_db.get_config(conn, config_id)
         except DuplicateError:
             raise await self._conflict_after_race(exchange, symbol, config_id) from None
         if row is None:  # deleted meanwhile
             raise _not_found(config_id)
+        _log_listing_changes(*listing)
         await self._scheduler.changed()
         return CollectionConfig.from_row(row)
 
@@ -211,6 +246,21 @@ class Configs:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
+    def _history_columns(self, value: str | None) -> tuple[datetime | None, bool]:
+        """(history_start, history_from_listing) as stored; InvalidInputError naming history_start if
+        the value is neither "listing" nor an ISO 8601 time, or is in the future."""
+        if value is None:
+            return None, False
+        start = ranges.parse_start(value, "history_start")
+        if not isinstance(start, int):  # "listing"
+            return None, True
+        moment = _EPOCH + timedelta(milliseconds=start)
+        if moment > self._now():
+            raise InvalidInputError(
+                f"history_start must not be in the future, got {value[:40]!r}", field="history_start"
+            )
+        return moment, False
+
     def _check_interval(self, minutes: int) -> None:
         minimum = self._min_interval_minutes
         if minutes < minimum:
@@ -228,6 +278,14 @@ class Configs:
         async with connection(self._pool) as conn:
             found = await _duplicate(conn, exchange, symbol, except_id=except_id)
         return found or ConflictError(f"a collection config for {symbol} on {exchange} already exists")
+
+
+def _log_listing_changes(paused: list[Row], resumed: list[Row]) -> None:
+    for row in paused:
+        log.warning("config_paused", config_id=row["id"], symbol=row["symbol"], status=row["status"],
+                    reason=row["reason"])
+    for row in resumed:
+        log.info("config_resumed", config_id=row["id"], symbol=row["symbol"], status=row["status"])
 
 
 def _not_found(config_id: int) -> NotFoundError:

@@ -25,18 +25,24 @@ __all__ = [
     "insert_config",
     "list_configs",
     "next_due_at",
+    "repairable_configs",
     "reschedule",
     "set_enabled",
+    "sync_listing_pauses",
     "update_config",
 ]
 
 CONFIG_COLUMNS = (
     "id, symbol, exchange, timeframes, interval_minutes, enabled, job_id, description,"
-    " created_at, updated_at, created_by, last_run_at, next_run_at"
+    " created_at, updated_at, created_by, last_run_at, next_run_at,"
+    " history_start, history_from_listing, paused_reason, paused_at"
 )
 
 #: The only columns `update_config` writes; its SET list is built from these names, never from input.
-UPDATABLE_COLUMNS: tuple[str, ...] = ("symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description")
+UPDATABLE_COLUMNS: tuple[str, ...] = (
+    "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description",
+    "history_start", "history_from_listing",
+)
 
 
 async def insert_config(
@@ -50,16 +56,20 @@ async def insert_config(
     description: str | None,
     created_by: str | None,
     next_run_at: datetime | None,
+    history_start: datetime | None = None,
+    history_from_listing: bool = False,
 ) -> asyncpg.Record:
     """Store a new config; a unique violation (DuplicateError out of `connection()`) if (exchange, symbol) has one."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         INSERT INTO data_collection_configs
-               (symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at)
-        VALUES ($1, $2, $3::text[], $4, $5, $6, $7, $8)
+               (symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at,
+                history_start, history_from_listing)
+        VALUES ($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10)
         RETURNING {CONFIG_COLUMNS}
         """,
         symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at,
+        history_start, history_from_listing,
     )
     assert row is not None
     return row
@@ -172,11 +182,11 @@ async def reschedule(conn: Connection, config_id: int, now: datetime) -> None:
 
 
 async def due_configs(conn: Connection, now: datetime) -> list[asyncpg.Record]:
-    """Enabled configs due at `now`, the most overdue first."""
+    """Enabled configs due at `now`, the most overdue first (paused ones wait for their symbol)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {CONFIG_COLUMNS} FROM data_collection_configs
-         WHERE enabled AND next_run_at <= $1
+         WHERE enabled AND paused_reason IS NULL AND next_run_at <= $1
          ORDER BY next_run_at, id
         """,
         now,
@@ -185,9 +195,9 @@ async def due_configs(conn: Connection, now: datetime) -> list[asyncpg.Record]:
 
 
 async def next_due_at(conn: Connection) -> datetime | None:
-    """The earliest next_run_at of the enabled configs."""
+    """The earliest next_run_at of the enabled configs that are not paused."""
     value: datetime | None = await conn.fetchval(
-        "SELECT min(next_run_at) FROM data_collection_configs WHERE enabled"
+        "SELECT min(next_run_at) FROM data_collection_configs WHERE enabled AND paused_reason IS NULL"
     )
     return value
 
@@ -201,8 +211,8 @@ async def claim_due_run(
     started_at: datetime,
     worker_id: uuid.UUID,
 ) -> bool:
-    """Move a due config on to its next run time, if it is still enabled and still due at `due_at`,
-    and the claiming worker is still registered (alive in its peers' eyes).
+    """Move a due config on to its next run time, if it is still enabled, not paused and still due at
+    `due_at`, and the claiming worker is still registered (alive in its peers' eyes).
 
     A conditional UPDATE: when several processes see the same due run, exactly one claims it; a
     process its peers presumed dead (and whose row they removed) claims nothing.
@@ -211,9 +221,70 @@ async def claim_due_run(
         """
         UPDATE data_collection_configs
            SET next_run_at = $3, last_run_at = $4
-         WHERE id = $1 AND enabled AND next_run_at = $2
+         WHERE id = $1 AND enabled AND paused_reason IS NULL AND next_run_at = $2
            AND EXISTS (SELECT 1 FROM workers WHERE id = $5)
         """,
         config_id, due_at, next_run_at, started_at, worker_id,
     )
     return status == "UPDATE 1"
+
+
+async def sync_listing_pauses(
+    conn: Connection, exchange: str, now: datetime
+) -> tuple[list[asyncpg.Record], list[asyncpg.Record]]:
+    """Pause the exchange's configs whose symbol does not trade, resume those whose symbol trades again.
+
+    Reads the symbols table as the symbol refresh left it (call it in the refresh's transaction).
+    A paused config gets a reason naming the status and `paused_at`; one already paused for another
+    status (BREAK, then delisted) gets the new reason. A resumed config is due at once (if enabled),
+    so its collection catches up. Returns (paused, resumed) rows: id, symbol, exchange, status, reason.
+    """
+    paused: list[asyncpg.Record] = await conn.fetch(
+        """
+        WITH listing AS (
+            SELECT c.id, s.status,
+                   CASE WHEN s.status = 'DELISTED'
+                        THEN format('%s is no longer listed (DELISTED) on %s', c.symbol, c.exchange)
+                        ELSE format('%s is %s on %s', c.symbol, s.status, c.exchange)
+                   END AS what,
+                   -- when the refresh that found this status ran (a delisting: the first one that missed it)
+                   to_char(s.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS seen
+              FROM data_collection_configs c
+              JOIN symbols s ON s.exchange = c.exchange AND s.symbol = c.symbol
+             WHERE c.exchange = $1 AND s.status <> 'TRADING'
+        )
+        UPDATE data_collection_configs c
+           SET paused_reason = l.what || ' since the symbol refresh at ' || l.seen, paused_at = $2
+          FROM listing l
+         WHERE c.id = l.id
+           AND (c.paused_reason IS NULL OR NOT starts_with(c.paused_reason, l.what || ' since '))
+        RETURNING c.id, c.symbol, c.exchange, l.status, c.paused_reason AS reason
+        """,
+        exchange, now,
+    )
+    resumed: list[asyncpg.Record] = await conn.fetch(
+        """
+        UPDATE data_collection_configs c
+           SET paused_reason = NULL, paused_at = NULL,
+               next_run_at = CASE WHEN c.enabled THEN $2::timestamptz END
+          FROM symbols s
+         WHERE c.exchange = $1 AND c.paused_reason IS NOT NULL
+           AND s.exchange = c.exchange AND s.symbol = c.symbol AND s.status = 'TRADING'
+        RETURNING c.id, c.symbol, c.exchange, s.status, NULL::text AS reason
+        """,
+        exchange, now,
+    )
+    return paused, resumed
+
+
+async def repairable_configs(conn: Connection, exchange: str) -> list[asyncpg.Record]:
+    """Configs whose series a scheduled gap repair covers: enabled and not paused for their listing."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        SELECT id, symbol, timeframes FROM data_collection_configs
+         WHERE exchange = $1 AND enabled AND paused_reason IS NULL
+         ORDER BY id
+        """,
+        exchange,
+    )
+    return rows

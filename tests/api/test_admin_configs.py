@@ -16,7 +16,8 @@ from tests.fakes.binance import FakeBinance
 URL = "/api/v1/admin/data-collection/configs"
 CONFIG_FIELDS = {
     "id", "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "job_id", "description",
-    "created_at", "updated_at", "created_by", "last_run_at", "next_run_at",
+    "created_at", "updated_at", "created_by", "last_run_at", "next_run_at", "history_start", "paused_reason",
+    "paused_at",
 }
 
 
@@ -49,7 +50,7 @@ async def test_crud_round_trip_with_the_reference_fields(admin: Api, db: asyncpg
         "symbol": "ETHUSDT", "exchange": "binance", "timeframes": ["1m", "5m", "15m", "1h", "4h", "1d"],
         "interval_minutes": 10, "enabled": True, "job_id": f"collect_data_{config_id}",
         "description": "Ethereum data collection", "updated_at": None, "created_by": TEST_ADMIN_EMAIL,
-        "last_run_at": None,
+        "last_run_at": None, "history_start": None, "paused_reason": None, "paused_at": None,
     }
     assert near_now(created["created_at"])
     # A new enabled config is scheduled to run promptly.
@@ -70,6 +71,7 @@ async def test_crud_round_trip_with_the_reference_fields(admin: Api, db: asyncpg
     assert near_now(updated["next_run_at"])  # it never ran: still due promptly
     assert (await admin.http.get(f"{URL}/{config_id}")).json() == updated
     stored = await db.fetchrow("SELECT symbol, timeframes, interval_minutes FROM data_collection_configs")
+    assert stored is not None
     assert tuple(stored.values()) == ("ETHUSDT", ["1m", "1h"], 5)
 
     response = await admin.http.delete(f"{URL}/{config_id}")
@@ -291,5 +293,61 @@ async def test_routes_are_in_the_openapi_document(admin: Api) -> None:
     update = doc["components"]["schemas"]["UpdateConfig"]
     assert update.get("required", []) == []
     assert set(update["properties"]) == {
-        "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description",
+        "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description", "history_start",
     }
+
+
+async def stored_start(db: asyncpg.Connection[Any]) -> tuple[datetime | None, bool]:
+    row = await db.fetchrow("SELECT history_start, history_from_listing FROM data_collection_configs")
+    assert row is not None
+    return row["history_start"], row["history_from_listing"]
+
+
+async def test_history_start_is_created_read_changed_and_cleared(admin: Api, db: asyncpg.Connection[Any]) -> None:
+    """history_start: an ISO time (UTC unless it has an offset) or "listing" round-trips through create,
+    read, list and update; null clears it; the other fields stay."""
+    created = await create(admin, history_start="2024-01-01")
+    url = f"{URL}/{created['id']}"
+    assert created["history_start"] == "2024-01-01T00:00:00Z"
+    assert (await admin.http.get(url)).json() == created
+    assert (await admin.http.get(URL)).json() == [created]
+    assert await stored_start(db) == (datetime(2024, 1, 1, tzinfo=UTC), False)
+
+    shifted = (await admin.http.put(url, json={"history_start": "2024-03-01T12:30:00+02:00"})).json()
+    assert shifted["history_start"] == "2024-03-01T10:30:00Z"
+
+    listing = (await admin.http.put(url, json={"history_start": "Listing"})).json()
+    assert listing["history_start"] == "listing"
+    assert (await admin.http.get(url)).json()["history_start"] == "listing"
+    assert await stored_start(db) == (None, True)
+
+    untouched = (await admin.http.put(url, json={"interval_minutes": 20})).json()
+    assert untouched["history_start"] == "listing"
+
+    cleared = (await admin.http.put(url, json={"history_start": None})).json()
+    assert cleared["history_start"] is None
+    assert await stored_start(db) == (None, False)
+    keep = ("symbol", "timeframes", "interval_minutes", "enabled", "description")
+    assert {k: cleared[k] for k in keep} == {k: untouched[k] for k in keep}
+
+    from_listing = await create(admin, symbol="ETHUSDT", history_start="listing")
+    assert from_listing["history_start"] == "listing"
+    assert (await create(admin, symbol="XRPETH"))["history_start"] is None
+
+
+async def test_a_bad_or_future_history_start_is_a_422_naming_it(admin: Api) -> None:
+    """Garbage, a time before 1970 and a future time are refused on create and update; nothing changes."""
+    base = {"symbol": "BTCUSDT", "timeframes": ["1m"], "interval_minutes": 10}
+    future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    for value, needle in (("yesterday", "ISO 8601"), ("1969-12-31", "1970"), (future, "future")):
+        body = assert_error(await admin.http.post(URL, json={**base, "history_start": value}), 422, "history_start",
+                            needle)
+        assert body["extra"]["field"] == "history_start"
+    assert_error(await admin.http.post(URL, json={**base, "history_start": ""}), 400, "history_start")
+    assert (await admin.http.get(URL)).json() == []
+
+    created = await create(admin, history_start="2024-01-01")
+    url = f"{URL}/{created['id']}"
+    assert_error(await admin.http.put(url, json={"history_start": "soon"}), 422, "history_start")
+    assert_error(await admin.http.put(url, json={"history_start": future}), 422, "history_start", "future")
+    assert (await admin.http.get(url)).json() == created

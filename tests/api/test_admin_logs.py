@@ -291,6 +291,7 @@ async def test_status_overview(admin: Api, ids: dict[str, int], db: asyncpg.Conn
     status = (await admin.http.get(f"{BASE}/status")).json()
     assert list(status) == [
         "total_configs", "enabled_configs", "disabled_configs", "active_jobs", "recent_executions", "stats",
+        "coverage",
     ]
     assert (status["total_configs"], status["enabled_configs"], status["disabled_configs"]) == (3, 2, 1)
     assert status["active_jobs"] == 0

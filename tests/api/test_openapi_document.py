@@ -42,9 +42,12 @@ OPERATIONS = {
     "cancelTask": ("POST", "/api/v1/data-collector/task/{task_id}/cancel", "data-collector"),
     "taskStats": ("GET", "/api/v1/data-collector/tasks/stats", "data-collector"),
     "refreshSymbols": ("POST", "/api/v1/data-collector/refresh-symbols", "data-collector"),
+    "planCollection": ("POST", "/api/v1/data-collector/plan", "data-collector"),
+    "repairGaps": ("POST", "/api/v1/data-collector/repair", "data-collector"),
     "collectorStatus": ("GET", "/api/v1/data-collector/status", "data-collector"),
     "latestPrices": ("GET", "/api/v1/data-collector/latest-prices", "data-collector"),
     "getKlines": ("GET", "/api/v1/klines", "klines"),
+    "getCoverage": ("GET", "/api/v1/coverage", "klines"),
     "listConfigs": ("GET", "/api/v1/admin/data-collection/configs", "admin"),
     "createConfig": ("POST", "/api/v1/admin/data-collection/configs", "admin"),
     "getConfig": ("GET", "/api/v1/admin/data-collection/configs/{config_id}", "admin"),
@@ -164,10 +167,11 @@ def test_each_operation_documents_the_errors_its_input_and_guards_can_cause(
                                  "enableConfig", "disableConfig", "triggerConfig", "getExecutionLog"}:
             assert "404" in codes, where
         if op["operationId"] in {"startCollection", "cancelTask", "refreshSymbols", "createConfig",
-                                 "updateConfig", "triggerConfig"}:
+                                 "updateConfig", "triggerConfig", "repairGaps"}:
             assert "409" in codes, where
         if op["operationId"] in {"startCollection", "createConfig", "updateConfig", "getKlines",
-                                 "listExecutionLogs", "exportExecutionLogsCsv"}:
+                                 "listExecutionLogs", "exportExecutionLogsCsv", "planCollection", "repairGaps",
+                                 "getCoverage"}:
             assert "422" in codes, where
     assert "429" in document["paths"]["/api/v1/auth/login"]["post"]["responses"]
 
@@ -184,7 +188,7 @@ def test_only_the_operations_that_need_a_token_name_the_bearer_scheme(app: Lites
         assert op.get("security") == ([{BEARER: []}] if needs_token else None), (method, path)
     protected = {op["operationId"] for *_, op in operations(document) if op.get("security")}
     assert protected == {
-        "currentUser", "startCollection", "cancelTask", "refreshSymbols",
+        "currentUser", "startCollection", "cancelTask", "refreshSymbols", "planCollection", "repairGaps",
         *(op_id for op_id, (_, path, _) in OPERATIONS.items() if path.startswith("/api/v1/admin/")),
     }
 
@@ -206,7 +210,7 @@ def test_closed_sets_are_named_enums_a_client_can_name(document: dict[str, Any])
         "Exchange": ["binance"],
         "Timeframe": list(TIMEFRAMES),
         "TaskStatus": ["pending", "running", "completed", "failed", "cancelled"],
-        "TaskType": ["data_collection", "scheduled_data_collection", "symbol_refresh"],
+        "TaskType": ["data_collection", "scheduled_data_collection", "symbol_refresh", "gap_repair"],
         "LogStatus": ["running", "success", "failed", "skipped"],
         "TaskReplyStatus": ["submitted", "pending", "running", "completed", "failed", "cancelled"],
     }
@@ -263,11 +267,11 @@ def test_task_results_params_and_log_metadata_are_typed_models(document: dict[st
     }
     assert set(schema_of(document, "SymbolRefreshResult")["required"]) == {"exchange", "symbols"}
     assert set(schema_of(document, "TaskParams")["properties"]) == {
-        "exchange", "symbols", "timeframes", "config_id", "job_name",
+        "exchange", "symbols", "timeframes", "config_id", "job_name", "start", "end",
     }
     assert set(schema_of(document, "LogMetadata")["properties"]) == {
         "timeframes", "timeframes_collected", "timeframes_failed", "records_per_timeframe", "failed_timeframes",
-        "symbols",
+        "symbols", "records_quarantined", "exchange_gaps",
     }
     assert schema_of(document, "TaskStats")["properties"]["task_counts"] == {"$ref": "#/components/schemas/TaskCounts"}
     # The only object whose values are untyped is ErrorBody.extra (its keys differ per error).

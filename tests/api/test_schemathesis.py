@@ -47,6 +47,7 @@ STATEFUL_CHECKS = [*CHECKS, use_after_free, ensure_resource_availability]
 #: The symbols the fake exchange lists (tests/conftest.py). A random symbol is a 422, so without
 #: these no config would ever be created and no collection started.
 LISTED_SYMBOLS = ("BTCUSDT", "ETH/USDT", "XRPETH")
+VALID_TIMEFRAMES = ("1h", "1d", "4h")
 EXAMPLES_PER_OPERATION = 12  # per generation mode; each example is sent anonymously and as the admin
 CONFIGS = "/api/v1/admin/data-collection/configs"
 SEQUENCES = 30
@@ -79,9 +80,24 @@ def name_listed_symbols(case: Case) -> None:
     symbol = body.get("symbol")
     if isinstance(symbol, str) and len(symbol) % 4:
         body["symbol"] = LISTED_SYMBOLS[len(symbol) % 4 - 1]
+    # A random history_start is a 422 too: most become one of the accepted forms.
+    history_start = body.get("history_start")
+    if isinstance(history_start, str) and len(history_start) % 4:
+        body["history_start"] = ("listing", "2024-01-01", "2024-01-01T12:00:00+02:00")[len(history_start) % 4 - 1]
     symbols = body.get("symbols")
     if isinstance(symbols, list) and all(isinstance(s, str) for s in symbols) and len(symbols) % 4:
         body["symbols"] = [LISTED_SYMBOLS[len(s) % len(LISTED_SYMBOLS)] for s in symbols]
+    # Random timeframes, intervals and range bounds are 422s too: most become accepted ones.
+    interval = body.get("interval_minutes")
+    if isinstance(interval, int) and not isinstance(interval, bool) and interval < 1 and interval % 4:
+        body["interval_minutes"] = 60
+    timeframes = body.get("timeframes")
+    if isinstance(timeframes, list) and all(isinstance(t, str) for t in timeframes) and len(timeframes) % 4:
+        body["timeframes"] = [VALID_TIMEFRAMES[len(t) % len(VALID_TIMEFRAMES)] for t in timeframes]
+    for bound, accepted in (("start", ("listing", "2026-11-20", None)), ("end", (None, "2026-11-21", None))):
+        value = body.get(bound)
+        if isinstance(value, str) and len(value) % 4:
+            body[bound] = accepted[len(value) % 4 - 1]
 
 
 EVENTS = "/api/v1/events"
@@ -192,10 +208,8 @@ def test_linked_sequences_answer_as_documented(api: Api, loop: asyncio.AbstractE
     """Sequences along the inferred links (config and task ids), as the admin: no 5xx, all documented."""
     app = InProcess(api, loop)
     # Configs and a task to start from: the sequences that list them then follow their ids.
-    start = [
-        {"symbol": symbol, "timeframes": ["1h"], "interval_minutes": 60, "enabled": False}
-        for symbol in ("ETHUSDT", "XRPETH")
-    ]
+    # (One config only: the valid creates the sequences draw name the other listed symbols.)
+    start = [{"symbol": "XRPETH", "timeframes": ["1h"], "interval_minutes": 60, "enabled": False}]
     loop.run_until_complete(api.wait(loop.run_until_complete(api.start(["BTCUSDT"], ["1d"]))))
     machine = app.schema.as_state_machine()
     # Transitions are rules named after their source (operation and status) and target operation.

@@ -101,6 +101,9 @@ async def _run(
             checks["before 2"] = cpu_check_ms()
             single = await bulk_run(bench, "2", sizes.bulk_candles, ceiling=2 in scenarios)
             if 2 in scenarios:
+                single["without_check"] = await bulk_run(
+                    bench, "2b", sizes.bulk_candles, ceiling=False, candle_check=False
+                )
                 outcomes.append(bulk_outcome(single))
             if 3 in scenarios:
                 outcomes.append(probe_outcome(single))

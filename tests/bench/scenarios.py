@@ -351,13 +351,23 @@ async def _poll_rss(svc: Service, stop: asyncio.Event, every: float = 0.02) -> i
     return peak
 
 
-async def bulk_run(b: Bench, label: str, candles_per_symbol: int, *, ceiling: bool) -> dict[str, Any]:
-    """One backfill of `candles_per_symbol` 1m candles for each bulk symbol, probed and RSS-polled."""
+# The CHECK constraint on klines (migration 0008), dropped in a clone to measure what it costs.
+_DROP_CANDLE_CHECK = "ALTER TABLE klines DROP CONSTRAINT klines_candle_valid"
+
+
+async def bulk_run(
+    b: Bench, label: str, candles_per_symbol: int, *, ceiling: bool, candle_check: bool = True
+) -> dict[str, Any]:
+    """One backfill of `candles_per_symbol` 1m candles for each bulk symbol, probed and RSS-polled
+    (`candle_check` False: into a klines table without its CHECK constraint)."""
     s = b.sizes
     fake = b.fakes["bulk"]
     symbols = bench_symbols(s.bulk_symbols)
-    say(f"scenario {label}: backfill of {len(symbols)} x {candles_per_symbol:,} 1m candles")
+    without = "" if candle_check else " without the klines CHECK constraint"
+    say(f"scenario {label}: backfill of {len(symbols)} x {candles_per_symbol:,} 1m candles{without}")
     name, dsn = await b.pg.clone(label)
+    if not candle_check:
+        await _execute(dsn, _DROP_CANDLE_CHECK)
     env = {"DEFAULT_HISTORY_CANDLES": str(candles_per_symbol), "BINANCE_WEIGHT_LIMIT": NO_LIMIT}
     svc = await b.service(label, dsn, fake, env)
     try:
@@ -407,10 +417,30 @@ async def bulk_run(b: Bench, label: str, candles_per_symbol: int, *, ceiling: bo
     return run
 
 
+async def _execute(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def copy_ceiling(b: Bench, rows_file: Path) -> dict[str, Any]:
-    """Server-side COPY of the very rows the service stored into a fresh clone of the same schema."""
-    say("scenario 2: server-side COPY ceiling of the same rows")
+    """Server-side COPY of the very rows the service stored into a fresh clone of the same schema,
+    with the klines CHECK constraint and without it."""
+    try:
+        with_check = await _copy_into_clone(b, rows_file, candle_check=True)
+        without_check = await _copy_into_clone(b, rows_file, candle_check=False)
+    finally:
+        _remove(rows_file)
+    return {**with_check, "without_check": without_check}
+
+
+async def _copy_into_clone(b: Bench, rows_file: Path, *, candle_check: bool) -> dict[str, Any]:
+    say("scenario 2: server-side COPY ceiling of the same rows" + ("" if candle_check else ", no CHECK constraint"))
     name, dsn = await b.pg.clone("ceiling")
+    if not candle_check:
+        await _execute(dsn, _DROP_CANDLE_CHECK)
     try:
         await b.pg.admin("CHECKPOINT")
         pg0 = b.pg.cpu_seconds()
@@ -424,7 +454,6 @@ async def copy_ceiling(b: Bench, rows_file: Path) -> dict[str, Any]:
             await conn.close()
     finally:
         await b.pg.drop(name)
-        _remove(rows_file)
     rows = int(status.split()[-1])
     return {
         "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds,
@@ -450,6 +479,14 @@ def bulk_outcome(run: dict[str, Any]) -> Outcome:
             "", f"{ceiling['rows']:,} rows in {ceiling['seconds']:.2f} s")
     out.add("  CPU: service / fake / postgres", _cpus(run))
     out.add("  CPU: postgres during the ceiling COPY", cpu(ceiling["postgres_cpu_s"]))
+    bare = ceiling["without_check"]
+    out.add("  ceiling COPY without the klines CHECK constraint", per_second(bare["rows_per_s"], "rows/s"), "",
+            f"the constraint costs {1 - ceiling['rows_per_s'] / bare['rows_per_s']:.0%} of COPY speed")
+    unchecked = run.get("without_check")
+    if unchecked is not None:
+        cost = 1 - run["candles_per_s"] / unchecked["candles_per_s"]
+        out.add("  end to end without the klines CHECK constraint", per_second(unchecked["candles_per_s"]), "",
+                f"the constraint costs {cost:.0%} end to end")
     return out
 
 

@@ -7,12 +7,35 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import asyncpg
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, Response, expect
 
 from tests.fakes.binance import FakeBinance
 from tests.processes import ADMIN_EMAIL, ADMIN_PASSWORD, service_env, service_processes
 
 MINUTE_MS = 60_000
+
+
+async def write_ledger(dsn: str, now_ms: int) -> None:
+    """The coverage ledger of BTCUSDT 1m, written by hand: verified from 6,000 minutes back, a
+    5-minute exchange gap 300 minutes back, a 10-minute hole 200 minutes back, verified past now."""
+    minute = now_ms // MINUTE_MS * MINUTE_MS
+    ago = [minute - n * MINUTE_MS for n in (6_000, 300, 295, 200, 190)]
+    conn = await asyncpg.connect(dsn)
+    try:
+        series_id = await conn.fetchval("SELECT id FROM series WHERE symbol = 'BTCUSDT' AND timeframe = '1m'")
+        await conn.execute("DELETE FROM coverage WHERE series_id = $1", series_id)  # whatever the run recorded
+        await conn.executemany(
+            "INSERT INTO coverage (series_id, start_time, end_time, kind, checks) VALUES ($1, $2, $3, $4, $5)",
+            [
+                (series_id, ago[0], ago[1], "verified", 1),
+                (series_id, ago[1], ago[2], "exchange_gap", 2),
+                (series_id, ago[2], ago[3], "verified", 1),
+                (series_id, ago[4], minute + 30 * MINUTE_MS, "verified", 1),
+            ],
+        )
+    finally:
+        await conn.close()
 
 
 def watch_errors(page: Page, expected: set[tuple[str, str, int]]) -> list[str]:
@@ -96,6 +119,7 @@ async def test_an_admin_creates_and_runs_a_config_and_watches_its_progress_live(
         await expect(page.locator("#recent-tasks tr", has_text="completed")).to_have_count(1, timeout=10_000)
         stored = await web.open_times("BTCUSDT")
         assert len(stored) >= 6_000
+        await write_ledger(db_dsn, int(time.time() * 1000))
 
         # The run's execution log: filtered, opened, exported as CSV.
         await page.click("nav a[data-page=logs]")
@@ -130,6 +154,10 @@ async def test_an_admin_creates_and_runs_a_config_and_watches_its_progress_live(
         await expect(page.locator("#success-chart")).to_have_attribute("data-points", "1")
         await expect(page.locator("#success-chart canvas").first).to_be_visible()
         await expect(page.locator("#recent-executions tbody tr").first).to_contain_text("collect_data_")
+        # The coverage table flags the series with a hole.
+        coverage_row = page.locator("#coverage-table tr[data-series='BTCUSDT 1m']")
+        await expect(coverage_row).to_have_class("flag-holes")
+        await expect(coverage_row).to_contain_text("1 hole, 10 candles")
         await page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
         # A candlestick chart of the stored series.
@@ -141,6 +169,12 @@ async def test_an_admin_creates_and_runs_a_config_and_watches_its_progress_live(
         await expect(page.locator("#candle-chart")).to_have_attribute("data-candles", "500")
         await expect(page.locator("#candles-notice")).to_contain_text("500 candles of BTCUSDT 1m")
         await expect(page.locator("#candle-chart canvas").first).to_be_visible()
+        # The hole is listed under the chart and drawn on it (10 red bars, 5 grey for the exchange gap).
+        await expect(page.locator("#coverage-holes li")).to_have_count(1)
+        await expect(page.locator("#coverage-holes li")).to_contain_text("10 candles missing")
+        await expect(page.locator("#candle-chart")).to_have_attribute("data-holes", "1")
+        await expect(page.locator("#candle-chart")).to_have_attribute("data-hole-bars", "15")
+        await expect(page.locator("#coverage-notice")).to_contain_text("1 hole (10 candles missing")
         await page.screenshot(path=str(tmp_path / "candles.png"), full_page=True)
 
         # Edit the config through the form, then enable it with the bulk action.

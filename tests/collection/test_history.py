@@ -8,6 +8,7 @@ The fake exchange and the service share one clock frozen at T0 (10:00:30, half a
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import Settings
 from tests.collection.test_collect import MINUTE, T0, frozen_at, stored
+from tests.collection.test_scheduler import create, fast_clock
 from tests.conftest import Api, serve_app
 from tests.fakes.binance import FakeBinance
 
@@ -96,7 +98,8 @@ async def test_a_plan_matches_what_the_run_then_does(
     assert task["status"] == "completed", task
     assert (plan["candles_stored"], plan["candles_to_fetch"]) == (0, 4000)
     assert task["result"]["candles_written"] == plan["candles_to_fetch"]
-    assert len(klines_requests(fake)) == plan["requests"] == 5  # 3 full windows, the open-ended one, its open candle again
+    # 3 full windows, the open-ended one, and its open candle read again
+    assert len(klines_requests(fake)) == plan["requests"] == 5
     assert sum(fake.weight_by_window.values()) == plan["request_weight"] == 10
     assert plan["weight_budget_per_minute"] > 0
     assert plan["estimated_seconds"] == round(60 * plan["request_weight"] / plan["weight_budget_per_minute"], 1)
@@ -229,10 +232,11 @@ async def test_invalid_candles_are_quarantined_counted_and_left_as_a_hole(
     assert bad not in [r["open_time"] for r in await stored(db, "BTCUSDT", "1m")]
     (row,) = await db.fetch("SELECT open_time, reason, raw, task_id::text FROM quarantined_klines")
     assert row["open_time"] == bad and "low" in row["reason"]
-    assert row["raw"][0] == bad and row["raw"][3] == "99999999.00000000"
+    raw = json.loads(row["raw"])
+    assert raw[0] == bad and raw[3] == "99999999.00000000"
     assert row["task_id"] == task["task_id"]
     log = await db.fetchrow("SELECT metadata FROM job_execution_logs WHERE task_id = $1::uuid", task["task_id"])
-    assert log is not None and log["metadata"]["records_quarantined"] == 1
+    assert log is not None and json.loads(log["metadata"])["records_quarantined"] == 1
     assert await ledger(db, "BTCUSDT") == [(listing, bad, "verified", 1), (bad + MINUTE, OPEN, "verified", 1)]
     quarantined = {
         tuple(sorted(sample.labels.items())): sample.value
@@ -245,28 +249,43 @@ async def test_invalid_candles_are_quarantined_counted_and_left_as_a_hole(
 async def test_under_exchange_faults_the_history_has_no_hole(
     fake: FakeBinance, make_settings: Callable[..., Settings], db: asyncpg.Connection[Any]
 ) -> None:
-    """With 5xx answers, dropped connections and garbled bodies sprinkled over every klines request
-    (the fault rates of the faults tests), a backfill from listing ends complete: every candle, the
-    maintenance gap recorded as such, no hole left."""
+    """With 5xx answers, dropped connections and garbled bodies sprinkled over the klines requests
+    (the faults of the faults tests), a backfill from listing, then a repair of candles lost from the
+    database, end complete: every candle, the maintenance gap recorded as such, no hole left."""
     clock = frozen_at(fake, T0)
-    listing = OPEN - 5999 * MINUTE
-    rows = fake.generate_klines("SOLUSDT", "1m", listing, 6000)
-    gap = (listing + 3100 * MINUTE, listing + 3150 * MINUTE)
+    listing = OPEN - 29_999 * MINUTE
+    rows = fake.generate_klines("SOLUSDT", "1m", listing, 30_000)
+    gap = (listing + 13_100 * MINUTE, listing + 13_150 * MINUTE)
     fake.remove_klines("SOLUSDT", "1m", *gap)
-    fake.add_fault("500", count=3, every=3)
-    fake.add_fault("502", count=2, every=4)
+    # Applied in turn, each to every n-th klines request: about one request in three fails.
+    fake.add_fault("500", count=2, every=3)
+    fake.add_fault("502", count=2, every=3)
     fake.add_fault("drop", count=4, every=2)
-    fake.add_fault("bad_json", count=2, every=5)
+    fake.add_fault("bad_json", count=2, every=3)
     async with serve_app(make_settings(binance_retry_attempts=8), clock) as api:
         await api.wait_idle()
         task = await start(api, {"symbols": ["SOLUSDT"], "timeframes": ["1m"], "start": "listing"})
-    assert task["status"] == "completed", task
-    assert {500, 502, 0} <= set(fake.status_counts)
+        assert task["status"] == "completed", task
+        assert {500, 502, 0} <= set(fake.status_counts)
+        # Then a repair, under the same faults, of candles lost from the database.
+        await db.execute("DELETE FROM klines WHERE open_time >= $1 AND open_time < $2",
+                         listing + 20_000 * MINUTE, listing + 22_500 * MINUTE)
+        fake.add_fault("500", count=2, every=2)
+        fake.add_fault("drop", count=2, every=2)
+        fake.add_fault("bad_json", count=1)
+        repaired = await repair(api, "SOLUSDT", ["1m"])
+        coverage = (await api.http.get(
+            "/api/v1/coverage", params={"symbol": "SOLUSDT", "timeframe": "1m", "start": "listing"}
+        )).json()
+    assert repaired["status"] == "completed", repaired
+    assert repaired["result"]["candles_written"] == 2500
     expected = [r[0] for r in rows if not gap[0] <= r[0] < gap[1]]
     assert [r["open_time"] for r in await stored(db, "SOLUSDT", "1m")] == expected
     assert await ledger(db, "SOLUSDT") == [
         (listing, gap[0], "verified", 1), (gap[0], gap[1], "exchange_gap", 2), (gap[1], OPEN, "verified", 1),
     ]
+    assert (coverage["complete"], coverage["holes"], coverage["completeness_percent"]) == (True, [], 100.0)
+    assert coverage["candles_exchange_gap"] == 50
 
 
 async def test_a_running_backfill_reports_an_eta_within_a_quarter_of_the_time_it_then_took(
@@ -293,3 +312,35 @@ async def test_a_running_backfill_reports_an_eta_within_a_quarter_of_the_time_it
     assert len(samples) >= 3, (samples, took)
     misses = [(elapsed, eta) for elapsed, eta in samples if abs(elapsed + eta - took) > 0.25 * took]
     assert misses == [], (misses, took)
+
+
+async def test_a_config_from_listing_backfills_and_the_scheduled_repair_heals_a_hole(
+    fake: FakeBinance, make_settings: Callable[..., Settings], db: asyncpg.Connection[Any]
+) -> None:
+    """A config with `history_start: "listing"` collects the whole history on its first scheduled run;
+    candles deleted afterwards are fetched again by the scheduled gap repair (GAP_REPAIR_INTERVAL),
+    which logs its runs as `gap_repair`."""
+    clock = fast_clock(fake, speed=600)  # one virtual minute per 0.1 s
+    listing = OPEN - 2999 * MINUTE
+    fake.generate_klines("BTCUSDT", "1m", listing, 3000 + 400)  # and the candles of the minutes to come
+    deleted = (listing + 10 * MINUTE, listing + 20 * MINUTE)
+    async with serve_app(make_settings(gap_repair_interval=600), clock) as api:
+        await api.wait_idle()
+        config = await create(api, interval_minutes=60, history_start="listing")
+        assert config["history_start"] == "listing"
+        async with asyncio.timeout(20):
+            while len(await stored(db, "BTCUSDT", "1m")) < 3000:
+                await asyncio.sleep(0.05)
+        first = (await ledger(db, "BTCUSDT"))[0]
+        assert first[0] == listing and first[2] == "verified" and first[1] > listing + 2998 * MINUTE
+        await db.execute("DELETE FROM klines WHERE open_time >= $1 AND open_time < $2", *deleted)
+        async with asyncio.timeout(20):
+            while await db.fetchval(
+                "SELECT count(*) FROM klines WHERE open_time >= $1 AND open_time < $2", *deleted
+            ) < 10:
+                await asyncio.sleep(0.05)
+    opens = [r["open_time"] for r in await stored(db, "BTCUSDT", "1m")]
+    assert opens[:3000] == [listing + i * MINUTE for i in range(3000)]
+    repairs = await db.fetch("SELECT job_name, status, records_collected FROM job_execution_logs"
+                             " WHERE job_type = 'gap_repair' AND status = 'success' AND records_collected >= 10")
+    assert repairs and all(r["job_name"] == "gap_repair" for r in repairs)

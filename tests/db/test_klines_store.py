@@ -21,7 +21,7 @@ async def store(conn: Any, series_id: int, klines: list[Kline], *, stored_until:
 
 def candle(open_time: int, close: str = "1.50000000") -> Kline:
     return Kline(
-        open_time=open_time, open="1.00000000", high="2.00000000", low="0.50000000", close=close,
+        open_time=open_time, open="1.00000000", high="99.00000000", low="0.50000000", close=close,
         volume="10.00000000", close_time=open_time + MINUTE - 1, quote_volume="15.00000000", trades=7,
         taker_buy_base_volume="4.00000000", taker_buy_quote_volume="6.00000000",
     )

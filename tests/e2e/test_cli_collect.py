@@ -113,6 +113,30 @@ async def test_collect_of_an_unknown_symbol_exits_2_naming_it(fake: FakeBinance,
     assert "unknown symbol 'NOPEUSDT'" in out
 
 
+async def test_collect_since_listing_until_a_date_takes_exactly_that_range(
+    fake: FakeBinance, db_dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    """`collect --since listing --until T` stores the candles from the symbol's first one up to T
+    (exclusive), whatever DEFAULT_HISTORY_CANDLES says; a garbled --since exits 2 naming it."""
+    now = int(time.time() * 1000)
+    listing = (now - 2500 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    fake.generate_klines("BTCUSDT", "1m", listing, 2400)
+    until = listing + 2000 * MINUTE_MS
+    until_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until / 1000))
+    env = service_env(binance_url=fake.url, database_url=db_dsn, default_history_candles=10)
+
+    code, out = await run_service_command(
+        "collect", "--symbols", "BTCUSDT", "--timeframes", "1m", "--since", "listing", "--until", until_iso, env=env
+    )
+    bad, bad_out = await run_service_command(
+        "collect", "--symbols", "BTCUSDT", "--timeframes", "1m", "--since", "last tuesday", env=env
+    )
+
+    assert code == 0, out
+    assert await open_times(db, "BTCUSDT", "1m") == [listing + i * MINUTE_MS for i in range(2000)]
+    assert bad == 2 and "ISO 8601" in bad_out, bad_out
+
+
 async def test_collect_while_a_service_collects_the_same_series_exits_1_naming_the_active_task(
     db_dsn: str, db: asyncpg.Connection[Any], tmp_path: Path
 ) -> None:

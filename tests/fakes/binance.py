@@ -215,6 +215,11 @@ def _encode_row(row: Sequence[Any]) -> bytes:
     return _dumps(list(row))
 
 
+def _encode_json_row(row: Sequence[Any]) -> bytes:
+    """An unchecked row, still strict JSON (no NaN or Infinity literals) so the client can decode it."""
+    return json.dumps(list(row), separators=(",", ":"), allow_nan=False).encode()
+
+
 def _check_row(row: Sequence[Any]) -> None:
     """Refuse rows Binance would never send, so tests cannot feed the service impossible data."""
     if len(row) != 12:
@@ -500,19 +505,78 @@ class FakeBinance:
 
     def update_kline(self, symbol: str, interval: str, open_time: int, **fields: Any) -> KlineRow:
         """Change a stored candle (e.g. the open candle moving on); numbers become 8-decimal strings."""
-        series = self._series.get(symbol, {}).get(interval)
-        i = -1 if series is None else bisect.bisect_left(series.open_times, open_time)
-        if series is None or i >= len(series.open_times) or series.open_times[i] != open_time:
-            raise KeyError(f"no {symbol} {interval} kline opening at {open_time}")
-        row: KlineRow = json.loads(series.encoded[i])
+        series, i, row = self._stored_row(symbol, interval, open_time, fields)
         for name, value in fields.items():
-            if name not in KLINE_FIELDS or name == "open_time":
-                raise KeyError(f"cannot update kline field {name!r}")
             idx = KLINE_FIELDS.index(name)
             row[idx] = int(value) if idx in _INT_FIELDS else value if isinstance(value, str) else f"{value:.8f}"
         _check_row(row)
         series.encoded[i] = _encode_row(row)
         return row
+
+    def corrupt_kline(self, symbol: str, interval: str, open_time: int, **fields: Any) -> KlineRow:
+        """Serve a stored candle with these field values, stored verbatim and unchecked.
+
+        For the service's ingest checks: ``low="99999999"`` (low above open), ``volume="-1"``,
+        ``open="abc"``, ``close_time=<wrong int>``. The row stays 12 fields of valid JSON, so it
+        decodes; a non-string where a price belongs makes the client refuse the whole page instead.
+        """
+        series, i, row = self._stored_row(symbol, interval, open_time, fields)
+        for name, value in fields.items():
+            row[KLINE_FIELDS.index(name)] = value
+        series.encoded[i] = _encode_json_row(row)
+        return row
+
+    def add_raw_kline(self, symbol: str, interval: str, row: Sequence[Any]) -> None:
+        """Store one 12-field row without any check but JSON validity (e.g. an unaligned open_time),
+        replacing a stored one with the same open time."""
+        self._check_interval(interval)
+        self._ensure_symbol(symbol)
+        if len(row) != len(KLINE_FIELDS) or not isinstance(row[0], int):
+            raise ValueError(f"a raw kline row has 12 fields and an int open_time: {row!r}")
+        pair = (row[0], _encode_json_row(row))
+        self._series.setdefault(symbol, {}).setdefault(interval, _Series()).merge([pair])
+
+    def remove_klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> int:
+        """Delete the stored candles with start_ms <= open_time < end_ms (an exchange-side gap,
+        e.g. a maintenance window); return how many were removed."""
+        series = self._series.get(symbol, {}).get(interval)
+        if series is None:
+            return 0
+        lo = bisect.bisect_left(series.open_times, start_ms)
+        hi = max(lo, bisect.bisect_left(series.open_times, end_ms))
+        del series.open_times[lo:hi]
+        del series.encoded[lo:hi]
+        return hi - lo
+
+    def generate_klines_with_gaps(
+        self,
+        symbol: str,
+        interval: str,
+        start_ms: int,
+        count: int,
+        gaps: Sequence[tuple[int, int]],
+        seed: int | None = None,
+    ) -> list[KlineRow]:
+        """``generate_klines`` over ``count`` candle slots, then each [start, end) of ``gaps`` removed
+        (the exchange has no candles there); return the rows kept."""
+        rows = self.generate_klines(symbol, interval, start_ms, count, seed=seed)
+        for start, end in gaps:
+            self.remove_klines(symbol, interval, start, end)
+        return [row for row in rows if not any(start <= row[0] < end for start, end in gaps)]
+
+    def _stored_row(
+        self, symbol: str, interval: str, open_time: int, fields: Mapping[str, Any]
+    ) -> tuple[_Series, int, KlineRow]:
+        """The series, index and decoded row of a stored candle, once ``fields`` are known names."""
+        series = self._series.get(symbol, {}).get(interval)
+        i = -1 if series is None else bisect.bisect_left(series.open_times, open_time)
+        if series is None or i >= len(series.open_times) or series.open_times[i] != open_time:
+            raise KeyError(f"no {symbol} {interval} kline opening at {open_time}")
+        for name in fields:
+            if name not in KLINE_FIELDS or name == "open_time":
+                raise KeyError(f"cannot update kline field {name!r}")
+        row: KlineRow = json.loads(series.encoded[i])
+        return series, i, row
 
     # -- faults, bans, stats --------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 
+from service.records import Kline
 from tests.fakes.binance import JSON_CONTENT_TYPE, FakeBinance
 
 T0 = 1_699_999_980_000  # a minute boundary (2023-11-14 22:13:00 UTC)
@@ -252,3 +254,59 @@ async def test_cli_process() -> None:
         await proc.wait()
     assert "fake_cpu_seconds" in json.loads(out.decode().strip().splitlines()[-1])
     assert proc.returncode == 0
+
+
+async def test_maintenance_gap_is_absent(binance: FakeBinance, http: aiohttp.ClientSession) -> None:
+    """A gap [start, end) has no candles in any answer; the candles around it are served as before."""
+    kept = binance.generate_klines_with_gaps("BTCUSDT", "1m", T0, 10, gaps=[(T0 + 3 * MIN, T0 + 6 * MIN)], seed=7)
+    assert opens(kept) == [0, 1, 2, 6, 7, 8, 9]
+    binance.set_time(T0 + 10 * MIN)
+    q = {"symbol": "BTCUSDT", "interval": "1m"}
+    assert (await get(http, binance, "/api/v3/klines", **q))[1] == kept
+    inside = await get(http, binance, "/api/v3/klines", **q, startTime=T0 + 3 * MIN, endTime=T0 + 6 * MIN - 1)
+    assert inside[1] == []
+    # Asked from inside the gap, the exchange answers from the first candle after it.
+    after = (await get(http, binance, "/api/v3/klines", **q, startTime=T0 + 4 * MIN, limit=2))[1]
+    assert opens(after) == [6, 7]
+    assert binance.remove_klines("BTCUSDT", "1m", T0 + 9 * MIN, T0 + 20 * MIN) == 1
+    assert binance.remove_klines("BTCUSDT", "1m", T0 + 3 * MIN, T0 + 6 * MIN) == 0
+    assert opens((await get(http, binance, "/api/v3/klines", **q))[1]) == [0, 1, 2, 6, 7, 8]
+
+
+async def test_corrupted_rows_served_as_stored(binance: FakeBinance, http: aiohttp.ClientSession) -> None:
+    """Invalid rows set with corrupt_kline/add_raw_kline are served verbatim and still decode as klines."""
+    rows = binance.generate_klines("BTCUSDT", "1m", T0, 5)
+    binance.set_time(T0 + 10 * MIN)
+    binance.corrupt_kline("BTCUSDT", "1m", T0, low="99999999")
+    binance.corrupt_kline("BTCUSDT", "1m", T0 + MIN, volume="-1", open="abc")
+    binance.corrupt_kline("BTCUSDT", "1m", T0 + 2 * MIN, close_time=T0 + 2 * MIN)
+    unaligned = [T0 + 3 * MIN + 30_000, *rows[3][1:6], T0 + 4 * MIN + 29_999, *rows[3][7:]]
+    binance.add_raw_kline("BTCUSDT", "1m", unaligned)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        binance.corrupt_kline("BTCUSDT", "1m", T0, high=float("nan"))  # not JSON: the client could not decode it
+
+    async with http.get(binance.url + "/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1m"}) as resp:
+        body = await resp.read()
+    served = json.loads(body)
+    assert [r[0] for r in served] == [T0, T0 + MIN, T0 + 2 * MIN, T0 + 3 * MIN, unaligned[0], T0 + 4 * MIN]
+    assert served[0] == [*rows[0][:3], "99999999", *rows[0][4:]]
+    assert (served[1][1], served[1][5]) == ("abc", "-1")
+    assert served[2][6] == T0 + 2 * MIN
+    assert served[4] == unaligned
+    assert all(len(r) == 12 for r in served)
+    klines = msgspec.json.decode(body, type=list[Kline])
+    assert (klines[0].low, klines[1].open, klines[1].volume) == ("99999999", "abc", "-1")
+
+
+async def test_symbol_status_change_in_exchange_info(binance: FakeBinance, http: aiohttp.ClientSession) -> None:
+    """A symbol listed again with another status (BREAK, then TRADING) shows it in exchangeInfo at once."""
+
+    async def statuses() -> dict[str, str]:
+        info = (await get(http, binance, "/api/v3/exchangeInfo"))[1]
+        return {s["symbol"]: s["status"] for s in info["symbols"]}
+
+    assert await statuses() == {"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"}
+    binance.add_symbol("ETHUSDT", "ETH", "USDT", status="BREAK")
+    assert await statuses() == {"BTCUSDT": "TRADING", "ETHUSDT": "BREAK"}
+    binance.add_symbol("ETHUSDT", "ETH", "USDT")
+    assert await statuses() == {"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"}

@@ -1,14 +1,18 @@
-// Candles: a candlestick chart of any stored series, read from /api/v1/klines.
+// Candles: a candlestick chart of any stored series, read from /api/v1/klines, with the coverage
+// ledger's holes (red) and exchange gaps (grey) drawn over it and listed under it (/api/v1/coverage).
 
 import { api, ApiError } from "./api.js";
-import { h } from "./dom.js";
+import { h, when } from "./dom.js";
 import { newChart, seconds } from "./charts.js";
+import { drawCoverage } from "./coverage.js";
 
 const TIMEFRAMES = ["1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"];
 
 export function candlesPage(main) {
   const notice = h("p", { class: "notice", id: "candles-notice" });
   const holder = h("div", { id: "candle-chart", class: "chart tall" });
+  const coverageNotice = h("p", { class: "notice", id: "coverage-notice" });
+  const holeList = h("ul", { class: "holes", id: "coverage-holes" });
   const form = h("form", { class: "grid", id: "candles-form" },
     h("label", {}, "Symbol", h("input", { name: "symbol", value: "BTCUSDT", required: true })),
     h("label", {}, "Timeframe", h("select", { name: "timeframe" },
@@ -28,8 +32,9 @@ export function candlesPage(main) {
       series.setData(body.klines.map((k) => ({
         time: seconds(k.open_time), open: Number(k.open), high: Number(k.high), low: Number(k.low), close: Number(k.close),
       })));
-      chart.timeScale().fitContent();
       holder.dataset.candles = String(body.count);
+      await showCoverage(body);
+      chart.timeScale().fitContent();
       notice.textContent = body.count
         ? `${body.count} candles of ${body.symbol} ${body.timeframe}${body.klines.length && !body.klines.at(-1).is_closed ? " (the last one still open)" : ""}`
         : `No candles stored for ${body.symbol} ${body.timeframe}`;
@@ -38,13 +43,39 @@ export function candlesPage(main) {
     }
   }
 
+  // The ledger over the shown candles: from the first one up to the current candle.
+  async function showCoverage(candles) {
+    coverageNotice.textContent = "";
+    holeList.replaceChildren();
+    delete holder.dataset.holes;
+    delete holder.dataset.holeBars;
+    if (!candles.count) return;
+    const params = new URLSearchParams({ symbol: candles.symbol, timeframe: candles.timeframe, start: candles.klines[0].open_time });
+    let coverage;
+    try {
+      coverage = await api(`/api/v1/coverage?${params}`);
+    } catch (error) {
+      coverageNotice.textContent = `Coverage unavailable: ${error instanceof ApiError ? error.detail : error.message}`;
+      return;
+    }
+    const { bars } = drawCoverage(chart, coverage);
+    holder.dataset.holes = String(coverage.holes.length);
+    holder.dataset.holeBars = String(bars);
+    const gaps = coverage.ranges.filter((r) => r.kind === "exchange_gap");
+    coverageNotice.textContent = `Coverage of the shown candles: ${coverage.completeness_percent} % verified or exchange gap`
+      + `, ${coverage.holes.length} hole${coverage.holes.length === 1 ? "" : "s"} (${coverage.candles_missing} candles missing, red)`
+      + (gaps.length ? `, ${gaps.length} exchange gap${gaps.length === 1 ? "" : "s"} (grey)` : "");
+    holeList.replaceChildren(...coverage.holes.map((hole) => h("li", {},
+      `${when(hole.start)} – ${when(hole.end)}: ${hole.candles} candle${hole.candles === 1 ? "" : "s"} missing`)));
+  }
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     show();
   });
   main.append(
     h("h1", {}, "Candles"),
-    h("section", {}, form, notice, holder,
+    h("section", {}, form, notice, holder, coverageNotice, holeList,
       h("p", { class: "notice" }, "Charts by TradingView Lightweight Charts™, ",
         h("a", { href: "https://www.tradingview.com/", rel: "noopener" }, "tradingview.com"))),
   );

@@ -7,7 +7,7 @@ import { onEvent } from "./events.js";
 import { clearErrors, showError } from "./forms.js";
 
 const BASE = "/api/v1/admin/data-collection/configs";
-const FIELDS = ["symbol", "timeframes", "interval_minutes", "description"];
+const FIELDS = ["symbol", "timeframes", "interval_minutes", "history_start", "description"];
 
 export function configsPage(main, session) {
   const body = h("tbody");
@@ -32,7 +32,9 @@ export function configsPage(main, session) {
     h("td", {}, h("input", {
       type: "checkbox", checked: config.enabled, "aria-label": `enabled ${config.symbol}`,
       onchange: (event) => act(() => api(`${BASE}/${config.id}/${event.target.checked ? "enable" : "disable"}`, { method: "POST" })),
-    })),
+    }),
+    // Paused by the symbol refresh while the symbol does not trade; enabled or not, it is not scheduled.
+    config.paused_reason ? h("span", { class: "badge paused", title: config.paused_reason }, "paused") : null),
     h("td", {}, when(config.next_run_at)),
     h("td", {}, when(config.last_run_at)),
     h("td", {},
@@ -67,6 +69,8 @@ export function configsPage(main, session) {
       h("span", { class: "error", dataset: { errorFor: "timeframes" } })),
     h("label", {}, "Every (minutes)", h("input", { name: "interval_minutes", type: "number", value: 60, required: true }),
       h("span", { class: "error", dataset: { errorFor: "interval_minutes" } })),
+    h("label", {}, "History from", h("input", { name: "history_start", placeholder: "listing or 2024-01-01 (empty: recent only)" }),
+      h("span", { class: "error", dataset: { errorFor: "history_start" } })),
     h("label", {}, "Description", h("input", { name: "description" }),
       h("span", { class: "error", dataset: { errorFor: "description" } })),
     h("label", { class: "inline" }, h("input", { name: "enabled", type: "checkbox", checked: true }), "Enabled (runs at once, then on its interval)"),
@@ -82,6 +86,7 @@ export function configsPage(main, session) {
     form.elements.symbol.value = config.symbol;
     form.elements.timeframes.value = config.timeframes.join(", ");
     form.elements.interval_minutes.value = config.interval_minutes;
+    form.elements.history_start.value = config.history_start || "";
     form.elements.description.value = config.description || "";
     form.elements.enabled.checked = config.enabled;
     formTitle.textContent = `Edit ${config.symbol} (id ${config.id})`;
@@ -109,9 +114,13 @@ export function configsPage(main, session) {
       enabled: data.get("enabled") === "on",
     };
     if (String(data.get("description")).trim()) payload.description = String(data.get("description")).trim();
+    if (String(data.get("history_start")).trim()) payload.history_start = String(data.get("history_start")).trim();
     try {
       if (editing === null) await api(BASE, { method: "POST", body: payload });
-      else await api(`${BASE}/${editing}`, { method: "PUT", body: { ...payload, description: payload.description ?? null } });
+      else {
+        const cleared = { description: payload.description ?? null, history_start: payload.history_start ?? null };
+        await api(`${BASE}/${editing}`, { method: "PUT", body: { ...payload, ...cleared } });
+      }
       stopEditing();
       await load();
     } catch (error) {

@@ -5,6 +5,7 @@ import { api, ApiError } from "./api.js";
 import { h, when, statusCell } from "./dom.js";
 import { onEvent } from "./events.js";
 import { newChart, seconds } from "./charts.js";
+import { lagText } from "./coverage.js";
 
 const ADMIN = "/api/v1/admin/data-collection";
 
@@ -24,6 +25,7 @@ export function overviewPage(main, session) {
   const rateHolder = h("div", { class: "chart", id: "success-chart" });
   const durationHolder = h("div", { class: "chart", id: "duration-chart" });
   const recentBody = h("tbody");
+  const coverageBody = h("tbody");
   const charts = [];
 
   async function health() {
@@ -68,11 +70,22 @@ export function overviewPage(main, session) {
       recentBody.replaceChildren(...overview.recent_executions.map((log) => h("tr", {},
         h("td", {}, log.job_name), h("td", {}, log.symbol || ""), h("td", {}, statusCell(log.status)),
         h("td", {}, log.records_collected), h("td", {}, when(log.started_at)))));
+      coverageBody.replaceChildren(...coverageRows(overview.coverage));
       notice.textContent = "";
     } catch (error) {
       notice.textContent = error instanceof ApiError && error.status === 401
         ? "Log in to see the overview (reads need a token here)." : `Could not load the overview: ${error.message}`;
     }
+  }
+
+  // One row per configured series; one with holes is flagged (class and text).
+  function coverageRows(entries) {
+    if (!entries.length) return [h("tr", {}, h("td", { colspan: 5 }, "No configured series"))];
+    return entries.map((entry) => h("tr", { class: entry.holes ? "flag-holes" : "", dataset: { series: `${entry.symbol} ${entry.timeframe}` } },
+      h("td", {}, entry.symbol), h("td", {}, entry.timeframe),
+      h("td", {}, entry.collected ? `${entry.completeness_percent} %` : "nothing recorded yet"),
+      h("td", {}, entry.holes ? h("span", { class: "badge holes" }, `${entry.holes} hole${entry.holes > 1 ? "s" : ""}, ${entry.candles_missing} candles`) : "0"),
+      h("td", {}, lagText(entry.freshness_lag_seconds))));
   }
 
   async function drawCharts(hourly, daily) {
@@ -104,6 +117,8 @@ export function overviewPage(main, session) {
     admin ? h("div", { class: "two" },
       h("section", {}, h("h2", {}, "Success rate per hour, last 24 h (%)"), rateHolder),
       h("section", {}, h("h2", {}, "Mean run duration per day, last 7 days (s)"), durationHolder)) : "",
+    admin ? h("section", {}, h("h2", {}, "Coverage"), h("table", { id: "coverage-table" },
+      h("thead", {}, h("tr", {}, ["Symbol", "Timeframe", "Completeness", "Holes", "Freshness lag"].map((t) => h("th", {}, t)))), coverageBody)) : "",
     admin ? h("section", {}, h("h2", {}, "Last 10 executions"), h("table", { id: "recent-executions" },
       h("thead", {}, h("tr", {}, ["Job", "Symbol", "Status", "Candles", "Started"].map((t) => h("th", {}, t)))), recentBody)) : "",
     admin ? h("p", { class: "notice" }, "Charts by TradingView Lightweight Charts™, ",

@@ -1,0 +1,216 @@
+"""Coverage reports: what the ledger says about a series over a window (GET /api/v1/coverage), and a
+summary of every configured series (the admin status).
+
+The window is half-open [start, end) of candle open times, aligned to the timeframe (calendar months
+for 1M), and never reaches past the current candle: every candle in it has closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, LedgerRange, holes
+from service.collection.planner import align_open, next_open, slots_between
+from service.collection.ranges import LISTING, HistoryStart, parse_end, parse_start
+from service.db import coverage as coverage_db
+from service.db import symbols as symbols_db
+from service.db.pool import Pool, Row, connection
+from service.errors import InvalidInputError, NotFoundError
+
+__all__ = [
+    "ConfiguredCoverage", "CoverageReport", "CoverageReports", "ReportedRange", "SeriesCoverage", "coverage_report",
+    "report_window",
+]
+
+
+class ReportedRange(msgspec.Struct, frozen=True):
+    """A ledger range clipped to a report's window, with the candle slots it spans there."""
+
+    range: LedgerRange
+    candles: int
+
+
+class CoverageReport(msgspec.Struct, frozen=True):
+    """What the ledger says about one series over [window_start, window_end)."""
+
+    window_start: int
+    window_end: int
+    candles_expected: int
+    candles_verified: int
+    candles_exchange_gap: int
+    candles_missing: int
+    completeness_percent: float
+    freshness_lag_seconds: float | None
+    ranges: list[ReportedRange]
+    holes: list[tuple[int, int, int]]
+    """(start, end, candles) of each hole, oldest first."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.holes
+
+
+def coverage_report(
+    timeframe: str,
+    ranges: Sequence[LedgerRange],
+    window_start: int,
+    window_end: int,
+    *,
+    now_ms: int,
+    newest_verified_end: int | None,
+) -> CoverageReport:
+    """The report of [window_start, window_end) (aligned open times) from the series' sorted ledger
+    `ranges`; `newest_verified_end` is the end of the series' newest verified range anywhere (not
+    only in the window), for the freshness lag."""
+    clipped: list[ReportedRange] = []
+    counted = {VERIFIED: 0, EXCHANGE_GAP: 0, FAILED: 0}
+    for r in ranges:
+        start, end = max(r.start, window_start), min(r.end, window_end)
+        if end <= start:
+            continue
+        candles = slots_between(timeframe, start, end)
+        counted[r.kind] += candles
+        clipped.append(ReportedRange(msgspec.structs.replace(r, start=start, end=end), candles))
+    found = [(s, e, slots_between(timeframe, s, e)) for s, e in holes(ranges, window_start, window_end)]
+    expected = slots_between(timeframe, window_start, window_end)
+    settled = counted[VERIFIED] + counted[EXCHANGE_GAP]
+    # Rounded down: 100 means complete, never "99.996 % rounded up".
+    percent = 100.0 if expected == 0 else min(settled * 10_000 // expected, 10_000) / 100
+    lag = None if newest_verified_end is None else max(now_ms - newest_verified_end, 0) / 1000
+    return CoverageReport(
+        window_start=window_start, window_end=window_end, candles_expected=expected,
+        candles_verified=counted[VERIFIED], candles_exchange_gap=counted[EXCHANGE_GAP],
+        candles_missing=sum(c for *_, c in found), completeness_percent=percent,
+        freshness_lag_seconds=lag, ranges=clipped, holes=found,
+    )
+
+
+def _align_up(timeframe: str, ms: int) -> int:
+    """The first open time at or after `ms`."""
+    opened = align_open(timeframe, ms)
+    return opened if opened == ms else next_open(timeframe, opened)
+
+
+def report_window(
+    timeframe: str,
+    *,
+    start: HistoryStart | None,
+    end: int | None,
+    now_ms: int,
+    listing_start: int | None,
+    earliest_start: int | None,
+) -> tuple[int, int]:
+    """[start, end) of a report as open times: candles opening at or after `start` and before `end`.
+
+    `end` defaults to, and is capped at, the open of the current candle; `start` defaults to the
+    start of the ledger's earliest range (nothing recorded: an empty window at the end).
+    """
+    if isinstance(start, int) and end is not None and end < start:
+        raise InvalidInputError("end must not be before start", field="end")
+    current = align_open(timeframe, now_ms)
+    # Compared before aligning: a time past year 9999 once aligned has no calendar month.
+    window_end = current if end is None or end >= current else _align_up(timeframe, end)
+    if start is None:
+        return min(window_end if earliest_start is None else earliest_start, window_end), window_end
+    if start == LISTING:
+        if listing_start is None:
+            raise InvalidInputError(
+                'start "listing": the listing of this series is not known yet (it is learnt by a '
+                'collection with start "listing")', field="start",
+            )
+        window_start = _align_up(timeframe, listing_start)
+    elif start > window_end:
+        raise InvalidInputError("start must not be after end (or after the current candle)", field="start")
+    else:
+        window_start = _align_up(timeframe, start)
+    if window_start > window_end:
+        raise InvalidInputError("start must not be after end (or after the current candle)", field="start")
+    return window_start, window_end
+
+
+def _ledger_range(row: Row) -> LedgerRange:
+    return LedgerRange(
+        start=row["start_time"], end=row["end_time"], kind=row["kind"], checks=row["checks"],
+        checked_at=row["checked_at"], detail=row["detail"],
+    )
+
+
+class SeriesCoverage(msgspec.Struct, frozen=True):
+    exchange: str
+    symbol: str
+    """The exchange's name of the symbol (BTCUSDT, also when asked as BTC/USDT)."""
+    timeframe: str
+    listing_start: int | None
+    report: CoverageReport
+
+
+class ConfiguredCoverage(msgspec.Struct, frozen=True):
+    config_id: int
+    exchange: str
+    symbol: str
+    timeframe: str
+    report: CoverageReport | None
+    """None while the ledger has nothing for the series (never collected, or not since the ledger exists)."""
+
+
+class CoverageReports:
+    """Reads the ledger and reports on it, at the service's clock."""
+
+    def __init__(self, pool: Pool, clock: Callable[[], float]) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    async def series(
+        self, exchange: str, symbol: str, timeframe: str, *, start: str | None, end: str | None
+    ) -> SeriesCoverage:
+        """The report of one series; InvalidInputError for a bad start or end, NotFoundError if the
+        series was never collected."""
+        start_at = None if start is None else parse_start(start)
+        end_at = None if end is None else parse_end(end)
+        now_ms = int(self._clock() * 1000)
+        async with connection(self._pool) as conn:
+            found = await symbols_db.find_symbol(conn, exchange, symbol) if "/" in symbol else None
+            name = found["symbol"] if found is not None else symbols_db.normalise_symbol_name(symbol)
+            series = await coverage_db.find_series(conn, exchange, name, timeframe)
+            if series is None:
+                raise NotFoundError(
+                    f"{symbol} {timeframe} on {exchange} was never collected: no coverage to report",
+                    symbol=symbol, timeframe=timeframe,
+                )
+            window_start, window_end = report_window(
+                timeframe, start=start_at, end=end_at, now_ms=now_ms,
+                listing_start=series["listing_start"], earliest_start=series["earliest_start"],
+            )
+            rows = await coverage_db.ranges_overlapping(conn, series["id"], window_start, window_end)
+        report = coverage_report(
+            timeframe, [_ledger_range(r) for r in rows], window_start, window_end,
+            now_ms=now_ms, newest_verified_end=series["newest_verified_end"],
+        )
+        return SeriesCoverage(exchange, name, timeframe, series["listing_start"], report)
+
+    async def configured(self) -> list[ConfiguredCoverage]:
+        """Each configured series' report from its ledger's earliest range up to now (two queries)."""
+        now_ms = int(self._clock() * 1000)
+        async with connection(self._pool) as conn:
+            configured = await coverage_db.configured_series(conn)
+            ids = [row["series_id"] for row in configured if row["earliest_start"] is not None]
+            rows = await coverage_db.ranges_of_series(conn, ids) if ids else []
+        ledgers: dict[int, list[LedgerRange]] = {}
+        for row in rows:
+            ledgers.setdefault(row["series_id"], []).append(_ledger_range(row))
+        summary: list[ConfiguredCoverage] = []
+        for row in configured:
+            report = None
+            if row["earliest_start"] is not None:
+                timeframe = row["timeframe"]
+                window_end = align_open(timeframe, now_ms)
+                report = coverage_report(
+                    timeframe, ledgers.get(row["series_id"], []), min(row["earliest_start"], window_end), window_end,
+                    now_ms=now_ms, newest_verified_end=row["newest_verified_end"],
+                )
+            summary.append(
+                ConfiguredCoverage(row["config_id"], row["exchange"], row["symbol"], row["timeframe"], report)
+            )
+        return summary

@@ -1,0 +1,75 @@
+"""Reads of the coverage ledger (the `coverage` table) for reports; the ledger is written by db/ledger.py."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from service.db.pool import Connection, Row
+
+__all__ = ["configured_series", "find_series", "ranges_of_series", "ranges_overlapping"]
+
+# Per series: where its ledger begins, and where its newest verified range ends (the freshness).
+_LEDGER_ENDS = """
+    SELECT min(c.start_time) AS earliest_start,
+           max(c.end_time) FILTER (WHERE c.kind = 'verified') AS newest_verified_end
+      FROM coverage c WHERE c.series_id = s.id
+"""
+
+
+async def find_series(conn: Connection, exchange: str, symbol: str, timeframe: str) -> Row | None:
+    """The series (id, listing_start) with its ledger's earliest start and newest verified end
+    (both None while its ledger is empty); None if the series was never collected."""
+    row: Row | None = await conn.fetchrow(
+        f"""
+        SELECT s.id, s.listing_start, ends.earliest_start, ends.newest_verified_end
+          FROM series s CROSS JOIN LATERAL ({_LEDGER_ENDS}) ends
+         WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3
+        """,
+        exchange, symbol, timeframe,
+    )
+    return row
+
+
+async def ranges_overlapping(conn: Connection, series_id: int, start: int, end: int) -> list[Row]:
+    """The series' ledger ranges overlapping [start, end), oldest first, unclipped."""
+    rows: list[Row] = await conn.fetch(
+        """
+        SELECT start_time, end_time, kind, checks, checked_at, detail
+          FROM coverage
+         WHERE series_id = $1 AND start_time < $3 AND end_time > $2
+         ORDER BY start_time
+        """,
+        series_id, start, end,
+    )
+    return rows
+
+
+async def configured_series(conn: Connection) -> list[Row]:
+    """Every configured series (each config × each of its timeframes, in the config's order), with its
+    series id (None if never collected), listing start, ledger's earliest start and newest verified end."""
+    rows: list[Row] = await conn.fetch(
+        f"""
+        SELECT c.id AS config_id, c.exchange, c.symbol, t.timeframe, s.id AS series_id, s.listing_start,
+               ends.earliest_start, ends.newest_verified_end
+          FROM data_collection_configs c
+         CROSS JOIN LATERAL unnest(c.timeframes) WITH ORDINALITY AS t(timeframe, position)
+          LEFT JOIN series s ON s.exchange = c.exchange AND s.symbol = c.symbol AND s.timeframe = t.timeframe
+          LEFT JOIN LATERAL ({_LEDGER_ENDS}) ends ON true
+         ORDER BY c.id, t.position
+        """
+    )
+    return rows
+
+
+async def ranges_of_series(conn: Connection, series_ids: Sequence[int]) -> list[Row]:
+    """Every ledger range of these series, by series then oldest first."""
+    rows: list[Row] = await conn.fetch(
+        """
+        SELECT series_id, start_time, end_time, kind, checks, checked_at, detail
+          FROM coverage
+         WHERE series_id = ANY($1::integer[])
+         ORDER BY series_id, start_time
+        """,
+        list(series_ids),
+    )
+    return rows
