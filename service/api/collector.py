@@ -96,8 +96,9 @@ class PlanReply(Schema):
     weight_budget_per_minute: int | None
     """The weight this service spends per minute on the exchange (null: not learnt yet)."""
     estimated_seconds: float | None
-    """Duration at that budget (null: budget unknown). Running tasks report `eta_seconds` from their
-    measured throughput."""
+    """How long the weight budget makes the run take: what is left of this minute is spent at once,
+    then one budget per minute (null: budget unknown; 0: this minute's budget covers it, and the
+    exchange's latency sets the pace). Running tasks report `eta_seconds` from their measured throughput."""
 
 
 class TaskReply(Schema):

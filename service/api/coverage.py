@@ -6,12 +6,11 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, get
-from litestar.params import QueryParameter
 
 from service.api.deps import CoverageReportsDep, JobsDep
 from service.api.enums import ExchangeChoice
 from service.api.openapi import error_responses
-from service.api.schemas import NO_NUL_PATTERN, Schema, ms_to_datetime, text_query
+from service.api.schemas import ExchangeQuery, Schema, SymbolQuery, TimeframeQuery, ms_to_datetime, text_query
 from service.auth.guards import requires_reader
 from service.collection.coverage import RangeKind
 from service.collection.coverage_report import ConfiguredCoverage, SeriesCoverage
@@ -147,14 +146,9 @@ class CoverageController(Controller):
         self,
         coverage_reports: CoverageReportsDep,
         jobs: JobsDep,
-        symbol: Annotated[
-            str,
-            QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40, pattern=NO_NUL_PATTERN),
-        ],
-        timeframe: Annotated[
-            TimeframeName, text_query(max_length=8, description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")
-        ],
-        exchange: Annotated[ExchangeChoice, text_query(max_length=40, description="Only binance for now")] = "binance",
+        symbol: SymbolQuery,
+        timeframe: TimeframeQuery,
+        exchange: ExchangeQuery = "binance",
         start: Annotated[
             str | None,
             text_query(

@@ -12,7 +12,7 @@ from litestar.params import QueryParameter
 from service.api.deps import JobsDep, PoolDep
 from service.api.enums import ExchangeChoice
 from service.api.openapi import error_responses
-from service.api.schemas import NO_NUL_PATTERN, Schema, datetime_to_ms, text_query
+from service.api.schemas import ExchangeQuery, Schema, SymbolQuery, TimeframeQuery, datetime_to_ms
 from service.auth.guards import requires_reader
 from service.collection.jobs import validate_timeframes
 from service.db import klines as klines_db
@@ -66,14 +66,9 @@ class KlinesController(Controller):
         self,
         pool: PoolDep,
         jobs: JobsDep,
-        symbol: Annotated[
-            str,
-            QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40, pattern=NO_NUL_PATTERN),
-        ],
-        timeframe: Annotated[
-            TimeframeName, text_query(max_length=8, description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")
-        ],
-        exchange: Annotated[ExchangeChoice, text_query(max_length=40, description="Only binance for now")] = "binance",
+        symbol: SymbolQuery,
+        timeframe: TimeframeQuery,
+        exchange: ExchangeQuery = "binance",
         start: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         end: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,

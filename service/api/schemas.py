@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar.params import ParameterKwarg, PathParameter, QueryParameter
 
-from service.api.enums import Exchange
-from service.settings import Timeframe
+from service.api.enums import Exchange, ExchangeChoice
+from service.settings import Timeframe, TimeframeName
 
 __all__ = [
     "INT4_MAX",
@@ -23,8 +23,11 @@ __all__ = [
     "Description",
     "ErrorBody",
     "ExchangeName",
+    "ExchangeQuery",
     "Schema",
     "SymbolName",
+    "SymbolQuery",
+    "TimeframeQuery",
     "TimeframeText",
     "datetime_to_ms",
     "id_path",
@@ -55,6 +58,16 @@ Description = Annotated[str, msgspec.Meta(max_length=1000, pattern=NO_NUL_PATTER
 def text_query(*, max_length: int, description: str | None = None) -> ParameterKwarg:
     """A free-text query parameter: at most `max_length` characters, no NUL."""
     return QueryParameter(max_length=max_length, pattern=NO_NUL_PATTERN, description=description)
+
+
+#: The series a read names, as query parameters (/klines, /coverage).
+SymbolQuery = Annotated[
+    str, QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40, pattern=NO_NUL_PATTERN)
+]
+TimeframeQuery = Annotated[
+    TimeframeName, text_query(max_length=8, description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")
+]
+ExchangeQuery = Annotated[ExchangeChoice, text_query(max_length=40, description="Only binance for now")]
 
 
 def skip_query() -> ParameterKwarg:

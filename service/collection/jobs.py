@@ -109,16 +109,29 @@ class PlannedSeries(msgspec.Struct, kw_only=True):
 class CollectionPlan(msgspec.Struct, kw_only=True):
     series: list[PlannedSeries]
     weight_budget_per_minute: int | None
+    weight_left_this_minute: int
+    seconds_to_next_minute: float
 
     @property
     def request_weight(self) -> int:
         return sum(s.request_weight for s in self.series)
 
     def estimated_seconds(self) -> float | None:
-        """Duration at the weight budget (None while the budget is not known)."""
-        if not self.weight_budget_per_minute:
+        """How long the weight budget makes the run take (None while the budget is not known).
+
+        The exchange counts weight per minute: what is left of this minute is spent at once, then a
+        whole budget at the start of each next minute, so the run ends early in the minute that
+        spends its last weight. 0: this minute's budget covers it (then the exchange's latency, not
+        the budget, sets the pace; running tasks report `eta_seconds` from what they measure).
+        """
+        budget = self.weight_budget_per_minute
+        if not budget:
             return None
-        return round(60.0 * self.request_weight / self.weight_budget_per_minute, 1)
+        beyond = self.request_weight - self.weight_left_this_minute
+        if beyond <= 0:
+            return 0.0
+        minutes_after_this = -(-beyond // budget)  # ceil
+        return round(self.seconds_to_next_minute + 60.0 * (minutes_after_this - 1), 1)
 
 
 def validate_timeframes(timeframes: Sequence[str]) -> list[str]:
@@ -319,6 +332,7 @@ class CollectionJobs:
                 for p in plans
             ]
         weight = self._client.klines_weight
+        limiter = self._client.limiter_state()
         return CollectionPlan(
             series=[
                 PlannedSeries(
@@ -328,7 +342,9 @@ class CollectionJobs:
                 )
                 for p, count in zip(plans, stored, strict=True)
             ],
-            weight_budget_per_minute=self._client.limiter_state().budget,
+            weight_budget_per_minute=limiter.budget,
+            weight_left_this_minute=max((limiter.budget or 0) - limiter.used_in_window, 0),
+            seconds_to_next_minute=60.0 - self._clock() % 60.0,
         )
 
     async def start_config_run(self, config: ConfigRun, *, task_type: str, conn: Connection | None = None) -> TaskView:

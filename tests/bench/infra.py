@@ -344,15 +344,24 @@ class Service:
                 self._token = str((await response.json())["access_token"])
         return self._token
 
-    async def start_collection(self, symbols: list[str], timeframes: list[str]) -> str:
+    async def _admin_post(self, path: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
         assert self.http is not None
-        body = {"symbols": symbols, "timeframes": timeframes}
         headers = {"Authorization": f"Bearer {await self._admin_token()}"}
-        async with self.http.post("/api/v1/data-collector/start", json=body, headers=headers) as response:
-            if response.status != 202:
-                raise BenchError(f"POST /start: HTTP {response.status} {await response.text()}{self.tail()}")
-            task_id: str = (await response.json())["task_id"]
-            return task_id
+        async with self.http.post(path, json=body, headers=headers) as response:
+            if response.status != expect:
+                raise BenchError(f"POST {path}: HTTP {response.status} {await response.text()}{self.tail()}")
+            answer: dict[str, Any] = await response.json()
+            return answer
+
+    async def start_collection(self, symbols: list[str], timeframes: list[str]) -> str:
+        body = {"symbols": symbols, "timeframes": timeframes}
+        task_id: str = (await self._admin_post("/api/v1/data-collector/start", body, 202))["task_id"]
+        return task_id
+
+    async def plan_collection(self, symbols: list[str], timeframes: list[str]) -> dict[str, Any]:
+        """What /start with the same body would do (POST /plan)."""
+        body = {"symbols": symbols, "timeframes": timeframes}
+        return await self._admin_post("/api/v1/data-collector/plan", body, 200)
 
     async def wait_task(self, task_id: str, *, poll: float, timeout: float) -> tuple[dict[str, Any], float]:
         """Poll the task until it has ended; returns its body and time.perf_counter() when seen ended."""

@@ -557,6 +557,7 @@ async def pacing(b: Bench) -> Outcome:
             raise BenchError(f"the service runs with weight limit {learnt}, not the fake's {s.pace_limit}")
         say(f"scenario 4: {pairs:,} series, one request each, {2 * pairs:,} weight against {s.pace_limit}/min"
             + ("" if s.quick else " (several minutes)"))
+        plan = await svc.plan_collection(symbols, list(s.pace_timeframes))
         fake0, cpu0 = await fake.stats(), svc.cpu_seconds()
         wall0, t0 = time.time(), time.perf_counter()
         task_id = await svc.start_collection(symbols, list(s.pace_timeframes))
@@ -585,9 +586,19 @@ async def pacing(b: Bench) -> Outcome:
         "share_by_full_minute": {str(m): v for m, v in shares.items()}, "share_first_partial_minute": partial,
         "status_429": n429, "status_418": n418,
         "service_cpu_s": cpu1 - cpu0, "fake_cpu_s": fake1["cpu_seconds"] - fake0["cpu_seconds"],
+        "plan": {key: plan[key] for key in ("requests", "request_weight", "weight_budget_per_minute",
+                                            "estimated_seconds")},
     })
     out.add("limit learnt from exchangeInfo / requests sent", f"{learnt} / {out.raw['requests']:,}")
     out.add("collection wall time", secs(t1 - t0))
+    estimate = plan["estimated_seconds"]
+    if estimate:
+        error = abs(estimate - (t1 - t0)) / (t1 - t0)
+        out.add("  POST /plan beforehand: requests / estimated time", f"{plan['requests']:,} / {secs(estimate)}",
+                "within 25%", f"{error:.0%} off; {'PASS' if error <= 0.25 else 'MISS'}")
+    else:
+        out.add("  POST /plan beforehand: requests / estimated time", f"{plan['requests']:,} / {estimate}", "",
+                "n/a: this minute's budget covers the run")
     if shares:
         lowest = min(shares.values())
         out.add(f"share of the limit used, {len(shares)} full minutes",

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.collection.jobs import CollectionPlan, PlannedSeries
 from service.settings import Settings
 from tests.collection.test_collect import MINUTE, T0, frozen_at, stored
 from tests.collection.test_scheduler import create, fast_clock
@@ -102,7 +104,7 @@ async def test_a_plan_matches_what_the_run_then_does(
     assert len(klines_requests(fake)) == plan["requests"] == 5
     assert sum(fake.weight_by_window.values()) == plan["request_weight"] == 10
     assert plan["weight_budget_per_minute"] > 0
-    assert plan["estimated_seconds"] == round(60 * plan["request_weight"] / plan["weight_budget_per_minute"], 1)
+    assert plan["estimated_seconds"] == 0.0  # this minute's weight budget covers the 10 weight
     (series,) = plan["series"]
     assert series["start"] == iso(OPEN - 3999 * MINUTE) and series["listing_start"] == iso(OPEN - 4499 * MINUTE)
     assert (again["candles_stored"], again["candles_to_fetch"], again["requests"]) == (3999, 1, 1)
@@ -344,3 +346,23 @@ async def test_a_config_from_listing_backfills_and_the_scheduled_repair_heals_a_
     repairs = await db.fetch("SELECT job_name, status, records_collected FROM job_execution_logs"
                              " WHERE job_type = 'gap_repair' AND status = 'success' AND records_collected >= 10")
     assert repairs and all(r["job_name"] == "gap_repair" for r in repairs)
+
+
+def test_a_plan_beyond_this_minutes_budget_takes_whole_minutes_of_it() -> None:
+    """Weight past what is left this minute waits for the next minutes, a whole budget each: the run
+    ends early in the minute that spends its last weight."""
+    def plan(weight: int, left: int) -> CollectionPlan:
+        series = PlannedSeries(
+            symbol="BTCUSDT", timeframe="1m", start_ms=0, end_ms=None, listing_start=0, candles_stored=0,
+            candles_to_fetch=weight * 500, requests=weight // 2, request_weight=weight,
+        )
+        return CollectionPlan(
+            series=[series], weight_budget_per_minute=300, weight_left_this_minute=left, seconds_to_next_minute=20.0
+        )
+
+    assert plan(100, left=100).estimated_seconds() == 0.0
+    assert plan(101, left=100).estimated_seconds() == 20.0
+    assert plan(400, left=100).estimated_seconds() == 20.0
+    assert plan(1000, left=100).estimated_seconds() == 140.0  # 900 beyond: three more minutes, the last at +140 s
+    no_budget = msgspec.structs.replace(plan(10, left=0), weight_budget_per_minute=None)
+    assert no_budget.estimated_seconds() is None
