@@ -24,6 +24,7 @@ from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, holes
 from service.collection.planner import (
     Window,
     align_open,
+    interval_ms,
     next_open,
     plan_span,
     plan_windows,
@@ -649,7 +650,7 @@ class Collector:
         tf = pair.timeframe
         limit = _closed_limit(tf, window, pages)
         first = _first_slot(tf, window.start_ms)
-        present = sorted({k.open_time for p in pages for k in p.klines if align_open(tf, k.open_time) == k.open_time})
+        present = _aligned_open_times(tf, pages)
         candidates: list[tuple[int, int]] = []
         at = first
         if listing_unknown:
@@ -658,12 +659,13 @@ class Collector:
             if not present:
                 return []
             at = present[0]
+        step = _fixed_step(tf)
         for t in present:
             if t >= limit:
                 break
             if t > at:
                 candidates.append((at, t))
-            at = max(at, next_open(tf, t))
+            at = t + step if step else next_open(tf, t)  # present is sorted and distinct: never back
         if at < limit and window.end_ms is not None and not listing_unknown:
             candidates.append((at, limit))
         gaps: list[LedgerRange] = []
@@ -690,6 +692,21 @@ class _PairState(msgspec.Struct):
     plan: SeriesPlan | None = None
     next_window: int = 0
     """Index of the first window not written yet."""
+
+
+def _fixed_step(timeframe: str) -> int:
+    """A candle's length in ms; 0 for 1M (calendar months: next_open does the maths)."""
+    return 0 if timeframe == "1M" else interval_ms(timeframe)
+
+
+def _aligned_open_times(timeframe: str, pages: Sequence[KlinePage]) -> list[int]:
+    """The open times the answers hold, sorted, without repeats or misaligned ones (those are quarantined)."""
+    times = {k.open_time for page in pages for k in page.klines}
+    if timeframe == "1M":
+        return sorted(t for t in times if align_open(timeframe, t) == t)
+    step = interval_ms(timeframe)
+    offset = align_open(timeframe, 0) % step  # weeks open on Mondays
+    return sorted(t for t in times if (t - offset) % step == 0)
 
 
 def _slot_at_or_after(timeframe: str, ms: int) -> int:
@@ -724,6 +741,7 @@ def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -
     runs: list[LedgerRange] = []
     run_start: int | None = None
     expected = -1
+    step = _fixed_step(timeframe)
     for page in pages:
         for kline in page.klines[: page.closed_count()]:
             t = kline.open_time
@@ -733,7 +751,7 @@ def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -
                 if run_start is not None:
                     runs.append(LedgerRange(run_start, expected, VERIFIED))
                 run_start = t
-            expected = next_open(timeframe, t)
+            expected = t + step if step else next_open(timeframe, t)
     if run_start is not None:
         runs.append(LedgerRange(run_start, expected, VERIFIED))
     return runs

@@ -85,6 +85,8 @@ async def record_range(conn: Connection, series_id: int, new: LedgerRange) -> No
     a series has one writer at a time (one active task per series), so the locks only guard
     against an operator's concurrent edit.
     """
+    if await _extend_last(conn, series_id, new):
+        return
     rows = await conn.fetch(
         f"""
         SELECT {_RANGE_COLUMNS} FROM coverage
@@ -107,6 +109,20 @@ async def record_range(conn: Connection, series_id: int, new: LedgerRange) -> No
         """,
         [(series_id, r.start, r.end, r.kind, r.checks, r.checked_at, r.detail) for r in merged],
     )
+
+
+async def _extend_last(conn: Connection, series_id: int, new: LedgerRange) -> bool:
+    """The common case in one statement: `new` continues a range of its kind that ends where it
+    starts, and nothing lies beyond (a backfill's next page). False: merge the general way."""
+    status = await conn.execute(
+        """
+        UPDATE coverage SET end_time = $3, checked_at = coalesce($5, now())
+         WHERE series_id = $1 AND end_time = $2 AND kind = $4 AND checks = $6 AND detail IS NOT DISTINCT FROM $7
+           AND NOT EXISTS (SELECT 1 FROM coverage o WHERE o.series_id = $1 AND o.start_time <= $3 AND o.end_time > $2)
+        """,
+        series_id, new.start, new.end, new.kind, new.checked_at, new.checks, new.detail,
+    )
+    return status == "UPDATE 1"
 
 
 async def record_ranges(conn: Connection, series_id: int, ranges: Sequence[LedgerRange]) -> None:

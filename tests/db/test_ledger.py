@@ -1,0 +1,95 @@
+"""The coverage ledger's writes: ranges merge, newer facts win where they overlap, and PostgreSQL
+itself refuses overlapping ranges; deleting candles cuts the verified ranges that held them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+import pytest
+
+from service.collection.coverage import holes
+from service.db import ledger as ledger_db
+from service.records import LedgerRange
+
+M = 60_000
+
+
+async def ranges(db: asyncpg.Connection[Any], series_id: int) -> list[tuple[int, int, str, int]]:
+    rows = await db.fetch(
+        "SELECT start_time, end_time, kind, checks FROM coverage WHERE series_id = $1 ORDER BY start_time", series_id
+    )
+    return [(r["start_time"] // M, r["end_time"] // M, r["kind"], r["checks"]) for r in rows]
+
+
+async def a_series(db: asyncpg.Connection[Any]) -> int:
+    series_id: int = await db.fetchval(
+        "INSERT INTO series (exchange, symbol, timeframe) VALUES ('binance', 'BTCUSDT', '1m') RETURNING id"
+    )
+    return series_id
+
+
+def r(start: int, end: int, kind: str = "verified", checks: int = 1) -> LedgerRange:
+    return LedgerRange(start * M, end * M, kind, checks=checks)  # type: ignore[arg-type]
+
+
+async def record(db: asyncpg.Connection[Any], series_id: int, *new: LedgerRange) -> None:
+    async with db.transaction():
+        await ledger_db.record_ranges(db, series_id, new)
+
+
+async def test_pages_in_order_make_one_range_and_a_filled_hole_joins_its_neighbours(
+    db: asyncpg.Connection[Any],
+) -> None:
+    """Consecutive pages extend one verified range; a hole filled later merges both sides into one."""
+    sid = await a_series(db)
+    await record(db, sid, r(0, 10), r(10, 20), r(20, 30))
+    assert await ranges(db, sid) == [(0, 30, "verified", 1)]
+    await record(db, sid, r(40, 50))
+    assert await ranges(db, sid) == [(0, 30, "verified", 1), (40, 50, "verified", 1)]
+    await record(db, sid, r(30, 40))
+    assert await ranges(db, sid) == [(0, 50, "verified", 1)]
+
+
+async def test_a_newer_fact_wins_where_it_overlaps(db: asyncpg.Connection[Any]) -> None:
+    """A gap found inside a verified range splits it; a re-check (3 checks) does not merge with a
+    confirmed gap (2 checks) beside it; a fetched gap becomes verified and merges away."""
+    sid = await a_series(db)
+    await record(db, sid, r(0, 100))
+    await record(db, sid, r(40, 50, "exchange_gap", 2))
+    assert await ranges(db, sid) == [(0, 40, "verified", 1), (40, 50, "exchange_gap", 2), (50, 100, "verified", 1)]
+    await record(db, sid, r(45, 50, "exchange_gap", 3))
+    assert await ranges(db, sid) == [
+        (0, 40, "verified", 1), (40, 45, "exchange_gap", 2), (45, 50, "exchange_gap", 3), (50, 100, "verified", 1),
+    ]
+    await record(db, sid, r(40, 50))
+    assert await ranges(db, sid) == [(0, 100, "verified", 1)]
+
+
+async def test_postgresql_refuses_overlapping_ranges(db: asyncpg.Connection[Any]) -> None:
+    """The exclusion constraint is the second line behind the merge code."""
+    sid = await a_series(db)
+    await record(db, sid, r(0, 10))
+    with pytest.raises(asyncpg.ExclusionViolationError):
+        await db.execute(
+            "INSERT INTO coverage (series_id, start_time, end_time, kind) VALUES ($1, $2, $3, 'failed')",
+            sid, 5 * M, 15 * M,
+        )
+
+
+async def test_deleting_candles_turns_their_span_into_a_hole(db: asyncpg.Connection[Any]) -> None:
+    """A DELETE on klines cuts every verified range that held a deleted candle; other kinds stay."""
+    sid = await a_series(db)
+    await db.executemany(
+        "INSERT INTO klines (series_id, open_time, open, high, low, close, volume, close_time, is_closed)"
+        " VALUES ($1, $2, 1, 2, 0.5, 1.5, 10, $3, true)",
+        [(sid, t * M, t * M + M - 1) for t in range(100)],
+    )
+    await record(db, sid, r(0, 60), r(60, 70, "exchange_gap", 2), r(70, 100))
+    await db.execute(
+        "DELETE FROM klines WHERE series_id = $1 AND open_time >= $2 AND open_time < $3", sid, 20 * M, 30 * M
+    )
+    rows = await db.fetch("SELECT start_time, end_time, kind FROM coverage WHERE series_id = $1 ORDER BY 1", sid)
+    ledger = [LedgerRange(x["start_time"], x["end_time"], x["kind"]) for x in rows]
+    assert holes(ledger, 0, 100 * M) == [(20 * M, 29 * M + 1)]  # candles 20..29: the slots they opened
+    assert (60 * M, 70 * M, "exchange_gap") in [(x.start, x.end, x.kind) for x in ledger]
