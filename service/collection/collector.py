@@ -189,8 +189,11 @@ class _Progress:
         self.pairs_done = 0
         self._clock = clock
         self._began = clock()
+        # Per series and summed as they change (a run of 300 series reports 300 times).
         self._pages_total: dict[int, int] = {}
         self._pages_done: dict[int, int] = {}
+        self._total_pages = 0
+        self._done_pages = 0
 
     def _set(self, index: int, fraction: float) -> None:
         self._total += fraction - self._fraction.get(index, 0.0)
@@ -200,24 +203,29 @@ class _Progress:
         return min(99, int(100 * self._total / max(self._pairs, 1)))
 
     def planned(self, index: int, pages: int) -> None:
+        self._total_pages += pages - self._pages_total.get(index, 0)
         self._pages_total[index] = pages
+
+    def _pages_finished(self, index: int, done: int) -> None:
+        self._done_pages += done - self._pages_done.get(index, 0)
+        self._pages_done[index] = done
 
     def eta_seconds(self) -> float | None:
         """Seconds left at the throughput measured so far (None until it can be measured)."""
-        done = sum(self._pages_done.values())
+        done = self._done_pages
         if len(self._pages_total) < self._pairs or done == 0:
             return None
-        left = sum(self._pages_total.values()) - done
+        left = self._total_pages - done
         return max(left, 0) * (self._clock() - self._began) / done
 
     async def page_done(self, index: int, done: int, total: int) -> None:
         self._set(index, done / total)
-        self._pages_done[index] = done
+        self._pages_finished(index, done)
         await self._sink.report(self.percent(), "", eta_seconds=self.eta_seconds())
 
     async def pair_done(self, index: int, pair: Pair, error: str | None) -> None:
         self._set(index, 1.0)
-        self._pages_done[index] = self._pages_total.get(index, 0)
+        self._pages_finished(index, self._pages_total.get(index, 0))
         self.pairs_done += 1
         verb = "Failed" if error else "Collected"
         await self._sink.report(

@@ -112,17 +112,31 @@ async def record_range(conn: Connection, series_id: int, new: LedgerRange) -> No
 
 
 async def _extend_last(conn: Connection, series_id: int, new: LedgerRange) -> bool:
-    """The common case in one statement: `new` continues a range of its kind that ends where it
-    starts, and nothing lies beyond (a backfill's next page). False: merge the general way."""
-    status = await conn.execute(
+    """The common cases in one statement: `new` continues a range of its kind that ends where it
+    starts (a backfill's next page), or touches nothing at all (a new series' first page), and
+    nothing lies beyond it. False: merge the general way."""
+    recorded = await conn.fetchval(
         """
-        UPDATE coverage SET end_time = $3, checked_at = coalesce($5, now())
-         WHERE series_id = $1 AND end_time = $2 AND kind = $4 AND checks = $6 AND detail IS NOT DISTINCT FROM $7
-           AND NOT EXISTS (SELECT 1 FROM coverage o WHERE o.series_id = $1 AND o.start_time <= $3 AND o.end_time > $2)
+        WITH extended AS (
+            UPDATE coverage SET end_time = $3, checked_at = coalesce($5, now())
+             WHERE series_id = $1 AND end_time = $2 AND kind = $4 AND checks = $6
+               AND detail IS NOT DISTINCT FROM $7
+               AND NOT EXISTS (SELECT 1 FROM coverage o
+                                WHERE o.series_id = $1 AND o.start_time <= $3 AND o.end_time > $2)
+            RETURNING 1
+        ), inserted AS (
+            INSERT INTO coverage (series_id, start_time, end_time, kind, checks, checked_at, detail)
+            SELECT $1, $2, $3, $4, $6, coalesce($5, now()), $7
+             WHERE NOT EXISTS (SELECT 1 FROM extended)
+               AND NOT EXISTS (SELECT 1 FROM coverage o
+                                WHERE o.series_id = $1 AND o.start_time <= $3 AND o.end_time >= $2)
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM extended) + (SELECT count(*) FROM inserted)
         """,
         series_id, new.start, new.end, new.kind, new.checked_at, new.checks, new.detail,
     )
-    return status == "UPDATE 1"
+    return bool(recorded)
 
 
 async def record_ranges(conn: Connection, series_id: int, ranges: Sequence[LedgerRange]) -> None:
