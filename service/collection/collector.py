@@ -1,10 +1,13 @@
 """One collection run: every (symbol, timeframe) pair concurrently, each series paged forward in order.
 
-Per series: resume at the last stored candle (re-reading it: it may have been open), or start
-DEFAULT_HISTORY_CANDLES back; plan windows of at most one page; fetch a few windows ahead of the one
-being written, concurrently; write them strictly in order, one transaction per page. A crash
-between pages therefore leaves a series complete up to its last stored candle, and the next run
-resumes exactly there: nothing lost, nothing duplicated.
+Per series: plan windows of at most one page, either from where the stored series ends
+(re-reading its last candle: it may have been open; a new series starts DEFAULT_HISTORY_CANDLES
+back), or over the holes of the coverage ledger within a requested range (from a date or the
+listing; a repair: every hole and failed range). Fetch a few windows ahead of the one being
+written, concurrently; check every candle; write them strictly in order, one transaction per page
+holding its candles, the ledger ranges they prove and the candles refused. A crash between pages
+therefore leaves a series complete up to its last written page, the ledger saying exactly that,
+and the next run resumes there: nothing lost, nothing duplicated.
 """
 
 from __future__ import annotations

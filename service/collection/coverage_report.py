@@ -15,8 +15,9 @@ from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, LedgerRa
 from service.collection.planner import align_open, next_open, slots_between
 from service.collection.ranges import LISTING, HistoryStart, parse_end, parse_start
 from service.db import coverage as coverage_db
+from service.db import ledger as ledger_db
 from service.db import symbols as symbols_db
-from service.db.pool import Pool, Row, connection
+from service.db.pool import Pool, connection
 from service.errors import InvalidInputError, NotFoundError
 
 __all__ = [
@@ -130,13 +131,6 @@ def report_window(
     return window_start, window_end
 
 
-def _ledger_range(row: Row) -> LedgerRange:
-    return LedgerRange(
-        start=row["start_time"], end=row["end_time"], kind=row["kind"], checks=row["checks"],
-        checked_at=row["checked_at"], detail=row["detail"],
-    )
-
-
 class SeriesCoverage(msgspec.Struct, frozen=True):
     exchange: str
     symbol: str
@@ -183,9 +177,9 @@ class CoverageReports:
                 timeframe, start=start_at, end=end_at, now_ms=now_ms,
                 listing_start=series["listing_start"], earliest_start=series["earliest_start"],
             )
-            rows = await coverage_db.ranges_overlapping(conn, series["id"], window_start, window_end)
+            ranges = await ledger_db.ledger_ranges(conn, series["id"], window_start, window_end)
         report = coverage_report(
-            timeframe, [_ledger_range(r) for r in rows], window_start, window_end,
+            timeframe, ranges, window_start, window_end,
             now_ms=now_ms, newest_verified_end=series["newest_verified_end"],
         )
         return SeriesCoverage(exchange, name, timeframe, series["listing_start"], report)
@@ -196,10 +190,7 @@ class CoverageReports:
         async with connection(self._pool) as conn:
             configured = await coverage_db.configured_series(conn)
             ids = [row["series_id"] for row in configured if row["earliest_start"] is not None]
-            rows = await coverage_db.ranges_of_series(conn, ids) if ids else []
-        ledgers: dict[int, list[LedgerRange]] = {}
-        for row in rows:
-            ledgers.setdefault(row["series_id"], []).append(_ledger_range(row))
+            ledgers = await coverage_db.ranges_of_series(conn, ids) if ids else {}
         summary: list[ConfiguredCoverage] = []
         for row in configured:
             report = None

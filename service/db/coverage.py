@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from service.db.ledger import range_from_row
 from service.db.pool import Connection, Row
+from service.records import LedgerRange
 
-__all__ = ["configured_series", "find_series", "ranges_of_series", "ranges_overlapping"]
+__all__ = ["configured_series", "find_series", "ranges_of_series"]
 
 # Per series: where its ledger begins, and where its newest verified range ends (the freshness).
 _LEDGER_ENDS = """
@@ -30,20 +32,6 @@ async def find_series(conn: Connection, exchange: str, symbol: str, timeframe: s
     return row
 
 
-async def ranges_overlapping(conn: Connection, series_id: int, start: int, end: int) -> list[Row]:
-    """The series' ledger ranges overlapping [start, end), oldest first, unclipped."""
-    rows: list[Row] = await conn.fetch(
-        """
-        SELECT start_time, end_time, kind, checks, checked_at, detail
-          FROM coverage
-         WHERE series_id = $1 AND start_time < $3 AND end_time > $2
-         ORDER BY start_time
-        """,
-        series_id, start, end,
-    )
-    return rows
-
-
 async def configured_series(conn: Connection) -> list[Row]:
     """Every configured series (each config × each of its timeframes, in the config's order), with its
     series id (None if never collected), listing start, ledger's earliest start and newest verified end."""
@@ -61,8 +49,8 @@ async def configured_series(conn: Connection) -> list[Row]:
     return rows
 
 
-async def ranges_of_series(conn: Connection, series_ids: Sequence[int]) -> list[Row]:
-    """Every ledger range of these series, by series then oldest first."""
+async def ranges_of_series(conn: Connection, series_ids: Sequence[int]) -> dict[int, list[LedgerRange]]:
+    """Every ledger range of these series, oldest first, by series."""
     rows: list[Row] = await conn.fetch(
         """
         SELECT series_id, start_time, end_time, kind, checks, checked_at, detail
@@ -72,4 +60,7 @@ async def ranges_of_series(conn: Connection, series_ids: Sequence[int]) -> list[
         """,
         list(series_ids),
     )
-    return rows
+    by_series: dict[int, list[LedgerRange]] = {}
+    for row in rows:
+        by_series.setdefault(row["series_id"], []).append(range_from_row(row))
+    return by_series

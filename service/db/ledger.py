@@ -15,14 +15,15 @@ from service.db.pool import Connection, Row
 from service.records import LedgerRange
 
 __all__ = [
-    "earliest_start", "ledger_ranges", "listing_starts", "merge_range", "record_range", "record_ranges",
-    "set_listing_start",
+    "earliest_start", "ledger_ranges", "listing_starts", "merge_range", "range_from_row", "record_range",
+    "record_ranges", "set_listing_start",
 ]
 
 _RANGE_COLUMNS = "start_time, end_time, kind, checks, checked_at, detail"
 
 
-def _range(r: Row) -> LedgerRange:
+def range_from_row(r: Row) -> LedgerRange:
+    """A ledger range from a row with the coverage table's columns."""
     return LedgerRange(
         start=r["start_time"], end=r["end_time"], kind=r["kind"], checks=r["checks"],
         checked_at=r["checked_at"], detail=r["detail"],
@@ -67,7 +68,7 @@ async def ledger_ranges(conn: Connection, series_id: int, start: int, end: int) 
         """,
         series_id, start, end,
     )
-    return [_range(r) for r in rows]
+    return [range_from_row(r) for r in rows]
 
 
 async def earliest_start(conn: Connection, series_id: int) -> int | None:
@@ -95,7 +96,7 @@ async def record_range(conn: Connection, series_id: int, new: LedgerRange) -> No
         """,
         series_id, new.start, new.end,
     )
-    old = [_range(r) for r in rows]
+    old = [range_from_row(r) for r in rows]
     merged = merge_range(old, new)
     if old:
         await conn.execute(
