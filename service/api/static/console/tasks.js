@@ -13,10 +13,18 @@ function describe(task) {
   return `${(p.symbols || []).join(", ")} · ${(p.timeframes || []).join(", ")}`;
 }
 
+// "42% · 1m 05s left": the ETA a running collection measures from its own throughput.
+function progressText(progress, etaSeconds) {
+  if (etaSeconds == null) return `${progress}%`;
+  const seconds = Math.round(etaSeconds);
+  const left = seconds >= 60 ? `${Math.floor(seconds / 60)}m ${String(seconds % 60).padStart(2, "0")}s` : `${seconds}s`;
+  return `${progress}% · ${left} left`;
+}
+
 function progressCell(task) {
   return h("td", {},
     h("progress", { max: 100, value: task.progress, dataset: { taskId: task.task_id }, "aria-label": "progress" }),
-    " ", h("span", { class: "percent", dataset: { taskId: task.task_id } }, `${task.progress}%`));
+    " ", h("span", { class: "percent", dataset: { taskId: task.task_id } }, progressText(task.progress, task.eta_seconds)));
 }
 
 export function tasksPage(main, session) {
@@ -70,7 +78,8 @@ export function tasksPage(main, session) {
     const bar = activeBody.querySelector(`progress[data-task-id="${event.task_id}"]`);
     if (!bar) return later(); // a task this page does not show yet
     bar.value = event.progress;
-    activeBody.querySelector(`.percent[data-task-id="${event.task_id}"]`).textContent = `${event.progress}%`;
+    activeBody.querySelector(`.percent[data-task-id="${event.task_id}"]`).textContent =
+      progressText(event.progress, event.status === "running" ? event.eta_seconds : null);
     const row = activeBody.querySelector(`tr[data-task-id="${event.task_id}"]`);
     row.querySelector(".status").replaceChildren(statusCell(event.status));
     row.querySelector(".message").textContent = event.message || "";
