@@ -27,6 +27,7 @@ from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, holes
 from service.collection.planner import (
     Window,
     align_open,
+    align_up,
     interval_ms,
     next_open,
     plan_span,
@@ -351,7 +352,7 @@ class Collector:
         if request.start is None and not request.repair:
             start = resume_start(stored.resume_at, tf, now, self._history_candles)
             if listing_known is not None:
-                start = max(start, _slot_at_or_after(tf, listing_known))
+                start = max(start, align_up(tf, listing_known))
             elif stored.newest is None:
                 # A new series whose listing is not known: no candles before the first one answered
                 # count as an exchange gap (they may predate the listing). Costs no extra request.
@@ -385,11 +386,11 @@ class Collector:
             start, end = max(first, listing), current_open
         else:
             start = listing if request.start == LISTING or request.start is None else max(
-                _slot_at_or_after(tf, int(request.start)), listing
+                align_up(tf, int(request.start)), listing
             )
             end = current_open
             if request.end is not None:
-                end = min(end, _slot_at_or_after(tf, request.end))
+                end = min(end, align_up(tf, request.end))
             open_ended = request.end is None or request.end > current_open
         if start >= end and not open_ended:
             return
@@ -660,7 +661,7 @@ class Collector:
         """
         tf = pair.timeframe
         limit = _closed_limit(tf, window, pages)
-        first = _first_slot(tf, window.start_ms)
+        first = align_up(tf, window.start_ms)
         present = _aligned_open_times(tf, pages)
         candidates: list[tuple[int, int]] = []
         at = first
@@ -720,17 +721,9 @@ def _aligned_open_times(timeframe: str, pages: Sequence[KlinePage]) -> list[int]
     return sorted(t for t in times if (t - offset) % step == 0)
 
 
-def _slot_at_or_after(timeframe: str, ms: int) -> int:
-    aligned = align_open(timeframe, ms)
-    return aligned if aligned == ms else next_open(timeframe, aligned)
-
-
-_first_slot = _slot_at_or_after
-
-
 def _slots(timeframe: str, window: Window, current_open: int) -> int:
     """Candle slots a window asks for (an open-ended one: up to and including the open candle)."""
-    first = _first_slot(timeframe, window.start_ms)
+    first = align_up(timeframe, window.start_ms)
     if window.end_ms is not None:
         return slots_between(timeframe, first, window.end_ms + 1)
     return slots_between(timeframe, first, current_open) + 1
@@ -741,14 +734,14 @@ def _closed_limit(timeframe: str, window: Window, pages: Sequence[KlinePage]) ->
     as_of = min((p.as_of_ms for p in pages), default=0)
     limit = align_open(timeframe, as_of)  # the slot open at as_of, and those after it, had not closed
     if window.end_ms is not None:
-        limit = min(limit, _slot_at_or_after(timeframe, window.end_ms + 1))
+        limit = min(limit, align_up(timeframe, window.end_ms + 1))
     return limit
 
 
 def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -> list[LedgerRange]:
     """Runs of consecutive closed, valid candles of the window: each becomes a verified range."""
     limit = _closed_limit(timeframe, window, pages)
-    first = _first_slot(timeframe, window.start_ms)
+    first = align_up(timeframe, window.start_ms)
     runs: list[LedgerRange] = []
     run_start: int | None = None
     expected = -1

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, LedgerRange, holes
-from service.collection.planner import align_open, next_open, slots_between
+from service.collection.planner import align_open, align_up, slots_between
 from service.collection.ranges import LISTING, HistoryStart, parse_end, parse_start
 from service.db import coverage as coverage_db
 from service.db import ledger as ledger_db
@@ -88,12 +88,6 @@ def coverage_report(
     )
 
 
-def _align_up(timeframe: str, ms: int) -> int:
-    """The first open time at or after `ms`."""
-    opened = align_open(timeframe, ms)
-    return opened if opened == ms else next_open(timeframe, opened)
-
-
 def report_window(
     timeframe: str,
     *,
@@ -112,7 +106,7 @@ def report_window(
         raise InvalidInputError("end must not be before start", field="end")
     current = align_open(timeframe, now_ms)
     # Compared before aligning: a time past year 9999 once aligned has no calendar month.
-    window_end = current if end is None or end >= current else _align_up(timeframe, end)
+    window_end = current if end is None or end >= current else align_up(timeframe, end)
     if start is None:
         return min(window_end if earliest_start is None else earliest_start, window_end), window_end
     if start == LISTING:
@@ -121,11 +115,11 @@ def report_window(
                 'start "listing": the listing of this series is not known yet (it is learnt by a '
                 'collection with start "listing")', field="start",
             )
-        window_start = _align_up(timeframe, listing_start)
+        window_start = align_up(timeframe, listing_start)
     elif start > window_end:
         raise InvalidInputError("start must not be after end (or after the current candle)", field="start")
     else:
-        window_start = _align_up(timeframe, start)
+        window_start = align_up(timeframe, start)
     if window_start > window_end:
         raise InvalidInputError("start must not be after end (or after the current candle)", field="start")
     return window_start, window_end

@@ -73,6 +73,12 @@ def align_open(timeframe: str, ms: int) -> int:
     return (ms - offset) // step * step + offset
 
 
+def align_up(timeframe: str, ms: int) -> int:
+    """The first candle open time at or after the instant `ms`."""
+    opened = align_open(timeframe, ms)
+    return opened if opened == ms else next_open(timeframe, opened)
+
+
 def next_open(timeframe: str, open_ms: int) -> int:
     """Open time of the candle after the one opening at `open_ms` (its close_time + 1 ms)."""
     if timeframe == "1M":

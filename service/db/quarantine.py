@@ -10,7 +10,7 @@ import msgspec
 from service.db.pool import Connection
 from service.records import Kline
 
-__all__ = ["quarantine", "quarantined_count"]
+__all__ = ["quarantine"]
 
 
 async def quarantine(
@@ -24,8 +24,3 @@ async def quarantine(
         # The row as the exchange's fields, in its order (a JSON array, like the exchange sent it).
         [(series_id, kline.open_time, reason, msgspec.to_builtins(kline), task_id) for kline, reason in rows],
     )
-
-
-async def quarantined_count(conn: Connection, series_id: int) -> int:
-    count: int = await conn.fetchval("SELECT count(*) FROM quarantined_klines WHERE series_id = $1", series_id)
-    return count
