@@ -28,6 +28,7 @@ from service.collection.planner import (
     Window,
     align_open,
     align_up,
+    grid_offset,
     interval_ms,
     next_open,
     plan_span,
@@ -717,7 +718,7 @@ def _aligned_open_times(timeframe: str, pages: Sequence[KlinePage]) -> list[int]
     if timeframe == "1M":
         return sorted(t for t in times if align_open(timeframe, t) == t)
     step = interval_ms(timeframe)
-    offset = align_open(timeframe, 0) % step  # weeks open on Mondays
+    offset = grid_offset(timeframe)
     return sorted(t for t in times if (t - offset) % step == 0)
 
 

@@ -60,8 +60,12 @@ def _month_open(index: int) -> int:
     return calendar.timegm((year, month + 1, 1, 0, 0, 0)) * 1000
 
 
-# Binance aligns weeks on Monday; the epoch was a Thursday.
-_WEEK_OFFSET = 4 * _DAY
+def grid_offset(timeframe: str) -> int:
+    """Where a fixed timeframe's candles open, relative to the epoch: open times are offset + k * step.
+
+    Binance aligns weeks on Monday; the epoch was a Thursday.
+    """
+    return 4 * _DAY if timeframe == "1w" else 0
 
 
 def align_open(timeframe: str, ms: int) -> int:
@@ -69,7 +73,7 @@ def align_open(timeframe: str, ms: int) -> int:
     if timeframe == "1M":
         return _month_open(_month_index(ms))
     step = _FIXED_MS[timeframe]
-    offset = _WEEK_OFFSET if timeframe == "1w" else 0
+    offset = grid_offset(timeframe)
     return (ms - offset) // step * step + offset
 
 
@@ -109,11 +113,7 @@ def history_start(timeframe: str, now_ms: int, candles: int) -> int:
             return 0
         year, month = divmod(months, 12)
         return calendar.timegm((year, month + 1, 1, 0, 0, 0)) * 1000
-    step = _FIXED_MS[timeframe]
-    # Binance aligns weeks on Monday; the epoch was a Thursday.
-    offset = 4 * _DAY if timeframe == "1w" else 0
-    current_open = (now_ms - offset) // step * step + offset
-    return max(current_open - (candles - 1) * step, 0)
+    return max(align_open(timeframe, now_ms) - (candles - 1) * _FIXED_MS[timeframe], 0)
 
 
 def resume_start(resume_at_ms: int | None, timeframe: str, now_ms: int, history_candles: int) -> int:

@@ -25,7 +25,7 @@ from decimal import Decimal, InvalidOperation
 
 import msgspec
 
-from service.collection.planner import align_open, interval_ms, next_open
+from service.collection.planner import align_open, grid_offset, interval_ms, next_open
 from service.records import Kline
 
 __all__ = ["Rejected", "check_klines"]
@@ -78,7 +78,7 @@ def check_klines(klines: Sequence[Kline], timeframe: str, now_ms: int) -> tuple[
         return valid, rejected
 
     step = interval_ms(timeframe)
-    offset = align_open(timeframe, 0) % step  # weeks open on Mondays, not on the epoch's Thursday
+    offset = grid_offset(timeframe)
     last_ms = step - 1
     number = Decimal
     # Plainness is judged per chunk, then per candle in a chunk that is not plain: one odd row

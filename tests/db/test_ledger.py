@@ -1,5 +1,6 @@
 """The coverage ledger's writes: ranges merge, newer facts win where they overlap, and PostgreSQL
-itself refuses overlapping ranges; deleting candles cuts the verified ranges that held them."""
+itself refuses overlapping ranges; deleting candles cuts the verified ranges that held them, and
+emptying the table drops them all."""
 
 from __future__ import annotations
 
@@ -93,3 +94,17 @@ async def test_deleting_candles_turns_their_span_into_a_hole(db: asyncpg.Connect
     ledger = [LedgerRange(x["start_time"], x["end_time"], x["kind"]) for x in rows]
     assert holes(ledger, 0, 100 * M) == [(20 * M, 29 * M + 1)]  # candles 20..29: the slots they opened
     assert (60 * M, 70 * M, "exchange_gap") in [(x.start, x.end, x.kind) for x in ledger]
+
+
+async def test_truncating_klines_leaves_no_verified_range(db: asyncpg.Connection[Any]) -> None:
+    """TRUNCATE fires no row or DELETE trigger: its own trigger drops every verified range, so a run
+    after it fetches the history again; exchange gaps and failed ranges stay (facts about the exchange)."""
+    sid = await a_series(db)
+    await db.executemany(
+        "INSERT INTO klines (series_id, open_time, open, high, low, close, volume, close_time, is_closed)"
+        " VALUES ($1, $2, 1, 2, 0.5, 1.5, 10, $3, true)",
+        [(sid, t * M, t * M + M - 1) for t in range(100)],
+    )
+    await record(db, sid, r(0, 60), r(60, 70, "exchange_gap", 2), r(70, 100))
+    await db.execute("TRUNCATE klines")
+    assert await ranges(db, sid) == [(60, 70, "exchange_gap", 2)]
