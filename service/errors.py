@@ -12,6 +12,7 @@ __all__ = [
     "DuplicateError",
     "InvalidInputError",
     "NotFoundError",
+    "RowRefusedError",
     "ServiceUnavailableError",
     "TooManyAttemptsError",
 ]
@@ -44,6 +45,16 @@ class DuplicateError(ConflictError):
     The constraint stays out of `extra` (the error body): it names the schema, not the user's request.
     Callers that know what the constraint means catch this and say so in their own words.
     """
+
+    def __init__(self, detail: str, *, constraint: str | None) -> None:
+        super().__init__(detail)
+        self.constraint = constraint
+
+
+class RowRefusedError(InvalidInputError):
+    """PostgreSQL refused a value: a check constraint (named by `constraint`) or a value it cannot
+    read as its column's type (`constraint` None). Like DuplicateError's, the constraint stays out
+    of `extra`."""
 
     def __init__(self, detail: str, *, constraint: str | None) -> None:
         super().__init__(detail)

@@ -42,7 +42,7 @@ from service.cpu_turns import CpuTurns
 from service.db import klines as klines_db
 from service.db import ledger as ledger_db
 from service.db.pool import Connection, Pool, connection, retrying
-from service.errors import DatabaseUnavailableError
+from service.errors import DatabaseUnavailableError, RowRefusedError
 from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
 from service.logging import get_logger
 from service.metrics import Metrics
@@ -245,6 +245,17 @@ class _Fetched(msgspec.Struct):
     window: Window
     pages: list[KlinePage]
     gaps: list[LedgerRange]
+
+
+class _CheckedPage(msgspec.Struct):
+    """A window ready to write: its valid candles (encoded too), the refused ones with their reason,
+    and the ledger ranges the valid ones prove."""
+
+    series_id: int
+    pages: list[KlinePage]
+    rejected: list[tuple[Kline, str]]
+    ranges: list[LedgerRange]
+    encoded: klines_db.EncodedPage
 
 
 # A candle may open this far past our clock before it counts as "in the future" (clock skew).
@@ -569,28 +580,19 @@ class Collector:
         if not fetched.gaps and not any(page.klines for page in fetched.pages):
             return None  # an empty window (before the listing, say): nothing to check or record
         async with self._cpu.turn():
-            now = self._now_ms() + _FUTURE_TOLERANCE_MS
-            pages: list[KlinePage] = []
-            rejected: list[tuple[Kline, str]] = []
-            for page in fetched.pages:
-                valid, refused = check_klines(page.klines, tf, now)
-                rejected += [(r.kline, r.reason) for r in refused]
-                pages.append(page if not refused else KlinePage(klines=valid, as_of_ms=page.as_of_ms))
-            checked_at = datetime.fromtimestamp(self._clock(), UTC)
-            ranges = [
-                msgspec.structs.replace(r, checked_at=checked_at)
-                for r in _verified_runs(tf, fetched.window, pages) + fetched.gaps
-            ]
-            encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
-        if not ranges and not rejected and not encoded.overlap and not encoded.fresh:
+            checked = self._checked_page(tf, series_id, fetched, stored_until, prices_by_database=True)
+        try:
+            written = await self._store(checked, run)
+        except RowRefusedError as exc:
+            # A price the checks left to PostgreSQL is bad: check every candle here, for the
+            # reasons, and write the page without the refused ones.
+            log.info("page_checked_again", symbol=pair.symbol, timeframe=tf, refused=exc.detail)
+            async with self._cpu.turn():
+                checked = self._checked_page(tf, series_id, fetched, stored_until, prices_by_database=False)
+            written = await self._store(checked, run)
+        if written is None:
             return None
-
-        async def write(conn: Connection) -> int:
-            return await klines_db.store_page(
-                conn, encoded, series_id=series_id, ranges=ranges, rejected=rejected, task_id=run.task_id
-            )
-
-        written = await self._db(write)
+        rejected = checked.rejected
         result.candles_written += written
         result.candles_quarantined += len(rejected)
         result.exchange_gaps += len(fetched.gaps)
@@ -602,7 +604,39 @@ class Collector:
             log.warning(
                 "candles_quarantined", symbol=pair.symbol, timeframe=tf, count=len(rejected), first=rejected[0][1]
             )
-        return max((page.klines[-1].open_time for page in pages if page.klines), default=None)
+        return max((page.klines[-1].open_time for page in checked.pages if page.klines), default=None)
+
+    def _checked_page(
+        self, tf: str, series_id: int, fetched: _Fetched, stored_until: int | None, *, prices_by_database: bool
+    ) -> _CheckedPage:
+        """A window's candles checked (the rejected ones apart), encoded, with the ledger ranges they prove."""
+        now = self._now_ms() + _FUTURE_TOLERANCE_MS
+        pages: list[KlinePage] = []
+        rejected: list[tuple[Kline, str]] = []
+        for page in fetched.pages:
+            valid, refused = check_klines(page.klines, tf, now, prices_by_database=prices_by_database)
+            rejected += [(r.kline, r.reason) for r in refused]
+            pages.append(page if not refused else KlinePage(klines=valid, as_of_ms=page.as_of_ms))
+        checked_at = datetime.fromtimestamp(self._clock(), UTC)
+        ranges = [
+            msgspec.structs.replace(r, checked_at=checked_at)
+            for r in _verified_runs(tf, fetched.window, pages) + fetched.gaps
+        ]
+        encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
+        return _CheckedPage(series_id, pages, rejected, ranges, encoded)
+
+    async def _store(self, page: _CheckedPage, run: _Run) -> int | None:
+        """Write a checked page in one transaction; None when it holds nothing to write."""
+        if not page.ranges and not page.rejected and not page.encoded.overlap and not page.encoded.fresh:
+            return None
+
+        async def write(conn: Connection) -> int:
+            return await klines_db.store_page(
+                conn, page.encoded, series_id=page.series_id, ranges=page.ranges, rejected=page.rejected,
+                task_id=run.task_id,
+            )
+
+        return await self._db(write)
 
     async def _fetch_in_order(
         self, pair: Pair, windows: list[Window], on_wait: WaitCallback, listing_unknown: bool

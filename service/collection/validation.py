@@ -58,13 +58,21 @@ _LONG_RUN = b"d" * (_MAX_DECIMAL_CHARS + 1)
 _CHUNK = 50
 
 
-def check_klines(klines: Sequence[Kline], timeframe: str, now_ms: int) -> tuple[list[Kline], list[Rejected]]:
+def check_klines(
+    klines: Sequence[Kline], timeframe: str, now_ms: int, *, prices_by_database: bool = False
+) -> tuple[list[Kline], list[Rejected]]:
     """Split a page into the candles that may be written (in their order) and the rejected ones.
 
     A candle is valid when its open_time is aligned to `timeframe`, its close_time is the next
     open time - 1 ms, it has opened by `now_ms`, every price and volume is a finite decimal
     (see the module docstring), low <= open, close <= high, low >= 0, volumes >= 0 and
     trades >= 0.
+
+    `prices_by_database`: the decimals of plain candles are not read here; PostgreSQL reads them
+    (numeric input) and checks their order (the klines_candle_valid constraint) as the page is
+    written. It refuses a bad one with the whole page, which must then be checked again without
+    this, for the candles to keep and each refused one's reason. Parsing eight decimals per
+    candle was a quarter of the service's CPU in a backfill.
     """
     valid: list[Kline] = []
     rejected: list[Rejected] = []
@@ -88,6 +96,16 @@ def check_klines(klines: Sequence[Kline], timeframe: str, now_ms: int) -> tuple[
         chunk_is_plain = _is_plain(chunk)
         for k in chunk:
             t = k.open_time
+            if (
+                prices_by_database
+                and chunk_is_plain
+                and (t - offset) % step == 0
+                and k.close_time == t + last_ms
+                and t <= now_ms
+                and (k.trades is None or k.trades <= _MAX_BIGINT)
+            ):
+                valid.append(k)
+                continue
             try:
                 if (
                     (chunk_is_plain or _is_plain(k))

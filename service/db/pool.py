@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import asyncpg
 import stamina
 
-from service.errors import DatabaseUnavailableError, DuplicateError
+from service.errors import DatabaseUnavailableError, DuplicateError, RowRefusedError
 
 __all__ = [
     "CONNECTION_LOST", "DEFAULT_STATEMENT_CACHE_SIZE", "Connection", "Pool", "Row", "connection", "create_pool",
@@ -150,7 +150,8 @@ def describe_database(dsn: str) -> str:
 @contextmanager
 def domain_errors() -> Iterator[None]:
     """Translate the driver's errors raised inside: a unique violation into DuplicateError (naming
-    the constraint), a lost connection or unreachable database into DatabaseUnavailableError.
+    the constraint), a check violation or a value the column's type cannot read into
+    RowRefusedError, a lost connection or unreachable database into DatabaseUnavailableError.
 
     Any other driver error (a wrong statement) is a bug and passes unchanged. The driver's error is
     kept as `__cause__`.
@@ -162,6 +163,12 @@ def domain_errors() -> Iterator[None]:
         raise DuplicateError(
             f"a row with the same key exists already ({constraint or 'unique constraint'})", constraint=constraint
         ) from exc
+    except asyncpg.CheckViolationError as exc:
+        raise RowRefusedError(
+            f"the database refused a row ({exc.constraint_name or 'check constraint'})", constraint=exc.constraint_name
+        ) from exc
+    except (asyncpg.InvalidTextRepresentationError, asyncpg.NumericValueOutOfRangeError) as exc:
+        raise RowRefusedError(f"the database refused a value: {exc.message}"[:500], constraint=None) from exc
     except CONNECTION_LOST as exc:
         raise DatabaseUnavailableError(
             f"the database connection failed ({exc.__class__.__name__}: {exc})"[:500]

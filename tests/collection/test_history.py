@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,17 +213,25 @@ async def test_an_exchange_gap_is_rechecked_once_and_then_left_alone(
     assert await ledger(db, "BTCUSDT") == [(listing, OPEN, "verified", 1)]
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("low", "99999999.00000000", "low above open"),  # refused by the CHECK constraint, then found here
+        ("volume", "1.2.3", "volume is not a finite decimal"),  # refused by numeric input, then found here
+        ("volume", "-1", "negative volume"),  # not plain digits: found before writing
+    ],
+)
 async def test_invalid_candles_are_quarantined_counted_and_left_as_a_hole(
-    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any]
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any], field: str, value: str, reason: str
 ) -> None:
-    """A candle whose low is above its open never reaches klines: it is kept in quarantine with the
-    reason and the raw row, counted in the task result, the execution log and /metrics, and its
-    slot stays a hole in the ledger."""
+    """A bad candle never reaches klines, whichever check finds it: it is kept in quarantine with the
+    reason and the raw row, counted in the task result, the execution log and /metrics, its slot
+    stays a hole in the ledger, and the rest of its page is written."""
     clock = frozen_at(fake, T0)
     listing = OPEN - 199 * MINUTE
     fake.generate_klines("BTCUSDT", "1m", listing, 200)
     bad = listing + 100 * MINUTE
-    fake.corrupt_kline("BTCUSDT", "1m", bad, low="99999999.00000000")
+    fake.corrupt_kline("BTCUSDT", "1m", bad, **{field: value})
     async with serve_app(settings, clock) as api:
         await api.wait_idle()
         task = await start(api, {"symbols": ["BTCUSDT"], "timeframes": ["1m"], "start": "listing"})
@@ -233,9 +242,9 @@ async def test_invalid_candles_are_quarantined_counted_and_left_as_a_hole(
     assert task["result"]["candles_written"] == 199
     assert bad not in [r["open_time"] for r in await stored(db, "BTCUSDT", "1m")]
     (row,) = await db.fetch("SELECT open_time, reason, raw, task_id::text FROM quarantined_klines")
-    assert row["open_time"] == bad and "low" in row["reason"]
+    assert row["open_time"] == bad and row["reason"].startswith(reason)
     raw = json.loads(row["raw"])
-    assert raw[0] == bad and raw[3] == "99999999.00000000"
+    assert raw[0] == bad and value in raw
     assert row["task_id"] == task["task_id"]
     log = await db.fetchrow("SELECT metadata FROM job_execution_logs WHERE task_id = $1::uuid", task["task_id"])
     assert log is not None and json.loads(log["metadata"])["records_quarantined"] == 1

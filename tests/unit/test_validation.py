@@ -1,5 +1,6 @@
 """Ingest checks: every rule rejects with its reason, valid candles pass in order, and PostgreSQL
-(numeric input and the klines_candle_valid CHECK constraint) agrees with what passes."""
+(numeric input and the klines_candle_valid CHECK constraint) agrees with what passes, and refuses
+every bad candle the checks leave to it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 from service.collection.validation import Rejected, check_klines
 from service.db.klines import encode_copy_rows
+from service.db.pool import domain_errors
+from service.errors import RowRefusedError
 from service.records import Kline
 from tests.fakes.binance import FakeBinance
 
@@ -216,5 +219,42 @@ async def test_constraint_refuses_what_check_klines_rejects(
     assert check_klines([bad], "1m", NOW)[0] == []
     series_id = await _new_series(db, "BTCUSDT", "1m")
     with pytest.raises(asyncpg.CheckViolationError, match="klines_candle_valid"):
+        await _copy_closed(db, series_id, bad)
+    assert await db.fetchval("SELECT count(*) FROM klines") == 0
+
+
+# Rejected for a decimal that is all digits and points: with prices_by_database these pass to
+# PostgreSQL unread, which must refuse each of them.
+LEFT_TO_POSTGRESQL = [
+    "low above open", "low above close", "open above high", "close above high",
+    "volume is not a finite decimal: ''", "volume is not a finite decimal: '.'",
+    "volume is not a finite decimal: '1.2.3'",
+]
+
+
+def test_with_prices_left_to_postgresql_only_plain_decimals_pass_unread() -> None:
+    """With prices_by_database, a candle whose decimals are all plain digits and points passes
+    without them being read (PostgreSQL reads and orders them); every other rejection stays, with its reason."""
+    passed: list[str] = []
+    for fields, reason in REJECTED:
+        bad = candle(**fields)
+        valid, rejected = check_klines([bad], "1m", NOW, prices_by_database=True)
+        if valid:
+            passed.append(reason)
+        else:
+            assert rejected == [Rejected(bad, reason)]
+    assert sorted(set(passed)) == sorted(LEFT_TO_POSTGRESQL)
+    page = [candle(open_time=T0 + i * MIN, close_time=T0 + (i + 1) * MIN - 1) for i in range(120)]
+    assert check_klines(page, "1m", NOW + 200 * MIN, prices_by_database=True) == (page, [])
+
+
+@pytest.mark.parametrize("fields", [fields for fields, reason in REJECTED if reason in LEFT_TO_POSTGRESQL])
+async def test_postgresql_refuses_every_candle_left_to_it(db: asyncpg.Connection[Any], fields: dict[str, Any]) -> None:
+    """No bad candle gets in by being left to PostgreSQL: each is refused on write as RowRefusedError
+    (the collector then checks the page again in full)."""
+    bad = candle(**fields)
+    assert check_klines([bad], "1m", NOW, prices_by_database=True) == ([bad], [])
+    series_id = await _new_series(db, "BTCUSDT", "1m")
+    with pytest.raises(RowRefusedError), domain_errors():
         await _copy_closed(db, series_id, bad)
     assert await db.fetchval("SELECT count(*) FROM klines") == 0
