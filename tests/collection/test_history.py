@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import pytest
 import msgspec
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.collection.jobs import CollectionPlan, PlannedSeries
