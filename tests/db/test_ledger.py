@@ -78,8 +78,8 @@ async def test_postgresql_refuses_overlapping_ranges(db: asyncpg.Connection[Any]
         )
 
 
-async def test_deleting_candles_turns_their_span_into_a_hole(db: asyncpg.Connection[Any]) -> None:
-    """A DELETE on klines cuts every verified range that held a deleted candle; other kinds stay."""
+async def a_series_with_100_candles(db: asyncpg.Connection[Any]) -> int:
+    """Candles 0..99 stored; the ledger: verified 0-60, an exchange gap 60-70, verified 70-100."""
     sid = await a_series(db)
     await db.executemany(
         "INSERT INTO klines (series_id, open_time, open, high, low, close, volume, close_time, is_closed)"
@@ -87,6 +87,12 @@ async def test_deleting_candles_turns_their_span_into_a_hole(db: asyncpg.Connect
         [(sid, t * M, t * M + M - 1) for t in range(100)],
     )
     await record(db, sid, r(0, 60), r(60, 70, "exchange_gap", 2), r(70, 100))
+    return sid
+
+
+async def test_deleting_candles_turns_their_span_into_a_hole(db: asyncpg.Connection[Any]) -> None:
+    """A DELETE on klines cuts every verified range that held a deleted candle; other kinds stay."""
+    sid = await a_series_with_100_candles(db)
     await db.execute(
         "DELETE FROM klines WHERE series_id = $1 AND open_time >= $2 AND open_time < $3", sid, 20 * M, 30 * M
     )
@@ -99,12 +105,6 @@ async def test_deleting_candles_turns_their_span_into_a_hole(db: asyncpg.Connect
 async def test_truncating_klines_leaves_no_verified_range(db: asyncpg.Connection[Any]) -> None:
     """TRUNCATE fires no row or DELETE trigger: its own trigger drops every verified range, so a run
     after it fetches the history again; exchange gaps and failed ranges stay (facts about the exchange)."""
-    sid = await a_series(db)
-    await db.executemany(
-        "INSERT INTO klines (series_id, open_time, open, high, low, close, volume, close_time, is_closed)"
-        " VALUES ($1, $2, 1, 2, 0.5, 1.5, 10, $3, true)",
-        [(sid, t * M, t * M + M - 1) for t in range(100)],
-    )
-    await record(db, sid, r(0, 60), r(60, 70, "exchange_gap", 2), r(70, 100))
+    sid = await a_series_with_100_candles(db)
     await db.execute("TRUNCATE klines")
     assert await ranges(db, sid) == [(60, 70, "exchange_gap", 2)]
