@@ -32,7 +32,7 @@ from service.db.pool import Connection, Pool, connection, retrying
 from service.errors import DatabaseUnavailableError
 from service.logging import get_logger
 
-__all__ = ["HANDED_BACK_MESSAGE", "TaskRunner"]
+__all__ = ["HANDED_BACK_MESSAGE", "TaskRunner", "join_workers", "leave_workers"]
 
 log = get_logger(__name__)
 
@@ -41,6 +41,28 @@ HANDED_BACK_MESSAGE = "Interrupted: its process shut down; waiting to resume"
 _HEARTBEATS_PER_LEASE = 6
 # Dead peers are looked for this many times per lease.
 _RECOVERIES_PER_LEASE = 3
+
+
+async def join_workers(pool: Pool, worker_id: uuid.UUID, kind: str) -> None:
+    """Register this process in `workers` (DatabaseUnavailableError if the database is away)."""
+    async with connection(pool) as conn:
+        await workers_db.register_worker(
+            conn, worker_id, kind=kind, hostname=socket.gethostname()[:255], pid=os.getpid()
+        )
+
+
+async def leave_workers(pool: Pool, worker_id: uuid.UUID) -> None:
+    """Remove this process's row and wake the peers (to claim what it handed back); if the database
+    is away, peers reap the row when the lease ends."""
+
+    async def remove(conn: Connection) -> None:
+        await workers_db.remove_worker(conn, worker_id)
+        await tasks_db.notify(conn, "pending", worker_id)
+
+    try:
+        await retrying(pool, remove, give_up_after=2.0)
+    except DatabaseUnavailableError as exc:
+        log.warning("worker_row_not_removed", error=exc.detail, detail="peers reap it when the lease ends")
 
 
 class TaskRunner:
@@ -90,10 +112,7 @@ class TaskRunner:
         log.info("worker_started", worker_id=str(self.worker_id), kind=self._kind)
 
     async def _register(self) -> None:
-        async with connection(self._pool) as conn:
-            await workers_db.register_worker(
-                conn, self.worker_id, kind=self._kind, hostname=socket.gethostname()[:255], pid=os.getpid()
-            )
+        await join_workers(self._pool, self.worker_id, self._kind)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming at once; hand the running tasks back within `grace` seconds; leave the workers
@@ -108,14 +127,7 @@ class TaskRunner:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
         if self._background:
-            try:
-                async def remove(conn: Connection) -> None:
-                    await workers_db.remove_worker(conn, self.worker_id)
-                    await tasks_db.notify(conn, "pending", self.worker_id)
-
-                await retrying(self._pool, remove, give_up_after=2.0)
-            except DatabaseUnavailableError as exc:
-                log.warning("worker_row_not_removed", error=exc.detail, detail="peers reap it when the lease ends")
+            await leave_workers(self._pool, self.worker_id)
         self._background = []
         log.info("worker_stopped", worker_id=str(self.worker_id))
 

@@ -10,15 +10,14 @@ cancel request made through the API; it never claims any other task. `stop()` le
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import uuid
 from collections.abc import Awaitable, Callable
 
 from service.collection.registry import TaskBody, TaskRegistry, TaskView
+from service.collection.runner import join_workers, leave_workers
 from service.db import tasks as tasks_db
 from service.db import workers as workers_db
-from service.db.pool import Connection, Pool, Row, connection, retrying
+from service.db.pool import Connection, Pool, Row, connection
 from service.errors import DatabaseUnavailableError
 from service.logging import get_logger
 
@@ -44,10 +43,7 @@ class SingleTaskWorker:
 
     async def start(self) -> None:
         """Join the workers table and keep the heartbeat (DatabaseUnavailableError if it cannot join)."""
-        async with connection(self._pool) as conn:
-            await workers_db.register_worker(
-                conn, self.worker_id, kind=WORKER_KIND, hostname=socket.gethostname()[:255], pid=os.getpid()
-            )
+        await join_workers(self._pool, self.worker_id, WORKER_KIND)
         self._upkeep = asyncio.create_task(self._upkeep_loop(), name="single-task-upkeep")
 
     async def submit_and_run(
@@ -70,14 +66,7 @@ class SingleTaskWorker:
         self._upkeep.cancel()
         await asyncio.gather(self._upkeep, return_exceptions=True)
         self._upkeep = None
-
-        async def remove(conn: Connection) -> None:
-            await workers_db.remove_worker(conn, self.worker_id)
-
-        try:
-            await retrying(self._pool, remove, give_up_after=2.0)
-        except DatabaseUnavailableError as exc:
-            log.warning("worker_row_not_removed", error=exc.detail, detail="peers reap it when the lease ends")
+        await leave_workers(self._pool, self.worker_id)
 
     async def _upkeep_loop(self) -> None:
         while True:
