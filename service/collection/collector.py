@@ -449,8 +449,14 @@ class Collector:
         if series is None:
             series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
         ids, ends, listings = await self._series(pairs)
+        prices_by_database = await self._db(klines_db.candle_check_enforced)
+        if not prices_by_database:
+            log.warning(
+                "candle_check_missing", constraint=klines_db.CANDLE_CHECK,
+                detail="klines lacks its CHECK constraint: every candle's prices are checked here, more slowly",
+            )
         progress = _Progress(sink, len(pairs))
-        run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id)
+        run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id, prices_by_database)
         async with asyncio.TaskGroup() as group:
             runs = [
                 group.create_task(
@@ -580,10 +586,14 @@ class Collector:
         if not fetched.gaps and not any(page.klines for page in fetched.pages):
             return None  # an empty window (before the listing, say): nothing to check or record
         async with self._cpu.turn():
-            checked = self._checked_page(tf, series_id, fetched, stored_until, prices_by_database=True)
+            checked = self._checked_page(
+                tf, series_id, fetched, stored_until, prices_by_database=run.prices_by_database
+            )
         try:
             written = await self._store(checked, run)
         except RowRefusedError as exc:
+            if not run.prices_by_database:
+                raise  # every candle was checked here already: a bug, not a bad price
             # A price the checks left to PostgreSQL is bad: check every candle here, for the
             # reasons, and write the page without the refused ones.
             log.info("page_checked_again", symbol=pair.symbol, timeframe=tf, refused=exc.detail)
@@ -733,6 +743,8 @@ class _Run(msgspec.Struct):
     progress: _Progress
     on_wait: WaitCallback
     task_id: uuid.UUID | None
+    prices_by_database: bool
+    """Plain candles' prices are left to the klines CHECK constraint (False: it is missing)."""
 
 
 class _PairState(msgspec.Struct):

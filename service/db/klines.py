@@ -25,8 +25,10 @@ from service.db.pool import Connection
 from service.records import Kline, KlinePage, LedgerRange
 
 __all__ = [
+    "CANDLE_CHECK",
     "EncodedPage",
     "StoredEnd",
+    "candle_check_enforced",
     "count_stored",
     "encode_copy_rows",
     "encode_page",
@@ -72,6 +74,20 @@ def encode_copy_rows(series_id: int, klines: Sequence[Kline], closed: int) -> by
         for i, k in enumerate(klines)
     ]
     return "".join(lines).encode()
+
+
+#: The CHECK constraint on klines' prices and volumes (migration 0008).
+CANDLE_CHECK = "klines_candle_valid"
+
+
+async def candle_check_enforced(conn: Connection) -> bool:
+    """Whether klines has its candle CHECK constraint (an operator could have dropped it, or
+    restored a dump without it): the ingest leaves plain candles' prices to it only then."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'klines'::regclass AND conname = $1)",
+        CANDLE_CHECK,
+    )
+    return found
 
 
 async def series_ids(

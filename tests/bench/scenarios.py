@@ -352,8 +352,8 @@ async def _poll_rss(svc: Service, stop: asyncio.Event, every: float = 0.02) -> i
 
 
 # The CHECK constraint on klines (migration 0008), dropped in a clone to measure what it costs. The
-# service leaves the price order of plain candles to it, so without it those go unchecked: the
-# end-to-end figure is what checking prices costs at all.
+# service leaves the prices of plain candles to it; finding it missing, the service checks every
+# price itself: the end-to-end figure compares checking prices in PostgreSQL with checking them in Python.
 _DROP_CANDLE_CHECK = "ALTER TABLE klines DROP CONSTRAINT klines_candle_valid"
 
 
@@ -484,11 +484,11 @@ def bulk_outcome(run: dict[str, Any]) -> Outcome:
     bare = ceiling["without_check"]
     out.add("  ceiling COPY without the klines CHECK constraint", per_second(bare["rows_per_s"], "rows/s"), "",
             f"the constraint costs {1 - ceiling['rows_per_s'] / bare['rows_per_s']:.0%} of COPY speed")
-    unchecked = run.get("without_check")
-    if unchecked is not None:
-        cost = 1 - run["candles_per_s"] / unchecked["candles_per_s"]
-        out.add("  end to end without the klines CHECK constraint", per_second(unchecked["candles_per_s"]), "",
-                f"price checks (the constraint) cost {cost:.0%} end to end")
+    in_python = run.get("without_check")
+    if in_python is not None:
+        ratio = run["candles_per_s"] / in_python["candles_per_s"]
+        out.add("  end to end without it: the service checks every price", per_second(in_python["candles_per_s"]),
+                "", f"prices checked by PostgreSQL: {ratio:.2f}x this speed")
     return out
 
 

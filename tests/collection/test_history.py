@@ -214,19 +214,24 @@ async def test_an_exchange_gap_is_rechecked_once_and_then_left_alone(
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "reason"),
+    ("field", "value", "reason", "constraint"),
     [
-        ("low", "99999999.00000000", "low above open"),  # refused by the CHECK constraint, then found here
-        ("volume", "1.2.3", "volume is not a finite decimal"),  # refused by numeric input, then found here
-        ("volume", "-1", "negative volume"),  # not plain digits: found before writing
+        ("low", "99999999.00000000", "low above open", True),  # refused by the CHECK constraint, then found here
+        ("volume", "1.2.3", "volume is not a finite decimal", True),  # refused by numeric input, then found here
+        ("volume", "-1", "negative volume", True),  # not plain digits: found before writing
+        ("low", "99999999.00000000", "low above open", False),  # no constraint: the service checks every price
     ],
 )
 async def test_invalid_candles_are_quarantined_counted_and_left_as_a_hole(
-    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any], field: str, value: str, reason: str
+    fake: FakeBinance, settings: Settings, db: asyncpg.Connection[Any],
+    field: str, value: str, reason: str, constraint: bool,
 ) -> None:
-    """A bad candle never reaches klines, whichever check finds it: it is kept in quarantine with the
-    reason and the raw row, counted in the task result, the execution log and /metrics, its slot
-    stays a hole in the ledger, and the rest of its page is written."""
+    """A bad candle never reaches klines, whichever check finds it, also where the klines CHECK
+    constraint was dropped: it is kept in quarantine with the reason and the raw row, counted in the
+    task result, the execution log and /metrics, its slot stays a hole in the ledger, and the rest of
+    its page is written."""
+    if not constraint:
+        await db.execute("ALTER TABLE klines DROP CONSTRAINT klines_candle_valid")
     clock = frozen_at(fake, T0)
     listing = OPEN - 199 * MINUTE
     fake.generate_klines("BTCUSDT", "1m", listing, 200)
