@@ -10,7 +10,9 @@ import msgspec
 
 from service.auth.limiter import LoginLimiter
 from service.auth.passwords import PasswordHasher
+from service.auth.users_cache import UsersCache
 from service.db import users as users_db
+from service.db.listener import Listener
 from service.db.pool import Pool, Row, connection
 from service.errors import AuthenticationError, InvalidInputError, TooManyAttemptsError
 from service.logging import get_logger
@@ -83,6 +85,19 @@ class Accounts:
         self._hasher = hasher
         self._limiter = limiter
         self._bootstrap: asyncio.Task[None] | None = None
+        self._cache: UsersCache | None = None
+
+    def follow_changes(self, listener: Listener) -> UsersCache:
+        """Keep the accounts `get` reads in memory, dropped as `listener` hears of their changes
+        (call before the listener starts). Without it, every `get` reads the database."""
+        self._cache = UsersCache(listening=lambda: listener.listening)
+        listener.subscribe(users_db.USERS_CHANNEL, self._cache.notified)
+        return self._cache
+
+    @property
+    def cache(self) -> UsersCache | None:
+        """The accounts kept in memory (None: `follow_changes` was not called)."""
+        return self._cache
 
     def start_bootstrap(self, email: str, password: str) -> None:
         """Run `bootstrap_admin` in the background: start-up does not wait for its password hash
@@ -102,9 +117,20 @@ class Accounts:
             await self._bootstrap
 
     async def get(self, user_id: int) -> User | None:
+        """The account (active or not), or None if there is none: from memory once `follow_changes`
+        was called and the account was read since its last change, else from the database."""
+        cache = self._cache
+        if cache is not None and (user := cache.get(user_id)) is not None:
+            return user
+        generation = 0 if cache is None else cache.generation
         async with connection(self._pool) as conn:
             row = await users_db.get_user(conn, user_id)
-        return None if row is None else _user(row)
+        if row is None:
+            return None  # not kept: an account made later under this id must be found
+        user = _user(row)
+        if cache is not None:
+            cache.put(user, generation)
+        return user
 
     async def login(self, email: str, password: str, *, client_address: str) -> User:
         """The active user with these credentials.

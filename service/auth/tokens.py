@@ -2,7 +2,11 @@
 
 A token's subject is the user id. Every request that carries a token is checked (signature,
 expiry) and its user looked up: an unknown or disabled account gets 401 at once, and an admin who
-lost the flag loses admin rights at once, without waiting for the token to expire.
+lost the flag loses admin rights at once, without waiting for the token to expire. The lookup is
+answered from memory in web processes: every change to an account, from any process or a psql
+session, is announced when it commits and drops the account from every process's memory
+(service/auth/users_cache.py), so "at once" means as soon as that notification arrives
+(milliseconds), and never later than USER_CACHE_SECONDS.
 A request without an Authorization header goes on anonymously; the route's guards decide
 whether that is enough (service/auth/guards.py).
 """

@@ -152,6 +152,8 @@ async def open_runtime(
             )
             login_limiter = LoginLimiter(pool, key=(settings.secret_key or "").encode())
             accounts = Accounts(pool, PasswordHasher(), login_limiter)
+            if kind == "web":  # token checks keep accounts in memory, dropped on every change to one
+                accounts.follow_changes(listener)
             loop_monitor = LoopMonitor()
 
             async def start_with_database() -> None:

@@ -34,6 +34,7 @@ class Listener:
         self._conn: asyncpg.Connection[Any] | None = None
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listening = False
 
     def subscribe(self, channel: str, callback: NotificationCallback) -> None:
         """Call `callback` for every notification on `channel` (subscribe before `start`)."""
@@ -42,6 +43,12 @@ class Listener:
     @property
     def channels(self) -> list[str]:
         return list(self._subscribers)
+
+    @property
+    def listening(self) -> bool:
+        """True while every channel is listened to on a connection not known to be lost: what is
+        cached on the strength of notifications may be kept only then."""
+        return self._listening
 
     def start(self) -> None:
         """Listen in the background, reconnecting after a drop (polling covers the gaps)."""
@@ -72,6 +79,7 @@ class Listener:
             self._conn.add_termination_listener(self._terminated)
             for channel in self._subscribers:
                 await self._conn.add_listener(channel, self._notified)
+        self._listening = not self._lost.is_set()
         for callbacks in self._subscribers.values():  # anything sent while we were not listening
             for callback in callbacks:
                 callback(None)
@@ -82,9 +90,11 @@ class Listener:
             callback(payload if isinstance(payload, str) else None)
 
     def _terminated(self, conn: object) -> None:
+        self._listening = False
         self._lost.set()
 
     async def _close(self) -> None:
+        self._listening = False
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return

@@ -14,6 +14,7 @@ import asyncpg
 from service.db.pool import Connection
 
 __all__ = [
+    "USERS_CHANNEL",
     "USER_COLUMNS",
     "AttemptCheck",
     "check_attempts",
@@ -26,6 +27,9 @@ __all__ = [
     "upsert_user",
 ]
 
+#: Every UPDATE, DELETE and TRUNCATE of users is announced here (migration 0010): the user id, or ''
+#: for all of them.
+USERS_CHANNEL = "kline_collector_users"
 USER_COLUMNS = "id, email, password_hash, is_admin, is_active, created_at, updated_at"
 
 

@@ -142,15 +142,27 @@ async def test_admin_token_is_accepted_on_admin_routes(api: Api) -> None:
 
 
 async def test_disabled_or_deleted_accounts_lose_their_tokens(api: Api, db: asyncpg.Connection[Any]) -> None:
-    """A token stops working (401) as soon as its account is disabled or deleted; a demoted admin gets 403."""
+    """A token stops working (401) as soon as its account is disabled or deleted; a demoted admin gets 403.
+
+    Accounts are kept in memory and dropped when PostgreSQL announces the change (tests/api/test_auth_cache.py):
+    the change, made here on another connection, reaches the token check within milliseconds, not at the
+    very instant its UPDATE returns, so each answer is awaited for up to a second."""
     admin = await api.add_user("second-admin@example.com", is_admin=True)
     admin_token = api.token_for(admin)
     configs = "/api/v1/admin/data-collection/configs"
+
+    async def soon(path: str, status: int) -> httpx.Response:
+        deadline = time.monotonic() + 1.0
+        while (response := await api.anonymous.get(path, headers=bearer(admin_token))).status_code != status:
+            assert time.monotonic() < deadline, f"{path}: {response.status_code}, not {status}"
+            await asyncio.sleep(0.005)
+        return response
+
     assert (await api.anonymous.get(configs, headers=bearer(admin_token))).status_code == 200
     await db.execute("UPDATE users SET is_admin = false WHERE id = $1", admin.id)
-    assert (await api.anonymous.get(configs, headers=bearer(admin_token))).status_code == 403
+    await soon(configs, 403)
     await db.execute("UPDATE users SET is_active = false WHERE id = $1", admin.id)
-    assert_401(await api.anonymous.get(ME, headers=bearer(admin_token)), "disabled account")
+    assert_401(await soon(ME, 401), "disabled account")
     await db.execute("DELETE FROM users WHERE id = $1", admin.id)
     assert_401(await api.anonymous.get(ME, headers=bearer(admin_token)), "deleted account")
 
