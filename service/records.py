@@ -40,6 +40,16 @@ class KlinePage(msgspec.Struct, frozen=True):
     klines: list[Kline]
     as_of_ms: int
     """Epoch ms, taken just before the request that got this answer was sent."""
+    copy_fields: list[bytes] | None = None
+    """The same candles as COPY text, one item per kline, each field preceded by a tab:
+    b"\\t<open_time>\\t<open>…\\t<taker_buy_quote_volume>" (Kline's order). Set only by a client that cuts
+    them from its answer without per-candle work, and only when every decimal of the page is
+    unsigned digits and points, at most 100 characters (the ingest's "plain" candles); None otherwise."""
+
+    def without_last(self) -> KlinePage:
+        """This page without its last candle (a later answer holds it again)."""
+        fields = None if self.copy_fields is None else self.copy_fields[:-1]
+        return KlinePage(klines=self.klines[:-1], as_of_ms=self.as_of_ms, copy_fields=fields)
 
     def closed_count(self) -> int:
         """How many leading candles had closed when the exchange answered (close_time before as_of)."""

@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, holes
+from service.collection.page_writer import PageWriter
 from service.collection.planner import (
     Window,
     align_open,
@@ -285,6 +286,7 @@ class Collector:
         # Collection may hold at most this many pool connections, so that API requests and the
         # scheduler always find one free while a big backfill writes.
         self._connections = asyncio.Semaphore(max_connections)
+        self._max_connections = max_connections
         self._client = client
         self._history_candles = history_candles
         self._pages_ahead = pages_ahead
@@ -456,18 +458,23 @@ class Collector:
                 detail="klines lacks its CHECK constraint: every candle's prices are checked here, more slowly",
             )
         progress = _Progress(sink, len(pairs))
-        run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id, prices_by_database)
-        async with asyncio.TaskGroup() as group:
-            runs = [
-                group.create_task(
-                    self._collect_pair_safely(
-                        i, pair, ids[pair.symbol, pair.timeframe], ends[ids[pair.symbol, pair.timeframe]],
-                        listings[ids[pair.symbol, pair.timeframe]], run, series[i],
-                    ),
-                    name=f"collect:{pair.symbol}:{pair.timeframe}",
-                )
-                for i, pair in enumerate(pairs)
-            ]
+        writer = PageWriter(self._db, writers=self._max_connections, task_id=task_id)
+        run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id, prices_by_database, writer)
+        try:
+            async with asyncio.TaskGroup() as group:
+                runs = [
+                    group.create_task(
+                        self._collect_pair_safely(
+                            i, pair, ids[pair.symbol, pair.timeframe], ends[ids[pair.symbol, pair.timeframe]],
+                            listings[ids[pair.symbol, pair.timeframe]], run, series[i],
+                        ),
+                        name=f"collect:{pair.symbol}:{pair.timeframe}",
+                    )
+                    for i, pair in enumerate(pairs)
+                ]
+        finally:
+            # A stopped run writes nothing more once this returns (a batch under way rolls back).
+            await writer.aclose()
         return _result(self.exchange, [r.result() for r in runs])
 
     async def _collect_pair_safely(
@@ -624,7 +631,9 @@ class Collector:
         pages: list[KlinePage] = []
         rejected: list[tuple[Kline, str]] = []
         for page in fetched.pages:
-            valid, refused = check_klines(page.klines, tf, now, prices_by_database=prices_by_database)
+            valid, refused = check_klines(
+                page.klines, tf, now, prices_by_database=prices_by_database, plain=page.copy_fields is not None
+            )
             rejected += [(r.kline, r.reason) for r in refused]
             pages.append(page if not refused else KlinePage(klines=valid, as_of_ms=page.as_of_ms))
         checked_at = datetime.fromtimestamp(self._clock(), UTC)
@@ -636,17 +645,12 @@ class Collector:
         return _CheckedPage(series_id, pages, rejected, ranges, encoded)
 
     async def _store(self, page: _CheckedPage, run: _Run) -> int | None:
-        """Write a checked page in one transaction; None when it holds nothing to write."""
-        if not page.ranges and not page.rejected and not page.encoded.overlap and not page.encoded.fresh:
+        """Write a checked page (in a batch with other series' pages); None when it holds nothing to write."""
+        write = klines_db.PageWrite(page.encoded, page.ranges, page.rejected)
+        if write.empty:
             return None
-
-        async def write(conn: Connection) -> int:
-            return await klines_db.store_page(
-                conn, page.encoded, series_id=page.series_id, ranges=page.ranges, rejected=page.rejected,
-                task_id=run.task_id,
-            )
-
-        return await self._db(write)
+        candles = sum(len(p.klines) for p in page.pages)
+        return await run.writer.write(write, candles)
 
     async def _fetch_in_order(
         self, pair: Pair, windows: list[Window], on_wait: WaitCallback, listing_unknown: bool
@@ -683,8 +687,7 @@ class Collector:
                 pair.symbol, pair.timeframe, start_ms=start, end_ms=window.end_ms, limit=page_size, on_wait=on_wait
             )
             if pages and page.klines and pages[-1].klines[-1].open_time == page.klines[0].open_time:
-                previous = pages.pop()
-                pages.append(KlinePage(klines=previous.klines[:-1], as_of_ms=previous.as_of_ms))
+                pages.append(pages.pop().without_last())
             pages.append(page)
             if len(page.klines) < page_size or window.end_ms is not None:
                 break
@@ -745,6 +748,7 @@ class _Run(msgspec.Struct):
     task_id: uuid.UUID | None
     prices_by_database: bool
     """Plain candles' prices are left to the klines CHECK constraint (False: it is missing)."""
+    writer: PageWriter
 
 
 class _PairState(msgspec.Struct):

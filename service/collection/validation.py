@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from typing import cast
 
 import msgspec
 
@@ -59,7 +60,7 @@ _CHUNK = 50
 
 
 def check_klines(
-    klines: Sequence[Kline], timeframe: str, now_ms: int, *, prices_by_database: bool = False
+    klines: Sequence[Kline], timeframe: str, now_ms: int, *, prices_by_database: bool = False, plain: bool = False
 ) -> tuple[list[Kline], list[Rejected]]:
     """Split a page into the candles that may be written (in their order) and the rejected ones.
 
@@ -73,6 +74,9 @@ def check_klines(
     written. It refuses a bad one with the whole page, which must then be checked again without
     this, for the candles to keep and each refused one's reason. Parsing eight decimals per
     candle was a quarter of the service's CPU in a backfill.
+
+    `plain`: the caller knows every decimal of the page is plain (KlinePage.copy_fields). A plain
+    page of consecutive candles, then, is checked by comparing whole lists in C, not candle by candle.
     """
     valid: list[Kline] = []
     rejected: list[Rejected] = []
@@ -88,12 +92,14 @@ def check_klines(
     step = interval_ms(timeframe)
     offset = grid_offset(timeframe)
     last_ms = step - 1
+    if prices_by_database and plain and _consecutive_and_final(klines, step, offset, now_ms):
+        return list(klines), []
     number = Decimal
     # Plainness is judged per chunk, then per candle in a chunk that is not plain: one odd row
     # costs its chunk a little, not the whole page.
     for chunk_start in range(0, len(klines), _CHUNK):
         chunk = klines[chunk_start : chunk_start + _CHUNK]
-        chunk_is_plain = _is_plain(chunk)
+        chunk_is_plain = plain or _is_plain(chunk)
         for k in chunk:
             t = k.open_time
             if (
@@ -136,6 +142,26 @@ def check_klines(
             else:
                 rejected.append(Rejected(k, reason))
     return valid, rejected
+
+
+def _consecutive_and_final(klines: Sequence[Kline], step: int, offset: int, now_ms: int) -> bool:
+    """Whether the candles are consecutive slots of the grid from an aligned first one, each closing
+    1 ms before the next opens, none opening after `now_ms`, and every trades count a bigint."""
+    if not klines:
+        return True
+    first, n = klines[0].open_time, len(klines)
+    if (first - offset) % step or klines[-1].open_time > now_ms:
+        return False
+    if [k.open_time for k in klines] != list(range(first, first + n * step, step)):
+        return False
+    close = first + step - 1
+    if [k.close_time for k in klines] != list(range(close, close + n * step, step)):
+        return False
+    trades = [k.trades for k in klines]
+    if None in trades:
+        return False
+    counts = cast(list[int], trades)
+    return min(counts) >= 0 and max(counts) <= _MAX_BIGINT
 
 
 def _is_plain(klines: Sequence[Kline] | Kline) -> bool:

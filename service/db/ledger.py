@@ -16,7 +16,7 @@ from service.records import LedgerRange
 
 __all__ = [
     "earliest_start", "ledger_ranges", "listing_starts", "merge_range", "range_from_row", "record_range",
-    "record_ranges", "set_listing_start",
+    "record_ranges", "record_ranges_of_series", "set_listing_start",
 ]
 
 _RANGE_COLUMNS = "start_time, end_time, kind, checks, checked_at, detail"
@@ -141,8 +141,65 @@ async def _extend_last(conn: Connection, series_id: int, new: LedgerRange) -> bo
 
 
 async def record_ranges(conn: Connection, series_id: int, ranges: Sequence[LedgerRange]) -> None:
-    for new in ranges:
-        await record_range(conn, series_id, new)
+    await record_ranges_of_series(conn, [(series_id, r) for r in ranges])
+
+
+# _extend_last for many series at once, one range each. Every CTE sees the ledger as it was before
+# the statement, so a series' next range goes in the next statement.
+_EXTEND_OR_INSERT_MANY = """
+WITH new AS (
+    SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::smallint[],
+                         $6::timestamptz[], $7::text[])
+        AS n(series_id, start_time, end_time, kind, checks, checked_at, detail)
+), extended AS (
+    UPDATE coverage c SET end_time = n.end_time, checked_at = coalesce(n.checked_at, now())
+      FROM new n
+     WHERE c.series_id = n.series_id AND c.end_time = n.start_time AND c.kind = n.kind
+       AND c.checks = n.checks AND c.detail IS NOT DISTINCT FROM n.detail
+       AND NOT EXISTS (SELECT 1 FROM coverage o
+                        WHERE o.series_id = n.series_id AND o.start_time <= n.end_time AND o.end_time > n.start_time)
+    RETURNING n.series_id
+), inserted AS (
+    INSERT INTO coverage (series_id, start_time, end_time, kind, checks, checked_at, detail)
+    SELECT n.series_id, n.start_time, n.end_time, n.kind, n.checks, coalesce(n.checked_at, now()), n.detail
+      FROM new n
+     WHERE NOT EXISTS (SELECT 1 FROM coverage o
+                        WHERE o.series_id = n.series_id AND o.start_time <= n.end_time AND o.end_time >= n.start_time)
+    RETURNING series_id
+)
+SELECT series_id FROM extended UNION ALL SELECT series_id FROM inserted
+"""
+
+
+async def record_ranges_of_series(conn: Connection, ranges: Sequence[tuple[int, LedgerRange]]) -> None:
+    """Record (series_id, range) pairs, each series' in their order (call inside a transaction).
+
+    The common cases (a range continuing the last one of its kind, or touching nothing) are
+    recorded for many series in one statement: the first range of every series, then the second of
+    those that have one, and so on (a page proves one range, most often); the rest go through
+    the general merge of record_range."""
+    rounds: list[list[tuple[int, LedgerRange]]] = []
+    seen: dict[int, int] = {}
+    for series_id, new in ranges:
+        k = seen.get(series_id, 0)
+        seen[series_id] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append((series_id, new))
+    for batch in rounds:
+        if len(batch) == 1:
+            await record_range(conn, *batch[0])
+            continue
+        rows = await conn.fetch(
+            _EXTEND_OR_INSERT_MANY,
+            [sid for sid, _ in batch], [r.start for _, r in batch], [r.end for _, r in batch],
+            [r.kind for _, r in batch], [r.checks for _, r in batch], [r.checked_at for _, r in batch],
+            [r.detail for _, r in batch],
+        )
+        done_ids = {row["series_id"] for row in rows}
+        for series_id, new in batch:
+            if series_id not in done_ids:
+                await record_range(conn, series_id, new)
 
 
 async def listing_starts(conn: Connection, ids: Sequence[int]) -> dict[int, int | None]:
