@@ -393,12 +393,17 @@ class DataCollectorController(Controller):
                 workers = await workers_db.list_workers(conn)
             return symbols, enabled, workers
 
-        # Two independent reads, each on its own pool connection: when the pool is busy, wait for
-        # both connections side by side rather than one after the other. (gather, not a TaskGroup:
-        # a driver error must reach the error handlers as itself, not inside an ExceptionGroup.)
-        active, (symbols, enabled, workers) = await asyncio.gather(
-            runtime.registry.list(active_only=True, limit=1000), symbols_and_configs()
-        )
+        async def read() -> tuple[list[TaskView], tuple[list[str], list[Any], list[Any]]]:
+            # Two independent reads, each on its own pool connection: when the pool is busy, wait for
+            # both connections side by side rather than one after the other. (gather, not a TaskGroup:
+            # a driver error must reach the error handlers as itself, not inside an ExceptionGroup.)
+            active, rest = await asyncio.gather(
+                runtime.registry.list(active_only=True, limit=1000), symbols_and_configs()
+            )
+            return active, rest
+
+        # Shared by the requests of the last second: a busy database delays the refresh, not the answer.
+        active, (symbols, enabled, workers) = await runtime.status_reads.get(read)
         limiter = runtime.exchanges[runtime.jobs.exchange].limiter_state()
         scheduler = runtime.scheduler.state
         collecting = any(v.task_type != SYMBOL_REFRESH for v in active)

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -28,6 +29,7 @@ from service.db.health import HealthProbe
 from service.db.listener import Listener
 from service.db.migrate import migrate_if_behind
 from service.db.pool import Pool, create_pool
+from service.db.recent import Recent
 from service.exchanges.base import ExchangeClient
 from service.exchanges.binance import BinanceClient
 from service.logging import get_logger
@@ -73,6 +75,9 @@ class Runtime:
     """Task and execution-log changes from every process, for /api/v1/events (web processes)."""
     metrics: Metrics
     """This process's Prometheus registry and metrics, for /metrics."""
+    status_reads: Recent[Any]
+    """GET /status's database reads, shared for up to a second (refreshed in the background after a
+    quarter), trusted only while the listener listens (its connection drops with the database)."""
 
 
 @asynccontextmanager
@@ -181,6 +186,7 @@ async def open_runtime(
                 runner=runner,
                 events=events,
                 metrics=metrics,
+                status_reads=Recent(refresh_after=0.25, max_age=1.0, trusted=lambda: listener.listening),
             )
             listener.start()
             loop_monitor.start()
@@ -192,6 +198,7 @@ async def open_runtime(
                 yield runtime
             finally:
                 events.close()
+                await runtime.status_reads.close()
                 await runtime.database_start.stop()
                 await accounts.close()
                 await loop_monitor.stop()

@@ -97,7 +97,8 @@ async def test_health_answers_while_every_pool_connection_is_held(
 
 
 async def test_concurrent_health_checks_share_one_round_trip(db_dsn: str) -> None:
-    """40 health checks at once cost one check of the database; a later one makes its own."""
+    """40 health checks at once cost one check of the database; checks within 0.2 s of it cost none; a later
+    one answers at once and refreshes in the background; past 0.5 s a check waits for the database again."""
 
     class CountingProbe(HealthProbe):
         checks = 0
@@ -106,12 +107,23 @@ async def test_concurrent_health_checks_share_one_round_trip(db_dsn: str) -> Non
             self.checks += 1
             await super()._check()
 
-    probe = CountingProbe(db_dsn)
+    now = 1000.0
+    probe = CountingProbe(db_dsn, refresh_after=0.2, max_age=0.5, clock=lambda: now)
     try:
         await asyncio.gather(*(probe.ping() for _ in range(40)))
         assert probe.checks == 1
+        now += 0.19
         await probe.ping()
+        assert probe.checks == 1
+        now += 0.02  # 0.21 s old: answered from the last check, one check starts beside it
+        await asyncio.gather(*(probe.ping() for _ in range(10)))
         assert probe.checks == 2
+        async with asyncio.timeout(10):
+            while probe._answer.reading:  # let it finish
+                await asyncio.sleep(0.01)
+        now += 0.6  # older than max_age: wait for a check
+        await probe.ping()
+        assert probe.checks == 3
     finally:
         await probe.close()
 
@@ -256,6 +268,17 @@ async def test_reads_answer_503_with_retry_after_when_the_database_is_gone(
     """With the database gone, /health and reads answer 503 with a Retry-After header, not 500."""
     async with serve_app(settings) as api:
         await api.wait_idle()
+        # Answered (and kept for a moment) before the database goes: what is kept must not outlive it. Their
+        # clocks stand still, so the answers never age: only the lost connections can set them aside.
+        runtime = api.app.state.runtime
+        runtime.health._answer._clock = runtime.status_reads._clock = lambda: 1000.0
+        async with asyncio.timeout(10):
+            while True:
+                assert (await api.http.get("/health")).status_code == 200
+                assert (await api.anonymous.get(STATUS)).status_code == 200
+                if runtime.status_reads._value is not None:
+                    break
+                await asyncio.sleep(0.05)
         admin = await asyncpg.connect(pg_dsn)
         try:
             await admin.execute(f'DROP DATABASE "{urlsplit(db_dsn).path.lstrip("/")}" WITH (FORCE)')
@@ -265,6 +288,7 @@ async def test_reads_answer_503_with_retry_after_when_the_database_is_gone(
         reads = [
             await api.http.get(KLINES, params={"symbol": "BTCUSDT", "timeframe": "1m"}),
             await api.http.get(STATUS),
+            await api.anonymous.get(STATUS),  # no token: no account to look up first
             await api.http.get("/api/v1/data-collector/tasks"),
         ]
     assert health.status_code == 503
