@@ -309,31 +309,25 @@ class Collector:
         async with self._connections:
             return await retrying(self._pool, work, give_up_after=self._db_retry_seconds)
 
-    async def _series(
-        self, pairs: Sequence[Pair]
-    ) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd], dict[int, int | None]]:
+    async def _series(self, pairs: Sequence[Pair]) -> klines_db.RunStart:
         keys = [(p.symbol, p.timeframe) for p in pairs]
 
-        async def find_series(
-            conn: Connection,
-        ) -> tuple[dict[tuple[str, str], int], dict[int, klines_db.StoredEnd], dict[int, int | None]]:
-            ids = await klines_db.series_ids(conn, self.exchange, keys)
-            return (
-                ids, await klines_db.stored_ends(conn, list(ids.values())),
-                await ledger_db.listing_starts(conn, list(ids.values())),
-            )
+        async def run_start(conn: Connection) -> klines_db.RunStart:
+            return await klines_db.run_start(conn, self.exchange, keys)
 
-        return await self._db(find_series)
+        return await self._db(run_start)
 
     async def plan(self, pairs: Sequence[Pair], request: HistoryRequest) -> list[SeriesPlan]:
         """What a run of `pairs` would fetch now, series by series (asks the exchange only for
         listing starts it does not know yet, and remembers them)."""
-        ids, ends, listings = await self._series(pairs)
-        return [
-            await self._plan_pair(pair, ids[pair.symbol, pair.timeframe], ends[ids[pair.symbol, pair.timeframe]],
-                                  listings[ids[pair.symbol, pair.timeframe]], request, None)
-            for pair in pairs
-        ]
+        start = await self._series(pairs)
+        plans = []
+        for pair in pairs:
+            series = start.series[pair.symbol, pair.timeframe]
+            plans.append(
+                await self._plan_pair(pair, series.series_id, series.stored, series.listing_start, request, None)
+            )
+        return plans
 
     async def _listing(self, series_id: int, pair: Pair, known: int | None, on_wait: WaitCallback | None) -> int | None:
         if known is not None:
@@ -450,8 +444,8 @@ class Collector:
         """
         if series is None:
             series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
-        ids, ends, listings = await self._series(pairs)
-        prices_by_database = await self._db(klines_db.candle_check_enforced)
+        start = await self._series(pairs)
+        prices_by_database = start.candle_check_enforced
         if not prices_by_database:
             log.warning(
                 "candle_check_missing", constraint=klines_db.CANDLE_CHECK,
@@ -464,10 +458,7 @@ class Collector:
             async with asyncio.TaskGroup() as group:
                 runs = [
                     group.create_task(
-                        self._collect_pair_safely(
-                            i, pair, ids[pair.symbol, pair.timeframe], ends[ids[pair.symbol, pair.timeframe]],
-                            listings[ids[pair.symbol, pair.timeframe]], run, series[i],
-                        ),
+                        self._collect_pair_safely(i, pair, start.series[pair.symbol, pair.timeframe], run, series[i]),
                         name=f"collect:{pair.symbol}:{pair.timeframe}",
                     )
                     for i, pair in enumerate(pairs)
@@ -481,14 +472,13 @@ class Collector:
         self,
         index: int,
         pair: Pair,
-        series_id: int,
-        stored: klines_db.StoredEnd,
-        listing: int | None,
+        start: klines_db.RunSeries,
         run: _Run,
         live: SeriesProgress,
     ) -> PairResult:
         result = PairResult(symbol=pair.symbol, timeframe=pair.timeframe)
         state = _PairState()
+        series_id, stored, listing = start.series_id, start.stored, start.listing_start
         try:
             plan = await self._plan_pair(pair, series_id, stored, listing, run.request, run.on_wait)
             state.plan = plan

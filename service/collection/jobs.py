@@ -396,15 +396,12 @@ class CollectionJobs:
             started_at = self._now()
 
             async def open_logs(conn: Connection) -> dict[str, int]:
-                async with conn.transaction():  # all rows or none, so a retry cannot double them
-                    return {
-                        symbol: await logs_db.start_log(
-                            conn, job_name=job_name, job_type=job_type, symbol=symbol, exchange=self.exchange,
-                            timeframe=None, metadata=_timeframes_only(frames_of[symbol]), task_id=handle.task_id,
-                            started_at=started_at,
-                        )
-                        for symbol, job_name in job_names.items()
-                    }
+                # One statement: all rows or none, so a retry cannot double them.
+                return await logs_db.start_logs(
+                    conn, job_names=job_names, job_type=job_type, exchange=self.exchange,
+                    metadata={s: _timeframes_only(frames_of[s]) for s in job_names}, task_id=handle.task_id,
+                    started_at=started_at,
+                )
 
             log_ids = await retrying(self._pool, open_logs, give_up_after=_LOG_RETRY_SECONDS)
             handle.series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
@@ -425,10 +422,16 @@ class CollectionJobs:
                 raise
             finished_at = self._now()
 
+            pairs_of: dict[str, list[PairResult]] = {symbol: [] for symbol in log_ids}
+            for pair in result.pairs:
+                pairs_of.setdefault(pair.symbol, []).append(pair)
+            outcomes = [
+                logs_db.LogOutcome(log_id=log_id, **_symbol_log(pairs_of[symbol], frames_of[symbol]))
+                for symbol, log_id in log_ids.items()
+            ]
+
             async def close_logs(conn: Connection) -> None:
-                for symbol, log_id in log_ids.items():
-                    outcome = _symbol_log([p for p in result.pairs if p.symbol == symbol], frames_of[symbol])
-                    await logs_db.finish_log(conn, log_id, finished_at=finished_at, **outcome)
+                await logs_db.finish_logs(conn, outcomes, finished_at=finished_at)
 
             # The candles are stored: a database away at this moment delays the record, never fails the run.
             await retrying(self._pool, close_logs, give_up_after=None)
@@ -441,12 +444,16 @@ class CollectionJobs:
     ) -> None:
         finished_at = self._now()
 
+        outcomes = [
+            logs_db.LogOutcome(
+                log_id=log_id, status="failed", records_collected=0, error_message=message[:1000],
+                error_type=error_type, metadata=_timeframes_only(frames_of[symbol]),
+            )
+            for symbol, log_id in log_ids.items()
+        ]
+
         async def close_logs(conn: Connection) -> None:
-            for symbol, log_id in log_ids.items():
-                await logs_db.finish_log(
-                    conn, log_id, status="failed", records_collected=0, error_message=message[:1000],
-                    error_type=error_type, metadata=_timeframes_only(frames_of[symbol]), finished_at=finished_at,
-                )
+            await logs_db.finish_logs(conn, outcomes, finished_at=finished_at)
 
         try:
             await retrying(self._pool, close_logs, give_up_after=_LOG_RETRY_SECONDS)

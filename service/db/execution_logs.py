@@ -20,16 +20,19 @@ __all__ = [
     "LOG_COLUMNS",
     "STATUSES",
     "LogFilter",
+    "LogOutcome",
     "close_running_of_tasks",
     "close_running_without_a_running_task",
     "delete_logs_before",
     "finish_log",
+    "finish_logs",
     "get_log",
     "insert_skipped",
     "list_logs",
     "logs_csv",
     "recent_logs",
     "start_log",
+    "start_logs",
     "stats",
     "timeline",
 ]
@@ -118,6 +121,63 @@ async def finish_log(
          WHERE id = $1
         """,
         log_id, status, records_collected, error_message, error_type, _json(metadata), finished_at,
+    )
+
+
+class LogOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """How one execution log ends (finish_logs)."""
+
+    log_id: int
+    status: str
+    records_collected: int
+    error_message: str | None
+    error_type: str | None
+    metadata: dict[str, Any]
+
+
+async def start_logs(
+    conn: Connection,
+    *,
+    job_names: dict[str, str],
+    job_type: str,
+    exchange: str | None,
+    metadata: dict[str, dict[str, Any]],
+    task_id: uuid.UUID | None,
+    started_at: datetime,
+) -> dict[str, int]:
+    """Open a `running` row per symbol (job_names: symbol -> job name), in one statement; returns
+    each symbol's log id (ids ascend in the order given)."""
+    symbols = list(job_names)
+    rows = await conn.fetch(
+        """
+        INSERT INTO job_execution_logs
+               (job_name, job_type, symbol, exchange, timeframe, started_at, status, metadata, task_id)
+        SELECT u.job_name, $1, u.symbol, $2, NULL, $3, 'running', u.metadata::jsonb, $4
+          FROM unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS u(symbol, job_name, metadata, n)
+         ORDER BY u.n
+        RETURNING id, symbol
+        """,
+        job_type, exchange, started_at, task_id, symbols, [job_names[s] for s in symbols],
+        [_json(metadata[s]) for s in symbols],
+    )
+    return {r["symbol"]: r["id"] for r in rows}
+
+
+async def finish_logs(conn: Connection, outcomes: list[LogOutcome], *, finished_at: datetime) -> None:
+    """Complete rows in one statement: each its outcome, and duration_seconds = finished_at - started_at."""
+    await conn.execute(
+        """
+        UPDATE job_execution_logs l
+           SET status = u.status, records_collected = u.records, error_message = u.error_message,
+               error_type = u.error_type, metadata = u.metadata::jsonb, finished_at = $1,
+               duration_seconds = extract(epoch FROM $1 - l.started_at)::double precision
+          FROM unnest($2::bigint[], $3::text[], $4::integer[], $5::text[], $6::text[], $7::text[])
+               AS u(id, status, records, error_message, error_type, metadata)
+         WHERE l.id = u.id
+        """,
+        finished_at, [o.log_id for o in outcomes], [o.status for o in outcomes],
+        [o.records_collected for o in outcomes], [o.error_message for o in outcomes],
+        [o.error_type for o in outcomes], [_json(o.metadata) for o in outcomes],
     )
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "CANDLE_CHECK",
     "EncodedPage",
     "PageWrite",
+    "RunSeries",
+    "RunStart",
     "StoredEnd",
     "candle_check_enforced",
     "count_stored",
@@ -35,6 +37,7 @@ __all__ = [
     "encode_page",
     "fetch_klines_json",
     "latest_prices",
+    "run_start",
     "series_ids",
     "store_page",
     "store_pages",
@@ -122,6 +125,68 @@ async def series_ids(
             exchange, symbols, timeframes,
         )
     return {(r["symbol"], r["timeframe"]): r["id"] for r in rows}
+
+
+class RunSeries(msgspec.Struct, frozen=True):
+    """What a collection run starts from, per series."""
+
+    series_id: int
+    listing_start: int | None
+    stored: StoredEnd
+
+
+class RunStart(msgspec.Struct, frozen=True):
+    series: dict[tuple[str, str], RunSeries]
+    """Per (symbol, timeframe)."""
+    candle_check_enforced: bool
+    """See candle_check_enforced()."""
+
+
+_RUN_START = """
+WITH wanted AS (
+    SELECT u.symbol, u.timeframe FROM unnest($2::text[], $3::text[]) AS u(symbol, timeframe)
+), added AS (
+    INSERT INTO series (exchange, symbol, timeframe)
+    SELECT $1, symbol, timeframe FROM wanted
+    ON CONFLICT (exchange, symbol, timeframe) DO NOTHING
+    RETURNING id, symbol, timeframe, listing_start
+)
+SELECT a.id, a.symbol, a.timeframe, a.listing_start, NULL::bigint AS newest, NULL::bigint AS oldest_open
+  FROM added a
+ UNION ALL
+SELECT s.id, s.symbol, s.timeframe, s.listing_start,
+       (SELECT k.open_time FROM klines k WHERE k.series_id = s.id ORDER BY k.open_time DESC LIMIT 1),
+       -- served by the partial index klines_open (open candles only): no scan of history
+       (SELECT k.open_time FROM klines k WHERE k.series_id = s.id AND NOT k.is_closed ORDER BY k.open_time LIMIT 1)
+  FROM series s JOIN wanted w ON s.symbol = w.symbol AND s.timeframe = w.timeframe
+ WHERE s.exchange = $1
+ UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL,
+       (SELECT count(*) FROM pg_constraint WHERE conrelid = 'klines'::regclass AND conname = $4)
+"""
+
+
+async def run_start(conn: Connection, exchange: str, pairs: Sequence[tuple[str, str]]) -> RunStart:
+    """The series of a run (created where new), where each one's stored candles end, its listing
+    start, and whether klines has its candle CHECK: one round trip, the run's first."""
+    rows = await conn.fetch(
+        _RUN_START, exchange, [p[0] for p in pairs], [p[1] for p in pairs], CANDLE_CHECK
+    )
+    found = {
+        (r["symbol"], r["timeframe"]): RunSeries(
+            r["id"], r["listing_start"], StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"])
+        )
+        for r in rows if r["id"] is not None
+    }
+    enforced = bool(rows[-1]["oldest_open"])
+    if len(found) < len(set(pairs)):
+        # Another transaction created one of them while this statement ran (its snapshot does not
+        # show that row): read them again, now that it is committed.
+        ids = await series_ids(conn, exchange, pairs)
+        ends = await stored_ends(conn, list(ids.values()))
+        listings = await ledger_db.listing_starts(conn, list(ids.values()))
+        found = {key: RunSeries(sid, listings[sid], ends[sid]) for key, sid in ids.items()}
+    return RunStart(series=found, candle_check_enforced=enforced)
 
 
 class StoredEnd(msgspec.Struct, frozen=True):
