@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -109,6 +109,24 @@ class Metrics:
             "From a scheduled run's due time to its submission by the scheduler.",
             buckets=_SCHEDULER_LAG_BUCKETS, registry=self.registry,
         )
+        self.ingest_seconds = Counter(
+            "kline_ingest_seconds",
+            "Seconds spent by phase of ingest: `fetch` (waiting on exchange requests, summed over requests in"
+            " flight), `check_encode` (checking candles and building COPY rows, on the event loop), `write`"
+            " (page-write transactions, summed over writers).",
+            ["phase"], registry=self.registry,
+        )
+        self.page_writes = Counter(
+            "kline_page_writes", "Page-write transactions (several series' pages share one).", registry=self.registry,
+        )
+        self.pages_written = Counter(
+            "kline_pages_written", "Pages of candles written (one exchange answer each, or a window's answers).",
+            registry=self.registry,
+        )
+        self.last_page_write = Gauge(
+            "kline_last_page_write_timestamp_seconds", "When the last page-write transaction committed (epoch).",
+            registry=self.registry,
+        )
         self._scrape = _ScrapeCollector()
         self.registry.register(self._scrape)
 
@@ -126,6 +144,16 @@ class Metrics:
     def candle_quarantined(self, exchange: str, timeframe: str, reason: str) -> None:
         # The reason's kind only (before any ':'): the offending value must not become a label.
         self.candles_quarantined.labels(exchange, timeframe, reason.split(":", 1)[0]).inc()
+
+    def ingest_phase(self, phase: str, seconds: float) -> None:
+        self.ingest_seconds.labels(phase).inc(max(seconds, 0.0))
+
+    def page_write(self, pages: int, seconds: float, committed_at: float) -> None:
+        """One page-write transaction of `pages` pages, `seconds` long, committed at `committed_at` (epoch)."""
+        self.page_writes.inc()
+        self.pages_written.inc(pages)
+        self.ingest_seconds.labels("write").inc(max(seconds, 0.0))
+        self.last_page_write.set(committed_at)
 
     def scheduled_run_submitted(self, lag_seconds: float) -> None:
         self.scheduler_lag.observe(max(lag_seconds, 0.0))

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-__all__ = ["Statement", "WireCounter", "counting_proxy"]
+__all__ = ["Statement", "WireCounter", "counting_proxy", "split_page_writes"]
 
 _UNTYPED_REQUESTS = {80877102, 80877103, 80877104}  # CancelRequest, SSLRequest, GSSENCRequest
 
@@ -123,6 +123,26 @@ class WireCounter:
             pump.cancel()
             for w in (server_w, client_w):
                 w.close()
+
+
+def split_page_writes(statements: list[Statement]) -> tuple[list[list[Statement]], list[Statement]]:
+    """The page-write transactions (each its statements, BEGIN to COMMIT), and every other statement."""
+    writes: list[list[Statement]] = []
+    open_writes: dict[int, list[Statement]] = {}
+    others: list[Statement] = []
+    for statement in statements:
+        sql = " ".join(statement.sql.split())
+        current = open_writes.get(statement.connection)
+        if sql.startswith("BEGIN; SET LOCAL synchronous_commit"):
+            open_writes[statement.connection] = current = []
+            writes.append(current)
+        if current is None:
+            others.append(statement)
+            continue
+        current.append(statement)
+        if sql.startswith(("COMMIT", "ROLLBACK")):
+            del open_writes[statement.connection]
+    return writes, others
 
 
 @contextlib.asynccontextmanager

@@ -309,6 +309,10 @@ class Collector:
         async with self._connections:
             return await retrying(self._pool, work, give_up_after=self._db_retry_seconds)
 
+    def _page_write_done(self, pages: int, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.page_write(pages, seconds, self._clock())
+
     async def _series(self, pairs: Sequence[Pair]) -> klines_db.RunStart:
         keys = [(p.symbol, p.timeframe) for p in pairs]
 
@@ -452,7 +456,7 @@ class Collector:
                 detail="klines lacks its CHECK constraint: every candle's prices are checked here, more slowly",
             )
         progress = _Progress(sink, len(pairs))
-        writer = PageWriter(self._db, writers=self._max_connections, task_id=task_id)
+        writer = PageWriter(self._db, writers=self._max_connections, task_id=task_id, on_write=self._page_write_done)
         run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id, prices_by_database, writer)
         try:
             async with asyncio.TaskGroup() as group:
@@ -583,9 +587,12 @@ class Collector:
         if not fetched.gaps and not any(page.klines for page in fetched.pages):
             return None  # an empty window (before the listing, say): nothing to check or record
         async with self._cpu.turn():
+            began = time.perf_counter()
             checked = self._checked_page(
                 tf, series_id, fetched, stored_until, prices_by_database=run.prices_by_database
             )
+            if self._metrics is not None:
+                self._metrics.ingest_phase("check_encode", time.perf_counter() - began)
         try:
             written = await self._store(checked, run)
         except RowRefusedError as exc:
@@ -673,9 +680,12 @@ class Collector:
         pages: list[KlinePage] = []
         start = window.start_ms
         while True:
+            began = time.perf_counter()
             page = await self._client.fetch_klines(
                 pair.symbol, pair.timeframe, start_ms=start, end_ms=window.end_ms, limit=page_size, on_wait=on_wait
             )
+            if self._metrics is not None:
+                self._metrics.ingest_phase("fetch", time.perf_counter() - began)
             if pages and page.klines and pages[-1].klines[-1].open_time == page.klines[0].open_time:
                 pages.append(pages.pop().without_last())
             pages.append(page)
@@ -700,7 +710,7 @@ class Collector:
         tf = pair.timeframe
         limit = _closed_limit(tf, window, pages)
         first = align_up(tf, window.start_ms)
-        present = _aligned_open_times(tf, pages)
+        present = _present_runs(tf, pages)
         candidates: list[tuple[int, int]] = []
         at = first
         if listing_unknown:
@@ -708,14 +718,13 @@ class Collector:
             # an earlier one had candles): only runs between two of its candles can be gaps.
             if not present:
                 return []
-            at = present[0]
-        step = _fixed_step(tf)
-        for t in present:
-            if t >= limit:
+            at = present[0][0]
+        for run_start, run_end in present:
+            if run_start >= limit:
                 break
-            if t > at:
-                candidates.append((at, t))
-            at = t + step if step else next_open(tf, t)  # present is sorted and distinct: never back
+            if run_start > at:
+                candidates.append((at, run_start))
+            at = max(at, run_end)
         if at < limit and window.end_ms is not None and not listing_unknown:
             candidates.append((at, limit))
         gaps: list[LedgerRange] = []
@@ -752,14 +761,48 @@ def _fixed_step(timeframe: str) -> int:
     return 0 if timeframe == "1M" else interval_ms(timeframe)
 
 
-def _aligned_open_times(timeframe: str, pages: Sequence[KlinePage]) -> list[int]:
-    """The open times the answers hold, sorted, without repeats or misaligned ones (those are quarantined)."""
-    times = {k.open_time for page in pages for k in page.klines}
-    if timeframe == "1M":
-        return sorted(t for t in times if align_open(timeframe, t) == t)
-    step = interval_ms(timeframe)
-    offset = grid_offset(timeframe)
-    return sorted(t for t in times if (t - offset) % step == 0)
+def _consecutive(klines: Sequence[Kline], step: int) -> bool:
+    """Whether the candles' open times are first, first + step, first + 2 step… (compared in C)."""
+    if not klines:
+        return True
+    first = klines[0].open_time
+    return [k.open_time for k in klines] == list(range(first, first + len(klines) * step, step))
+
+
+def _present_runs(timeframe: str, pages: Sequence[KlinePage]) -> list[tuple[int, int]]:
+    """The aligned open times the answers hold, as sorted, disjoint runs of consecutive slots
+    [start, end) (misaligned candles are quarantined, not counted). An answer of consecutive
+    candles is one run, found without a step per candle."""
+    step = _fixed_step(timeframe)
+    spans: list[tuple[int, int]] = []
+    if step and all(_consecutive(page.klines, step) for page in pages):
+        offset = grid_offset(timeframe)
+        spans = [
+            (page.klines[0].open_time, page.klines[-1].open_time + step)
+            for page in pages
+            if page.klines and (page.klines[0].open_time - offset) % step == 0
+        ]
+    else:
+        times = sorted({k.open_time for page in pages for k in page.klines})
+        for t in times:
+            if align_open(timeframe, t) != t:
+                continue
+            end = t + step if step else next_open(timeframe, t)
+            spans.append((t, end))
+    spans.sort()
+    runs: list[tuple[int, int]] = []
+    for start, end in spans:
+        if runs and start <= runs[-1][1]:
+            runs[-1] = (runs[-1][0], max(runs[-1][1], end))
+        else:
+            runs.append((start, end))
+    return runs
+
+
+def _last_slot_before(klines: Sequence[Kline], step: int, limit: int) -> int:
+    """The open time of the last of these consecutive candles that opens before `limit`."""
+    first = klines[0].open_time
+    return first + (limit - 1 - first) // step * step
 
 
 def _slots(timeframe: str, window: Window, current_open: int) -> int:
@@ -788,7 +831,21 @@ def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -
     expected = -1
     step = _fixed_step(timeframe)
     for page in pages:
-        for kline in page.klines[: page.closed_count()]:
+        closed = page.klines[: page.closed_count()]
+        if step and closed and _consecutive(closed, step):
+            # One run for the whole page, clipped to [first, limit): no step per candle.
+            start = max(closed[0].open_time, first)
+            if start < first or (start - closed[0].open_time) % step:
+                start += step - (start - closed[0].open_time) % step
+            end = min(closed[-1].open_time + step, limit)
+            if start < end:
+                if run_start is None or start != expected:
+                    if run_start is not None:
+                        runs.append(LedgerRange(run_start, expected, VERIFIED))
+                    run_start = start
+                expected = end if end == closed[-1].open_time + step else _last_slot_before(closed, step, end) + step
+            continue
+        for kline in closed:
             t = kline.open_time
             if t < first or t >= limit:
                 continue

@@ -13,6 +13,7 @@ that only the page holding it is refused (its series checks it again and writes 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -42,8 +43,16 @@ class _Queued:
 class PageWriter:
     """Writes a run's checked pages in batches across series; `write` returns when its page is stored."""
 
-    def __init__(self, slot: WriteSlot, *, writers: int, task_id: uuid.UUID | None) -> None:
+    def __init__(
+        self,
+        slot: WriteSlot,
+        *,
+        writers: int,
+        task_id: uuid.UUID | None,
+        on_write: Callable[[int, float], None] = lambda pages, seconds: None,
+    ) -> None:
         self._slot = slot
+        self._on_write = on_write
         self._writers = writers
         self._task_id = task_id
         self._queue: list[_Queued] = []
@@ -112,6 +121,7 @@ class PageWriter:
         async def write(conn: Connection) -> list[int]:
             return await klines_db.store_pages(conn, pages, task_id=self._task_id)
 
+        began = time.perf_counter()
         try:
             written = await self._slot(write)
         except RowRefusedError as exc:
@@ -126,6 +136,7 @@ class PageWriter:
                 _settle(queued.done, exc)
             return
         self.batches += 1
+        self._on_write(len(batch), time.perf_counter() - began)
         for queued, count in zip(batch, written, strict=True):
             if not queued.done.done():
                 queued.done.set_result(count)

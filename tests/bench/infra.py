@@ -319,6 +319,22 @@ class Service:
                 raise BenchError(f"GET {path}: HTTP {response.status} {await response.text()}{self.tail()}")
             return await response.json()
 
+    async def metric_values(self) -> dict[str, float]:
+        """This process's /metrics samples, keyed `name{label="value",…}` (labels sorted)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        assert self.http is not None
+        async with self.http.get("/metrics") as response:
+            if response.status != 200:
+                raise BenchError(f"GET /metrics: HTTP {response.status}{self.tail()}")
+            text = await response.text()
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+        return values
+
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """Until no task is active (the start-up symbol refresh has ended)."""
         deadline = time.perf_counter() + timeout

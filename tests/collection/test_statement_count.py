@@ -22,9 +22,12 @@ from service.settings import Settings
 from tests.collection.test_collect import MINUTE, T0, frozen_at
 from tests.conftest import Api, serve_app
 from tests.fakes.binance import FakeBinance
-from tests.pg_wire import Statement, WireCounter, counting_proxy
+from tests.pg_wire import Statement, WireCounter, counting_proxy, split_page_writes
 
 SYMBOLS = [f"S{i}USDT" for i in range(10)]
+# One second into a minute: the shared weight budget's minute window does not turn during the test.
+OPEN = T0 - 30_000
+NOW = OPEN + 1_000
 
 # Statements of a run outside its page writes, whatever its size: POST /start (symbol lookup, and
 # the task's insert under the submission lock: 7), the claim and its wake-ups (3), the execution
@@ -75,26 +78,6 @@ async def _counted_run(api: Api, counter: WireCounter, symbols: list[str]) -> tu
     return [t for t in counter.since(mark) if not _not_the_workload(t)], task
 
 
-def _writes(statements: list[Statement]) -> tuple[list[list[Statement]], list[Statement]]:
-    """The page-write transactions (each its statements, BEGIN to COMMIT), and every other statement."""
-    writes: list[list[Statement]] = []
-    open_writes: dict[int, list[Statement]] = {}
-    others: list[Statement] = []
-    for statement in statements:
-        sql = " ".join(statement.sql.split())
-        current = open_writes.get(statement.connection)
-        if sql.startswith("BEGIN; SET LOCAL synchronous_commit"):
-            open_writes[statement.connection] = current = []
-            writes.append(current)
-        if current is None:
-            others.append(statement)
-            continue
-        current.append(statement)
-        if sql.startswith(("COMMIT", "ROLLBACK")):
-            del open_writes[statement.connection]
-    return writes, others
-
-
 def _explain(statements: list[Statement]) -> str:
     return "\n".join(f"{n:4d}  {sql}" for sql, n in WireCounter.by_statement(statements).most_common())
 
@@ -104,15 +87,15 @@ async def test_ten_one_page_series_share_their_write_transactions(
 ) -> None:
     """Ten series of one page each cost the run's fixed statements and a few shared page writes,
     not a transaction per series."""
-    clock = frozen_at(fake, T0)
+    clock = frozen_at(fake, NOW)
     for symbol in [*SYMBOLS, "WARMUSDT"]:
         fake.add_symbol(symbol, symbol[:-4], "USDT")
-        fake.generate_klines(symbol, "1m", T0 - 99 * MINUTE, 100)
+        fake.generate_klines(symbol, "1m", OPEN - 99 * MINUTE, 100)
     async with counting_proxy(db_dsn) as (dsn, counter), serve_app(quiet_settings(dsn), clock) as api:
         await api.wait_idle()
         statements, task = await _counted_run(api, counter, SYMBOLS)
     assert task["status"] == "completed" and task["result"]["candles_written"] == 1000, task
-    writes, others = _writes(statements)
+    writes, others = split_page_writes(statements)
     assert len(others) <= RUN_STATEMENTS, f"{len(others)} statements beside the page writes:\n{_explain(others)}"
     assert 1 <= len(writes) <= TEN_SERIES_WRITES, f"{len(writes)} page writes for 10 one-page series"
     for write in writes:
@@ -123,15 +106,15 @@ async def test_one_series_of_ten_pages_costs_one_transaction_per_page(
     fake: FakeBinance, quiet_settings: Callable[[str], Settings], db_dsn: str
 ) -> None:
     """A series' pages are written in order, one transaction of a fixed number of statements each."""
-    clock = frozen_at(fake, T0)
+    clock = frozen_at(fake, NOW)
     fake.add_symbol("WARMUSDT", "WARM", "USDT")
-    fake.generate_klines("WARMUSDT", "1m", T0 - 99 * MINUTE, 100)
-    fake.generate_klines("BTCUSDT", "1m", T0 - 9_999 * MINUTE, 10_000)
+    fake.generate_klines("WARMUSDT", "1m", OPEN - 99 * MINUTE, 100)
+    fake.generate_klines("BTCUSDT", "1m", OPEN - 9_999 * MINUTE, 10_000)
     async with counting_proxy(db_dsn) as (dsn, counter), serve_app(quiet_settings(dsn), clock) as api:
         await api.wait_idle()
         statements, task = await _counted_run(api, counter, ["BTCUSDT"])
     assert task["status"] == "completed" and task["result"]["candles_written"] == 10_000, task
-    writes, others = _writes(statements)
+    writes, others = split_page_writes(statements)
     assert len(others) <= RUN_STATEMENTS, f"{len(others)} statements beside the page writes:\n{_explain(others)}"
     assert len(writes) == 10, f"{len(writes)} page writes for 10 pages"
     for write in writes:
