@@ -456,7 +456,13 @@ class Collector:
                 detail="klines lacks its CHECK constraint: every candle's prices are checked here, more slowly",
             )
         progress = _Progress(sink, len(pairs))
-        writer = PageWriter(self._db, writers=self._max_connections, task_id=task_id, on_write=self._page_write_done)
+        async def store(pages: list[klines_db.PageWrite]) -> list[int]:
+            async def write(conn: Connection) -> list[int]:
+                return await klines_db.store_pages(conn, pages, task_id=task_id)
+
+            return await self._db(write)
+
+        writer = PageWriter(store, writers=self._max_connections, on_write=self._page_write_done)
         run = _Run(request or HistoryRequest(), progress, sink.waiting, task_id, prices_by_database, writer)
         try:
             async with asyncio.TaskGroup() as group:

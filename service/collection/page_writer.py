@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from service.db import klines as klines_db
-from service.db.pool import Connection
 from service.errors import RowRefusedError
 
 __all__ = ["PageWriter"]
 
-#: Runs a unit of work on a write connection (bounded and retried by the collector).
-WriteSlot = Callable[[Callable[[Connection], Awaitable[list[int]]]], Awaitable[list[int]]]
+#: Writes a batch of pages in one transaction (klines.store_pages on a write connection, retried
+#: while the database is away); per page, the candles inserted or changed.
+StoreBatch = Callable[[list[klines_db.PageWrite]], Awaitable[list[int]]]
 
 # Candles per batch at most (a page larger than this goes alone): big enough that small pages
 # share their round trips, small enough that a batch is a few tens of milliseconds of COPY.
@@ -45,16 +44,14 @@ class PageWriter:
 
     def __init__(
         self,
-        slot: WriteSlot,
+        store: StoreBatch,
         *,
         writers: int,
-        task_id: uuid.UUID | None,
         on_write: Callable[[int, float], None] = lambda pages, seconds: None,
     ) -> None:
-        self._slot = slot
+        self._store_batch = store
         self._on_write = on_write
         self._writers = writers
-        self._task_id = task_id
         self._queue: list[_Queued] = []
         self._flushers: set[asyncio.Task[None]] = set()
         self.batches = 0
@@ -67,9 +64,7 @@ class PageWriter:
         done.add_done_callback(_retrieve)
         self._queue.append(_Queued(page, candles, done))
         if len(self._flushers) < self._writers:
-            flusher = asyncio.create_task(self._flush(), name="page-writer")
-            self._flushers.add(flusher)
-            flusher.add_done_callback(self._flushers.discard)
+            self._flushers.add(asyncio.create_task(self._flush(), name="page-writer"))
         try:
             return await asyncio.shield(done)
         except asyncio.CancelledError:
@@ -85,9 +80,10 @@ class PageWriter:
         for queued in self._queue:
             queued.done.cancel()
         self._queue.clear()
-        for flusher in list(self._flushers):
+        flushers = list(self._flushers)
+        for flusher in flushers:
             flusher.cancel()
-        await asyncio.gather(*self._flushers, return_exceptions=True)
+        await asyncio.gather(*flushers, return_exceptions=True)
 
     def _take(self) -> list[_Queued]:
         batch: list[_Queued] = []
@@ -107,23 +103,25 @@ class PageWriter:
         return batch
 
     async def _flush(self) -> None:
-        while batch := self._take():
-            try:
-                await self._store(batch)
-            except asyncio.CancelledError:
-                for queued in batch:
-                    queued.done.cancel()
-                raise
+        try:
+            while batch := self._take():
+                try:
+                    await self._store(batch)
+                except asyncio.CancelledError:
+                    for queued in batch:
+                        queued.done.cancel()
+                    raise
+        finally:
+            # Leaves the set in the same step that found the queue empty: a page handed in after
+            # this starts a new writer (a done-callback would leave it waiting on a writer that stopped).
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushers.discard(task)
 
     async def _store(self, batch: list[_Queued]) -> None:
-        pages = [q.page for q in batch]
-
-        async def write(conn: Connection) -> list[int]:
-            return await klines_db.store_pages(conn, pages, task_id=self._task_id)
-
         began = time.perf_counter()
         try:
-            written = await self._slot(write)
+            written = await self._store_batch([q.page for q in batch])
         except RowRefusedError as exc:
             if len(batch) == 1:
                 _settle(batch[0].done, exc)
