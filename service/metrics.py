@@ -111,9 +111,9 @@ class Metrics:
         )
         self.ingest_seconds = Counter(
             "kline_ingest_seconds",
-            "Seconds spent by phase of ingest: `fetch` (waiting on exchange requests, summed over requests in"
-            " flight), `check_encode` (checking candles and building COPY rows, on the event loop), `write`"
-            " (page-write transactions, summed over writers).",
+            "Seconds spent by phase of ingest: `fetch` (wall time with at least one exchange request of a"
+            " collection in flight), `check_encode` (checking candles and building COPY rows, on the event"
+            " loop), `write` (page-write transactions, summed over the writers).",
             ["phase"], registry=self.registry,
         )
         self.page_writes = Counter(

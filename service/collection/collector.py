@@ -287,6 +287,7 @@ class Collector:
         # scheduler always find one free while a big backfill writes.
         self._connections = asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
+        self._fetching = _Busy(lambda seconds: metrics.ingest_phase("fetch", seconds) if metrics else None)
         self._client = client
         self._history_candles = history_candles
         self._pages_ahead = pages_ahead
@@ -686,12 +687,10 @@ class Collector:
         pages: list[KlinePage] = []
         start = window.start_ms
         while True:
-            began = time.perf_counter()
-            page = await self._client.fetch_klines(
-                pair.symbol, pair.timeframe, start_ms=start, end_ms=window.end_ms, limit=page_size, on_wait=on_wait
-            )
-            if self._metrics is not None:
-                self._metrics.ingest_phase("fetch", time.perf_counter() - began)
+            with self._fetching:
+                page = await self._client.fetch_klines(
+                    pair.symbol, pair.timeframe, start_ms=start, end_ms=window.end_ms, limit=page_size, on_wait=on_wait
+                )
             if pages and page.klines and pages[-1].klines[-1].open_time == page.klines[0].open_time:
                 pages.append(pages.pop().without_last())
             pages.append(page)
@@ -742,6 +741,26 @@ class Collector:
             if again.klines and again.klines[0].open_time >= gap_end:
                 gaps.append(LedgerRange(gap_start, gap_end, EXCHANGE_GAP, checks=checks))
         return gaps
+
+
+class _Busy:
+    """Wall time during which at least one of some concurrent operations was under way (`with busy:`
+    around each); each stretch is handed to `done` when the last one ends."""
+
+    def __init__(self, done: Callable[[float], None]) -> None:
+        self._done = done
+        self._active = 0
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        if self._active == 0:
+            self._since = time.perf_counter()
+        self._active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._active -= 1
+        if self._active == 0:
+            self._done(time.perf_counter() - self._since)
 
 
 class _Run(msgspec.Struct):

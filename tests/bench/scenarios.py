@@ -320,8 +320,8 @@ def _phases(task: dict[str, Any], before: dict[str, float], after: dict[str, flo
     """Where a run's time went, from the task's times and the service's /metrics before and after it.
 
     claim: created_at -> started_at (insert, notify, claim); finish: the last page write's commit ->
-    completed_at (results, logs, the task's end). fetch, check_encode and write are seconds summed
-    over what ran concurrently (requests in flight, writers), so they may add up to more than the wall time.
+    completed_at (results, logs, the task's end). fetch: wall time with a request to the exchange in
+    flight; check_encode: on the event loop; write: transactions summed over the writers (two by default).
     """
 
     def delta(key: str) -> float:
@@ -348,7 +348,7 @@ def _add_phases(out: Outcome, phases: dict[str, Any], statements: dict[str, Any]
 
     out.add("  phases: claim / finish (wall)", f"{ms(phases['claim_s'])} / {ms(phases['finish_s'])}", "<= 10 ms each",
             "POST's insert, notify, claim; last write -> completed")
-    out.add("  phases: fetch / check+encode / write (summed)",
+    out.add("  phases: fetch (wall) / check+encode / write (summed)",
             f"{phases['fetch_s']:.3f} / {phases['check_encode_s']:.3f} / {phases['write_s']:.3f} s")
     if phases["pages"]:
         out.add("  pages written / write transactions",
