@@ -27,6 +27,8 @@ class Outcome:
     title: str
     raw: dict[str, Any] = field(default_factory=dict)
     rows: list[Row] = field(default_factory=list)
+    cpu_check_ms: float | None = None
+    """The machine's speed check taken just before this scenario ran (shown under its name)."""
 
     def add(self, figure: str, value: str, target: str = "", verdict: str = "") -> None:
         self.rows.append(Row(figure, value, target, verdict))
@@ -114,8 +116,10 @@ def render(outcomes: Sequence[Outcome], header: str) -> str:
     lines: list[tuple[str, ...]] = []
     for outcome in sorted(outcomes, key=lambda o: o.number):
         label = f"{outcome.number} {outcome.title}"
+        check = "" if outcome.cpu_check_ms is None else f"  (check {outcome.cpu_check_ms:.0f} ms)"
         for i, row in enumerate(outcome.rows):
-            lines.append((label if i == 0 else "", row.figure, row.value, row.target, row.verdict))
+            first = label if i == 0 else check if i == 1 else ""
+            lines.append((first, row.figure, row.value, row.target, row.verdict))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
 
     def fmt(cells: Sequence[str]) -> str:
