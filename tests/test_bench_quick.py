@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 120.0
+# A guard against a hung benchmark, not a speed claim: alone it takes ~65 s; beside the other pytest-xdist workers
+# on 2 cores it has taken 120 s.
+TIMEOUT_S = 300.0
 
 # Figures each scenario must produce (their values are timings, too noisy to assert on).
 EXPECTED: dict[str, tuple[str, ...]] = {
