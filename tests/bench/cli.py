@@ -106,7 +106,8 @@ async def _run(
                 )
                 outcomes.append(bulk_outcome(single))
             if 3 in scenarios:
-                outcomes.append(probe_outcome(single))
+                split = await bulk_run(bench, "3split", sizes.bulk_candles, ceiling=False, split=True)
+                outcomes.append(probe_outcome(single, split))
             if 5 in scenarios:
                 checks["before 5"] = cpu_check_ms()
                 double = await bulk_run(bench, "5", 2 * sizes.bulk_candles, ceiling=False)

@@ -220,7 +220,10 @@ class Service:
         env: dict[str, str],
         log_dir: Path,
         prefix: Sequence[str] = (),
+        worker_prefix: Sequence[str] | None = None,
     ) -> None:
+        """`worker_prefix` not None: the split deployment, `serve` API-only (WEB_RUNS_TASKS=false) and
+        one `kline-collector worker` beside it, started under that prefix (e.g. `nice -n 10`)."""
         self.name = name
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -239,6 +242,10 @@ class Service:
         }
         self.settings = env
         self.prefix = list(prefix)
+        self.worker_prefix = None if worker_prefix is None else list(worker_prefix)
+        if self.worker_prefix is not None:
+            self.env["WEB_RUNS_TASKS"] = "false"
+        self._worker: asyncio.subprocess.Process | None = None
         self.log_path = log_dir / f"service-{name}.log"
         self.started_at = 0.0
         self.exit_code: int | None = None
@@ -260,6 +267,13 @@ class Service:
                 cwd=ROOT, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
                 stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
             )
+        if self.worker_prefix is not None:
+            with self.log_path.with_name(f"worker-{self.name}.log").open("wb") as log:
+                self._worker = await asyncio.create_subprocess_exec(
+                    *self.worker_prefix, sys.executable, "-m", "service", "worker",
+                    cwd=ROOT, env={**self.env, "WEB_RUNS_TASKS": "true"}, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log, stderr=asyncio.subprocess.STDOUT, preexec_fn=_die_with_parent,
+                )
 
     @property
     def pid(self) -> int:
@@ -281,7 +295,15 @@ class Service:
         return self._ps
 
     def cpu_seconds(self) -> float:
-        return cpu_seconds(self.process)
+        """CPU of the service's processes (the worker's too, in the split deployment)."""
+        total = cpu_seconds(self.process)
+        if self._worker is not None:
+            with contextlib.suppress(psutil.Error):
+                worker = psutil.Process(self._worker.pid)
+                for child in worker.children(recursive=True):  # below `nice`, the Python process itself
+                    worker = child
+                total += cpu_seconds(worker)
+        return total
 
     def rss(self) -> int:
         return int(self.process.memory_info().rss)
@@ -399,6 +421,16 @@ class Service:
         if self.http is not None:
             await self.http.close()
             self.http = None
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(worker.wait(), timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.kill()
+                await worker.wait()
         proc, self._proc = self._proc, None
         if proc is None:
             return None

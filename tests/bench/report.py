@@ -113,13 +113,13 @@ def at_least(value: float | None, floor: float) -> str:
 def render(outcomes: Sequence[Outcome], header: str) -> str:
     """One aligned plain-text table: scenario | figure | value | target | ratio / verdict."""
     head = ("scenario", "figure", "value", "target", "ratio / verdict")
-    lines: list[tuple[str, ...]] = []
+    lines: list[tuple[str, ...]] = []  # the cells, and "new" where a scenario begins
     for outcome in sorted(outcomes, key=lambda o: o.number):
         label = f"{outcome.number} {outcome.title}"
         check = "" if outcome.cpu_check_ms is None else f"  (check {outcome.cpu_check_ms:.0f} ms)"
         for i, row in enumerate(outcome.rows):
             first = label if i == 0 else check if i == 1 else ""
-            lines.append((first, row.figure, row.value, row.target, row.verdict))
+            lines.append((first, row.figure, row.value, row.target, row.verdict, "new" if i == 0 else ""))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
 
     def fmt(cells: Sequence[str]) -> str:
@@ -131,8 +131,8 @@ def render(outcomes: Sequence[Outcome], header: str) -> str:
     out = [header, "", fmt(head), rule]
     previous = None
     for line in lines:
-        if line[0] and previous is not None:
+        if line[-1] and previous is not None:
             out.append("")
-        out.append(fmt(line))
+        out.append(fmt(line[:-1]))
         previous = line
     return "\n".join(out)
