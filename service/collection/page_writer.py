@@ -1,9 +1,10 @@
 """Group commit for a run's pages: the pages of many series written together, one transaction each batch.
 
 Each series writes its pages strictly in order and waits for each write, so a batch holds at most
-one page per series. A page handed in while every writer is busy waits for the next batch; a
-page handed in while a writer is free goes at once, alone: batching adds no wait, it only gathers
-what queued up meanwhile. A run of 300 one-page series thus pays a transaction's round trips
+one page per series. A page handed in while no writer runs goes at once; one handed in while the
+writer is busy waits for its next batch (a second writer starts only for a backlog of big pages,
+which PostgreSQL then writes in parallel): batching adds no wait, it only gathers what queued up
+meanwhile. A run of 300 one-page series thus pays a transaction's round trips
 (BEGIN, COPY, ledger, COMMIT) a handful of times rather than 300 times.
 
 A batch the database refuses for a bad value (RowRefusedError) is written again page by page, so
@@ -25,6 +26,8 @@ __all__ = ["PageWriter"]
 #: while the database is away); per page, the candles inserted or changed.
 StoreBatch = Callable[[list[klines_db.PageWrite]], Awaitable[list[int]]]
 
+# A second writer starts only while at least this many candles wait (two pages of a backfill).
+_PARALLEL_WRITE_CANDLES = 2_000
 # Candles per batch at most (a page larger than this goes alone): big enough that small pages
 # share their round trips, small enough that a batch is a few tens of milliseconds of COPY.
 _BATCH_CANDLES = 20_000
@@ -53,6 +56,7 @@ class PageWriter:
         self._on_write = on_write
         self._writers = writers
         self._queue: list[_Queued] = []
+        self._queued_candles = 0
         self._flushers: set[asyncio.Task[None]] = set()
         self.batches = 0
         """Transactions written so far (the benchmark's round trips per page)."""
@@ -63,7 +67,12 @@ class PageWriter:
         # Settled after its writer stopped waiting (cancelled): nobody reads it, and that is fine.
         done.add_done_callback(_retrieve)
         self._queue.append(_Queued(page, candles, done))
-        if len(self._flushers) < self._writers:
+        self._queued_candles += candles
+        # A further writer only for a backlog worth writing in parallel: small pages (many one-page
+        # series) gather behind one writer into fewer, larger transactions.
+        if not self._flushers or (
+            len(self._flushers) < self._writers and self._queued_candles >= _PARALLEL_WRITE_CANDLES
+        ):
             self._flushers.add(asyncio.create_task(self._flush(), name="page-writer"))
         try:
             return await asyncio.shield(done)
@@ -72,6 +81,7 @@ class PageWriter:
             # batch under way is committed or rolled back with it (aclose waits for that).
             if not done.done():
                 self._queue = [q for q in self._queue if q.done is not done]
+                self._queued_candles = sum(q.candles for q in self._queue)
                 done.cancel()
             raise
 
@@ -80,6 +90,7 @@ class PageWriter:
         for queued in self._queue:
             queued.done.cancel()
         self._queue.clear()
+        self._queued_candles = 0
         flushers = list(self._flushers)
         for flusher in flushers:
             flusher.cancel()
@@ -100,6 +111,7 @@ class PageWriter:
             elif not queued.done.done():
                 rest.append(queued)
         self._queue = rest
+        self._queued_candles = sum(q.candles for q in rest)
         return batch
 
     async def _flush(self) -> None:

@@ -43,15 +43,27 @@ async def test_pages_handed_in_while_the_writers_are_busy_share_the_next_transac
     writer = PageWriter(store, writers=2)
     writes = [asyncio.create_task(writer.write(page(1, rows=1), 1))]
     await asyncio.sleep(0.01)
-    writes.append(asyncio.create_task(writer.write(page(2, rows=2), 2)))
+    writes += [asyncio.create_task(writer.write(page(i, rows=i), i)) for i in range(2, 11)]
     await asyncio.sleep(0.01)
-    writes += [asyncio.create_task(writer.write(page(i, rows=i), i)) for i in range(3, 11)]
-    await asyncio.sleep(0.01)
-    assert store.batches == [[1], [2]]  # both writers busy; 3..10 wait
+    assert store.batches == [[1]]  # the writer is busy; 2..10 wait (too few candles for a second writer)
     store.release.set()
     assert await asyncio.gather(*writes) == list(range(1, 11))
-    assert store.batches[2:] == [[3, 4, 5, 6, 7, 8, 9, 10]]
-    assert writer.batches == 3
+    assert store.batches[1:] == [[2, 3, 4, 5, 6, 7, 8, 9, 10]]
+    assert writer.batches == 2
+
+
+async def test_a_backlog_of_big_pages_is_written_by_two_writers_at_once() -> None:
+    """Pages of a backfill (a thousand candles each) waiting behind a busy writer start the second one."""
+    store = Store()
+    store.release.clear()
+    writer = PageWriter(store, writers=2)
+    writes = [asyncio.create_task(writer.write(page(1, rows=1000), 1000))]
+    await asyncio.sleep(0.01)
+    writes += [asyncio.create_task(writer.write(page(i, rows=1000), 1000)) for i in (2, 3)]
+    await asyncio.sleep(0.01)
+    assert store.batches == [[1], [2, 3]]  # 2,000 candles waiting: a second writer took them
+    store.release.set()
+    assert await asyncio.gather(*writes) == [1000] * 3
 
 
 async def test_a_refused_value_fails_only_its_own_page() -> None:
