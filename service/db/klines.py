@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import asyncpg
 import msgspec
@@ -225,13 +225,22 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[1])
 
 
-async def _copy(conn: Connection, table: str, rows: bytes) -> int:
-    # A memoryview is sent as it is. (bytes would be taken for a file name, and a file-like source
-    # is read through the loop's default executor, a thread pool.) The stubs do not know this form.
-    status = await conn.copy_to_table(
-        table, source=memoryview(rows), columns=_COLUMNS, format="text"  # type: ignore[arg-type]
-    )
-    return _count(status)
+# Page writes commit without waiting for the WAL flush (see store_pages); BEGIN and SET LOCAL ride
+# in the round trip of the transaction's first statement.
+_BEGIN = "BEGIN; SET LOCAL synchronous_commit TO off"
+_COPY_KLINES = f"COPY klines ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT text)"
+_COPY_STAGING = f"COPY klines_staging ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT text)"
+
+
+async def _copy(conn: Connection, statement: str, rows: bytes) -> int:
+    """COPY `rows` (text format) with `statement`, which may begin with other statements of its own
+    (BEGIN, SET LOCAL): the server runs them, then reads the rows, in one round trip.
+
+    asyncpg's public copy_to_table builds its own COPY statement; its _copy_in runs ours. A
+    memoryview is sent as it is (bytes would be taken for a file name, and a file-like source is
+    read through the loop's default executor, a thread pool)."""
+    copy_in: Callable[[str, memoryview, float | None], Awaitable[str]] = conn._copy_in  # type: ignore[union-attr]
+    return _count(await copy_in(statement, memoryview(rows), None))
 
 
 # Created in the write transaction that uses it, not once per connection: behind PgBouncer in
@@ -242,10 +251,11 @@ _CREATE_STAGING = (
 )
 
 
-async def _upsert(conn: Connection, rows: bytes) -> dict[int, int]:
-    """Merge rows through the staging table; per series, how many were inserted or changed."""
-    await conn.execute(_CREATE_STAGING)
-    await _copy(conn, "klines_staging", rows)
+async def _upsert(conn: Connection, rows: bytes, *, begin: bool) -> dict[int, int]:
+    """Merge rows through the staging table; per series, how many were inserted or changed.
+    `begin`: open the page's transaction in the same round trip."""
+    await conn.execute(f"{_BEGIN}; {_CREATE_STAGING}" if begin else _CREATE_STAGING)
+    await _copy(conn, _COPY_STAGING, rows)
     return {r["series_id"]: r["n"] for r in await conn.fetch(_UPSERT_FROM_STAGING)}
 
 
@@ -356,9 +366,16 @@ async def store_pages(conn: Connection, pages: Sequence[PageWrite], *, task_id: 
 
     try:
         async with _page_transaction(conn):
-            changed = await _upsert(conn, overlap) if overlap else {}
-            if fresh:
-                await _copy(conn, "klines", fresh)
+            if overlap:
+                changed = await _upsert(conn, overlap, begin=True)
+                if fresh:
+                    await _copy(conn, _COPY_KLINES, fresh)
+            elif fresh:
+                changed = {}
+                await _copy(conn, f"{_BEGIN}; {_COPY_KLINES}", fresh)
+            else:
+                changed = {}
+                await conn.execute(_BEGIN)
             await extras()
         return [0 if p.empty else p.encoded.fresh_count + changed.get(p.encoded.series_id, 0) for p in pages]
     except asyncpg.UniqueViolationError as exc:
@@ -367,20 +384,23 @@ async def store_pages(conn: Connection, pages: Sequence[PageWrite], *, task_id: 
     # Someone stored some of these candles after the pages were split: the transaction rolled
     # back whole, so merge every candle instead.
     async with _page_transaction(conn):
-        changed = await _upsert(conn, overlap + fresh) if overlap or fresh else {}
+        if overlap or fresh:
+            changed = await _upsert(conn, overlap + fresh, begin=True)
+        else:
+            changed = {}
+            await conn.execute(_BEGIN)
         await extras()
     return [0 if p.empty else changed.get(p.encoded.series_id, 0) for p in pages]
 
 
 @contextlib.asynccontextmanager
 async def _page_transaction(conn: Connection) -> AsyncIterator[None]:
-    """A transaction that commits without waiting for the WAL flush, opened in one round trip
-    (BEGIN and SET LOCAL together: a backfill of small pages pays per round trip)."""
-    await conn.execute("BEGIN; SET LOCAL synchronous_commit TO off")
+    """The page write's transaction: opened by its first statement (`_BEGIN` in front, one round
+    trip), committed here, rolled back on any error."""
     try:
         yield
     except BaseException:
-        if not conn.is_closed():
+        if not conn.is_closed() and conn.is_in_transaction():
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 await conn.execute("ROLLBACK")
         raise

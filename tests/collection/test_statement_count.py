@@ -34,9 +34,10 @@ NOW = OPEN + 1_000
 # logs opened and closed (2), the run's series (1), the shared weight budget (1-2), the task's end
 # (4). Today 18-21.
 RUN_STATEMENTS = 22
-# A page write: BEGIN with SET LOCAL, one COPY, one ledger statement, COMMIT. Many series' pages
-# share one such transaction; a series' own pages are written one transaction each, in order.
-STATEMENTS_PER_WRITE = 4
+# A page write: one COPY (BEGIN and SET LOCAL ride in its round trip), one ledger statement, COMMIT.
+# Many series' pages share one such transaction; a series' own pages are written one transaction
+# each, in order.
+STATEMENTS_PER_WRITE = 3
 # Ten one-page series fetched at once: the first pages go as soon as a writer is free, the others
 # gather in the next batches (2 writers). Today 3-4.
 TEN_SERIES_WRITES = 6
