@@ -119,11 +119,14 @@ def _is_live_postgres_for(pid: int, pgdata: Path) -> bool:
 
 
 def _first_line_pid(lock_file: Path) -> int | None:
-    """The pid on the first line of a postgres lock file, or None when absent or unreadable."""
+    """The pid on the first line of a postgres lock file, or None when absent or unreadable.
+
+    A standalone backend (initdb's) writes its pid negated: the process is the same."""
     try:
-        return int(lock_file.read_text().splitlines()[0].strip())
+        pid = abs(int(lock_file.read_text().splitlines()[0].strip()))
     except (OSError, IndexError, ValueError):
         return None
+    return pid or None
 
 
 def _shared_memory_in_use(postmaster_lines: list[str]) -> bool:

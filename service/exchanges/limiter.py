@@ -241,6 +241,8 @@ class WeightLimiter:
                 self._allowance += grant.granted
                 if self._spend_allowance(weight, now):
                     return True
+                if self._has_news():
+                    continue  # learnt during the round trip (a limit, a pause): published by the next one
                 if self._allowance >= weight:
                     return False  # the exchange's own count leaves no room in this minute
                 budget = self._budget()

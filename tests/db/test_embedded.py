@@ -164,3 +164,12 @@ async def test_stale_postmaster_pid_of_unrelated_process(pgdata: Path) -> None:
         finally:
             server.stop()
     assert not is_embedded_running(pgdata)
+
+
+def test_a_lock_file_left_by_initdb_with_a_negative_pid_is_read_as_that_process(tmp_path: Path) -> None:
+    """initdb's standalone backend writes its pid negated into postmaster.pid; a data directory
+    left so (initdb killed midway) is not taken for a running server, and reading it does not fail."""
+    pgdata = tmp_path / "data"
+    pgdata.mkdir()
+    (pgdata / "postmaster.pid").write_text(f"-{os.getpid()}\n{pgdata}\n")
+    assert is_embedded_running(pgdata) is False  # this test's own process is no postgres

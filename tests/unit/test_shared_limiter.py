@@ -209,3 +209,32 @@ async def test_a_lower_limit_from_a_429_leaves_weight_reserved_under_the_old_one
     await take(lim, 2)
     assert int(clock.now // 60) == 1001
     assert budget.limit == 100
+
+
+class LearnsDuringReserve(MemoryBudget):
+    """A budget whose reservation round trip is slow enough that the process learns something meanwhile."""
+
+    def __init__(self, during: object) -> None:
+        super().__init__()
+        self.during = during
+
+    async def reserve(self, **kwargs: object) -> BudgetGrant:  # type: ignore[override]
+        grant = await super().reserve(**kwargs)  # type: ignore[arg-type]
+        hook, self.during = self.during, None
+        if callable(hook):
+            hook()
+        return grant
+
+
+async def test_news_learnt_during_a_reservation_does_not_stall_the_request_until_the_next_minute() -> None:
+    """A limit learnt (e.g. an exchangeInfo answer) while a reservation is on its way: the request
+    publishes it and goes on in this minute, with room to spare, rather than sleeping to the next one."""
+    clock = Clock(START)
+    holder: list[WeightLimiter] = []
+    budget = LearnsDuringReserve(lambda: holder[0].set_limit(90))
+    lim = shared_limiter(clock, budget)
+    holder.append(lim)
+    await take(lim, 2)
+    assert clock.slept == [], "the request waited for the next minute with room in this one"
+    assert budget.limit == 90  # the news went out
+
