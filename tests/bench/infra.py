@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -54,6 +54,22 @@ def tail(path: Path, chars: int = 3000) -> str:
     except OSError:
         return ""
     return f"\n--- {path.name} (last {chars} chars) ---\n{text[-chars:]}"
+
+
+async def _terminate(
+    proc: asyncio.subprocess.Process, send_signal: Callable[[int], None], timeout: float
+) -> None:
+    """SIGTERM (through `send_signal`), then wait; SIGKILL after `timeout`."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, psutil.Error):
+        send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -422,30 +438,12 @@ class Service:
             await self.http.close()
             self.http = None
         worker, self._worker = self._worker, None
-        if worker is not None and worker.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                worker.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(worker.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.kill()
-                await worker.wait()
+        if worker is not None:
+            await _terminate(worker, worker.send_signal, timeout)
         proc, self._proc = self._proc, None
         if proc is None:
             return None
-        if proc.returncode is None:
-            # Under a prefix (a profiler), stop the service itself and let the wrapper finish.
-            with contextlib.suppress(ProcessLookupError, psutil.Error):
-                if self.prefix:
-                    self.process.send_signal(signal.SIGTERM)
-                else:
-                    proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        # Under a prefix (a profiler), stop the service itself and let the wrapper finish.
+        await _terminate(proc, self.process.send_signal if self.prefix else proc.send_signal, timeout)
         self.exit_code = proc.returncode
         return proc.returncode
