@@ -457,6 +457,7 @@ class Collector:
                 detail="klines lacks its CHECK constraint: every candle's prices are checked here, more slowly",
             )
         progress = _Progress(sink, len(pairs))
+
         async def store(pages: list[klines_db.PageWrite]) -> list[int]:
             async def write(conn: Connection) -> list[int]:
                 return await klines_db.store_pages(conn, pages, task_id=task_id)

@@ -58,8 +58,6 @@ class PageWriter:
         self._queue: list[_Queued] = []
         self._queued_candles = 0
         self._flushers: set[asyncio.Task[None]] = set()
-        self.batches = 0
-        """Transactions written so far (the benchmark's round trips per page)."""
 
     async def write(self, page: klines_db.PageWrite, candles: int) -> int:
         """Store `page` (holding `candles` candles); how many candles were inserted or changed."""
@@ -145,7 +143,6 @@ class PageWriter:
             for queued in batch:
                 _settle(queued.done, exc)
             return
-        self.batches += 1
         self._on_write(len(batch), time.perf_counter() - began)
         for queued, count in zip(batch, written, strict=True):
             if not queued.done.done():

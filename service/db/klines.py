@@ -31,7 +31,6 @@ __all__ = [
     "RunSeries",
     "RunStart",
     "StoredEnd",
-    "candle_check_enforced",
     "count_stored",
     "encode_copy_rows",
     "encode_page",
@@ -89,16 +88,6 @@ def encode_copy_rows(series_id: int, klines: Sequence[Kline], closed: int) -> by
 CANDLE_CHECK = "klines_candle_valid"
 
 
-async def candle_check_enforced(conn: Connection) -> bool:
-    """Whether klines has its candle CHECK constraint (an operator could have dropped it, or
-    restored a dump without it): the ingest leaves plain candles' prices to it only then."""
-    found: bool = await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = 'klines'::regclass AND conname = $1)",
-        CANDLE_CHECK,
-    )
-    return found
-
-
 async def series_ids(
     conn: Connection, exchange: str, pairs: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], int]:
@@ -139,7 +128,8 @@ class RunStart(msgspec.Struct, frozen=True):
     series: dict[tuple[str, str], RunSeries]
     """Per (symbol, timeframe)."""
     candle_check_enforced: bool
-    """See candle_check_enforced()."""
+    """Whether klines has its candle CHECK constraint (an operator could have dropped it, or restored
+    a dump without it): the ingest leaves plain candles' prices to it only then."""
 
 
 _RUN_START = """

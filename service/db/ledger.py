@@ -16,7 +16,7 @@ from service.records import LedgerRange
 
 __all__ = [
     "earliest_start", "ledger_ranges", "listing_starts", "merge_range", "range_from_row", "record_range",
-    "record_ranges", "record_ranges_of_series", "set_listing_start",
+    "record_ranges_of_series", "set_listing_start",
 ]
 
 _RANGE_COLUMNS = "start_time, end_time, kind, checks, checked_at, detail"
@@ -138,10 +138,6 @@ async def _extend_last(conn: Connection, series_id: int, new: LedgerRange) -> bo
         series_id, new.start, new.end, new.kind, new.checked_at, new.checks, new.detail,
     )
     return bool(recorded)
-
-
-async def record_ranges(conn: Connection, series_id: int, ranges: Sequence[LedgerRange]) -> None:
-    await record_ranges_of_series(conn, [(series_id, r) for r in ranges])
 
 
 # _extend_last for many series at once, one range each. Every CTE sees the ledger as it was before

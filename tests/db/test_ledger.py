@@ -36,7 +36,7 @@ def r(start: int, end: int, kind: str = "verified", checks: int = 1) -> LedgerRa
 
 async def record(db: asyncpg.Connection[Any], series_id: int, *new: LedgerRange) -> None:
     async with db.transaction():
-        await ledger_db.record_ranges(db, series_id, new)
+        await ledger_db.record_ranges_of_series(db, [(series_id, n) for n in new])
 
 
 async def test_pages_in_order_make_one_range_and_a_filled_hole_joins_its_neighbours(
@@ -108,3 +108,29 @@ async def test_truncating_klines_leaves_no_verified_range(db: asyncpg.Connection
     sid = await a_series_with_100_candles(db)
     await db.execute("TRUNCATE klines")
     assert await ranges(db, sid) == [(60, 70, "exchange_gap", 2)]
+
+
+async def test_ranges_of_several_series_recorded_together_merge_as_one_by_one(db: asyncpg.Connection[Any]) -> None:
+    """A batch of pages of several series records their ranges in one statement per round: each
+    series' range continues its last one, starts anew, or (meeting another kind) takes the general
+    merge, exactly as when recorded one by one."""
+    ids = []
+    for symbol in ("AAAUSDT", "BBBUSDT", "CCCUSDT", "DDDUSDT"):
+        ids.append(await db.fetchval(
+            "INSERT INTO series (exchange, symbol, timeframe) VALUES ('binance', $1, '1m') RETURNING id", symbol
+        ))
+    a, b, c, d = ids
+    await record(db, a, r(0, 10))
+    await record(db, c, r(0, 10, "exchange_gap", checks=2))
+    await record(db, d, r(0, 10))
+    async with db.transaction():
+        await ledger_db.record_ranges_of_series(db, [
+            (a, r(10, 20)),  # continues a's range
+            (b, r(5, 15)),  # b's first range
+            (c, r(5, 20)),  # overlaps c's exchange gap: the newer fact wins where they overlap
+            (d, r(10, 12)), (d, r(12, 13, "exchange_gap", checks=2)), (d, r(13, 20)),  # three of one page
+        ])
+    assert await ranges(db, a) == [(0, 20, "verified", 1)]
+    assert await ranges(db, b) == [(5, 15, "verified", 1)]
+    assert await ranges(db, c) == [(0, 5, "exchange_gap", 2), (5, 20, "verified", 1)]
+    assert await ranges(db, d) == [(0, 12, "verified", 1), (12, 13, "exchange_gap", 2), (13, 20, "verified", 1)]
