@@ -168,7 +168,8 @@ async def run_start(conn: Connection, exchange: str, pairs: Sequence[tuple[str, 
         )
         for r in rows if r["id"] is not None
     }
-    enforced = bool(rows[-1]["oldest_open"])
+    # The row without a series carries the CHECK's count (UNION ALL promises no order: found by its null id).
+    enforced = any(r["id"] is None and r["oldest_open"] for r in rows)
     if len(found) < len(set(pairs)):
         # Another transaction created one of them while this statement ran (its snapshot does not
         # show that row): read them again, now that it is committed.
