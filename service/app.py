@@ -20,6 +20,7 @@ from service.api.coverage import CoverageController
 from service.api.deps import dependencies
 from service.api.errors import exception_handlers
 from service.api.events import EventsController
+from service.api.exchanges import ExchangesController
 from service.api.execution_logs import ExecutionLogsController
 from service.api.health import HealthController
 from service.api.klines import KlinesController
@@ -29,7 +30,7 @@ from service.api.openapi import DocumentedSchemaPlugin, docs_assets_router, open
 from service.api.startup import require_started
 from service.auth.guards import document_read_access
 from service.auth.tokens import build_jwt_auth
-from service.collection.runtime import open_runtime
+from service.process.runtime import open_runtime
 from service.settings import Settings, SettingsError
 
 __all__ = ["create_app"]
@@ -66,7 +67,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             HealthController, AuthController, DataCollectorController, KlinesController, CoverageController,
-            ConfigsController,
+            ConfigsController, ExchangesController,
             ExecutionLogsController, EventsController, MetricsController, docs_assets_router(),
             ConsoleController, console_assets_router(),
         ],

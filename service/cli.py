@@ -22,6 +22,7 @@ from service.auth.secret_key import with_secret_key
 from service.db.embedded import EmbeddedPostgres, start_embedded_postgres
 from service.db.migrate import is_at_head, migrate_if_behind, upgrade
 from service.errors import DatabaseUnavailableError
+from service.exchanges.venues import DEFAULT_VENUE, Exchange
 from service.logging import configure_logging, get_logger
 from service.settings import Settings, SettingsError
 
@@ -114,11 +115,15 @@ def main() -> None:
 @main.command()
 @click.option(
     "--symbols", required=True, metavar="LIST",
-    help="Comma-separated symbols, as BTCUSDT or BTC/USDT (BTCUSDT,ETHUSDT).",
+    help="Comma-separated symbols in any spelling: the venue's own (BTCUSDT, BTC-USDT, XBTUSD) or BTC/USDT.",
 )
 @click.option(
     "--timeframes", required=True, metavar="LIST",
-    help="Comma-separated timeframes (1m,1h); Binance's 16 intervals from 1s to 1M.",
+    help="Comma-separated timeframes (1m,1h), unified names; each venue serves its own set.",
+)
+@click.option(
+    "--exchange", default=DEFAULT_VENUE, show_default=True, type=click.Choice([v.value for v in Exchange]),
+    help="The venue to collect from (it must be enabled: env var EXCHANGES).",
 )
 @click.option(
     "--history-candles", type=click.IntRange(min=1), default=None, metavar="N",
@@ -135,7 +140,7 @@ def main() -> None:
     help="Where it ends (exclusive), ISO 8601; needs --since. Unset: up to now.",
 )
 def collect(
-    symbols: str, timeframes: str, history_candles: int | None, since: str | None, until: str | None
+    symbols: str, timeframes: str, exchange: str, history_candles: int | None, since: str | None, until: str | None
 ) -> None:
     """Collect every symbol x timeframe once, with progress bars (DATABASE_URL, or the embedded server).
 
@@ -156,7 +161,10 @@ def collect(
         if not stop.pending():
             _migrate_if_reachable(dsn, settings)
         code = asyncio.run(
-            run_collect(settings, dsn, symbols, timeframes, since=since, until=until, early_signal=lambda: stop.signal)
+            run_collect(
+                settings, dsn, symbols, timeframes, exchange=exchange, since=since, until=until,
+                early_signal=lambda: stop.signal,
+            )
         )
     sys.exit(code)
 
@@ -225,7 +233,7 @@ def worker() -> None:
 
 
 async def _run_worker(settings: Settings, dsn: str, stop: _StopRequest) -> None:
-    from service.collection.runtime import open_runtime  # imported late, like the app in `serve`
+    from service.process.runtime import open_runtime  # imported late, like the app in `serve`
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -236,7 +244,7 @@ async def _run_worker(settings: Settings, dsn: str, stop: _StopRequest) -> None:
     async with contextlib.AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings, dsn, runs_tasks=True, kind="worker"))
         if settings.metrics_port is not None:
-            from service.worker_http import metrics_server
+            from service.process.worker_http import metrics_server
 
             await stack.enter_async_context(metrics_server(runtime, host=settings.host, port=settings.metrics_port))
             log.info("worker_metrics_serving", port=settings.metrics_port)

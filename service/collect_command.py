@@ -1,6 +1,6 @@
 """`kline-collector collect`: one collection run by hand, through the same task code as the API.
 
-The command joins the database's workers as kind 'cli' (service/collection/single_task.py), submits a
+The command joins the database's workers as kind 'cli' (service/tasks/single_task.py), submits a
 data_collection task (the overlap rules of a running service apply to it) and runs that task itself,
 drawing progress bars per series and in total. SIGINT or SIGTERM cancels the task: it is recorded
 `cancelled`, its result saying what it wrote (those candles are kept), and the process exits 130 / 143.
@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
 from service.collection.collector import CollectionResult, SeriesProgress
-from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskView
-from service.collection.single_task import SingleTaskWorker
 from service.db.pool import Connection
 from service.errors import ConflictError, DatabaseUnavailableError, InvalidInputError
 from service.settings import Settings
+from service.tasks.registry import TaskBody, TaskHandle, TaskOutcome, TaskView
+from service.tasks.single_task import SingleTaskWorker
 
 __all__ = ["EXIT_CONFLICT", "EXIT_FAILED", "EXIT_INVALID", "run_collect"]
 
@@ -118,13 +118,14 @@ async def run_collect(
     symbols: str,
     timeframes: str,
     *,
+    exchange: str | None = None,
     since: str | None = None,
     until: str | None = None,
     early_signal: Callable[[], int | None],
 ) -> int:
     """Collect every symbol × timeframe once; the process's exit code. `early_signal`: a SIGINT or
     SIGTERM that came in before this loop's handlers took over (while the database was starting)."""
-    from service.collection.runtime import open_runtime  # imported late, like the app in `serve`
+    from service.process.runtime import open_runtime  # imported late, like the app in `serve`
 
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
@@ -152,7 +153,7 @@ async def run_collect(
 
         async def submit(conn: Connection) -> TaskView:
             return await runtime.jobs.start_collection(
-                _parse_list(symbols), _parse_list(timeframes), start=since, end=until, conn=conn
+                _parse_list(symbols), _parse_list(timeframes), exchange=exchange, start=since, end=until, conn=conn
             )
 
         try:

@@ -7,7 +7,9 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["BudgetGrant", "Kline", "KlinePage", "LedgerRange", "RangeKind", "SymbolInfo", "TickerPrice"]
+__all__ = [
+    "BudgetGrant", "Kline", "KlinePage", "LedgerRange", "ListingState", "RangeKind", "SymbolInfo", "TickerPrice",
+]
 
 
 class Kline(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -45,32 +47,51 @@ class KlinePage(msgspec.Struct, frozen=True):
     b"\\t<open_time>\\t<open>…\\t<taker_buy_quote_volume>" (Kline's order). Set only by a client that cuts
     them from its answer without per-candle work, and only when every decimal of the page is
     unsigned digits and points, at most 100 characters (the ingest's "plain" candles); None otherwise."""
+    closed: int | None = None
+    """How many leading candles are final, where the venue says so itself (OKX's `confirm`; the newest
+    row of Bybit and Kraken); None: those whose close_time is before `as_of_ms` (Binance, Coinbase)."""
 
     def without_last(self) -> KlinePage:
         """This page without its last candle (a later answer holds it again)."""
         fields = None if self.copy_fields is None else self.copy_fields[:-1]
-        return KlinePage(klines=self.klines[:-1], as_of_ms=self.as_of_ms, copy_fields=fields)
+        closed = None if self.closed is None else min(self.closed, len(self.klines) - 1)
+        return KlinePage(klines=self.klines[:-1], as_of_ms=self.as_of_ms, copy_fields=fields, closed=closed)
 
     def closed_count(self) -> int:
-        """How many leading candles had closed when the exchange answered (close_time before as_of)."""
-        n = len(self.klines)
+        """How many leading candles had closed when the exchange answered: as the venue said, and
+        never one whose close_time is not before as_of (a venue's flag cannot close the future)."""
+        n = len(self.klines) if self.closed is None else min(self.closed, len(self.klines))
         while n and self._open(self.klines[n - 1]):
             n -= 1
         return n
 
     def last_is_open(self) -> bool:
         """Whether the page ends in a candle that was still open when the exchange answered."""
-        return bool(self.klines) and self._open(self.klines[-1])
+        return bool(self.klines) and self.closed_count() < len(self.klines)
 
     def _open(self, kline: Kline) -> bool:
         return kline.close_time >= self.as_of_ms
 
 
+#: Where an instrument stands on its venue; configs of a symbol that is not trading are paused.
+ListingState = Literal["trading", "paused", "delisted"]
+
+
 class SymbolInfo(msgspec.Struct, frozen=True):
+    """One instrument of a venue's market."""
+
     symbol: str
+    """The venue's own id (BTCUSDT, BTC-USDT, XXBTZUSD): what is stored and sent."""
     base_asset: str
+    """Unified asset names (BTC, never Kraken's XBT or XXBT): `BASE/QUOTE` finds the instrument."""
     quote_asset: str
     status: str
+    """The venue's own word for its state (TRADING, BREAK, live, online…), shown to users."""
+    state: ListingState = "trading"
+    aliases: tuple[str, ...] = ()
+    """Other spellings the venue uses for it (Kraken's altname XBTUSD and wsname XBT/USD)."""
+    settle_asset: str | None = None
+    """Perpetuals: the asset they settle in (`BTC/USDT:USDT`); None for spot."""
 
 
 class TickerPrice(msgspec.Struct, frozen=True):

@@ -4,43 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
-__all__ = ["TIMEFRAMES", "Settings", "SettingsError", "Timeframe", "TimeframeName"]
+from service.exchanges.venues import VENUES
 
+__all__ = ["Settings", "SettingsError", "VenueSettings"]
 
-class Timeframe(StrEnum):
-    """Binance's kline intervals; the only timeframes the service accepts."""
-
-    SECOND_1 = "1s"
-    MINUTE_1 = "1m"
-    MINUTE_3 = "3m"
-    MINUTE_5 = "5m"
-    MINUTE_15 = "15m"
-    MINUTE_30 = "30m"
-    HOUR_1 = "1h"
-    HOUR_2 = "2h"
-    HOUR_4 = "4h"
-    HOUR_6 = "6h"
-    HOUR_8 = "8h"
-    HOUR_12 = "12h"
-    DAY_1 = "1d"
-    DAY_3 = "3d"
-    WEEK_1 = "1w"
-    MONTH_1 = "1M"
-
-
-TIMEFRAMES: tuple[str, ...] = tuple(t.value for t in Timeframe)
-
-#: A timeframe held as a plain str, as the exchange and the database take it (an unknown one is
-#: refused with a 422 that lists the allowed ones); the enum in the metadata is what the OpenAPI
-#: document shows (service/api/openapi.py).
-TimeframeName = Annotated[str, Timeframe]
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -49,6 +22,31 @@ Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
 
 class SettingsError(ValueError):
     """A bad environment value; the message names the variable."""
+
+
+class VenueSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """One venue's settings, each read from `<VENUE>_<NAME>`: BINANCE_TIMEOUT, OKX_API_URL, …"""
+
+    api_url: str
+    """Base URL of the venue's REST API (http or https, with a host); default: the venue's own."""
+    weight_limit: PositiveInt | None = None
+    """The venue's request limit in its own unit and window (Binance weight per minute, Bybit requests
+    per 5 s…); unset: learnt from the venue where it says (Binance), else its documented number."""
+    weight_margin: Fraction = 0.03
+    """Share of the limit kept unused, for clock skew and requests in flight."""
+    weight_fallback: PositiveInt | None = None
+    """The limit used until the venue has told its own (Binance's older 1200 when unset)."""
+    max_concurrency: PositiveInt = 32
+    """Requests in flight to the venue at once."""
+    timeout: PositiveFloat = 10.0
+    """Seconds before one request is abandoned (and retried)."""
+    retry_attempts: PositiveInt = 5
+    """Attempts per request on timeouts, dropped connections and 5xx."""
+    retry_wait: PositiveFloat = 0.5
+    """First backoff in seconds (doubling, with as much jitter, capped at 30 times this)."""
+
+
+_VENUE_FIELDS = VenueSettings.__struct_fields__
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,8 +60,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Address the HTTP server binds."""
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     """HTTP port (Heroku sets PORT)."""
-    binance_api_url: str = "https://api.binance.com"
-    """Base URL of Binance's spot REST API (http or https, with a host)."""
     max_body_bytes: PositiveInt = 1_048_576
     """Largest request body accepted; a larger one is a 413 before it is parsed."""
     cors_origins: str | None = None
@@ -83,20 +79,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """Seconds a finished task stays in memory (it stays in the database for good)."""
     default_history_candles: PositiveInt = 100
     """Candles fetched for a series that has no data yet."""
-    binance_weight_limit: PositiveInt | None = None
-    """Request-weight budget per minute; unset: learnt from exchangeInfo's rateLimits."""
-    binance_weight_margin: Fraction = 0.03
-    """Share of the weight budget kept unused, for clock skew and requests in flight."""
-    binance_max_concurrency: PositiveInt = 32
-    """Requests in flight to the exchange at once."""
-    binance_timeout: PositiveFloat = 10.0
-    """Seconds before one exchange request is abandoned (and retried)."""
-    binance_retry_attempts: PositiveInt = 5
-    """Attempts per request on timeouts, dropped connections and 5xx."""
-    binance_retry_wait: PositiveFloat = 0.5
-    """First backoff in seconds (doubling, with as much jitter, capped at 30 times this)."""
-    binance_weight_fallback: PositiveInt = 1200
-    """Weight budget used until exchangeInfo has told the real one (Binance's older, lower limit)."""
+    exchanges: str = ",".join(VENUES)
+    """Comma-separated venues this deployment collects from (`binance,okx`); default every venue. A
+    venue left out is never called."""
+    venues: dict[str, VenueSettings] = msgspec.field(default_factory=dict)
+    """Each enabled venue's settings (from `<VENUE>_<NAME>`; not an environment variable itself)."""
     weight_budget_scope: Literal["shared", "per_process"] = "shared"
     """Whose weight budget a process spends: `shared` by every process on the database (they share one
     IP), through PostgreSQL; `per_process` for replicas that each have their own egress IP."""
@@ -157,11 +144,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; empty values count as unset."""
         env = os.environ if environ is None else environ
-        raw = {
+        raw: dict[str, object] = {
             name: env[name.upper()]
             for name in cls.__struct_fields__
-            if env.get(name.upper(), "") != ""
+            if name != "venues" and env.get(name.upper(), "") != ""
         }
+        enabled = _venue_list(str(raw.get("exchanges", ",".join(VENUES))))
+        raw["venues"] = {venue: _venue_settings(venue, env) for venue in enabled}
         try:
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as exc:
@@ -174,7 +163,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             database_url = normalise_dsn(settings.database_url)
             _check_url("DATABASE_URL", database_url, ("postgresql",), host_required=False)
             settings = msgspec.structs.replace(settings, database_url=database_url)
-        _check_url("BINANCE_API_URL", settings.binance_api_url, ("http", "https"), host_required=True)
+        for venue, venue_settings in settings.venues.items():
+            _check_url(f"{VENUES[venue].setting_prefix}_API_URL", venue_settings.api_url, ("http", "https"),
+                       host_required=True)
         for origin in settings.cors_origin_list:
             _check_origin(origin)
         if (settings.admin_email is None) != (settings.admin_password is None):
@@ -190,6 +181,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             for name in self.__struct_fields__
         )
         return f"Settings({fields})"
+
+    @classmethod
+    def env_names(cls) -> set[str]:
+        """Every environment variable the settings read, lower-cased (OKX_TIMEOUT -> okx_timeout)."""
+        names = set(cls.__struct_fields__) - {"venues"}
+        return names | {f"{spec.setting_prefix}_{field}".lower() for spec in VENUES.values() for field in _VENUE_FIELDS}
+
+    @property
+    def enabled_venues(self) -> tuple[str, ...]:
+        """The venues this deployment collects from, in the order of the venue table."""
+        return tuple(self.venues)
 
     @property
     def embedded_pg_path(self) -> Path:
@@ -239,9 +241,36 @@ def _check_origin(origin: str) -> None:
         raise SettingsError(f"CORS_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)")
 
 
-def _name_the_variable(message: str) -> str:
-    """msgspec says `at $.max_concurrent_tasks`; users set MAX_CONCURRENT_TASKS."""
+def _venue_list(value: str) -> list[str]:
+    """EXCHANGES as venue ids in the venue table's order; SettingsError naming an unknown one."""
+    names = [name.strip().lower() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VENUES]
+    if unknown:
+        raise SettingsError(f"EXCHANGES: unknown venue {', '.join(map(repr, unknown))}; one of: {', '.join(VENUES)}")
+    if not names:
+        raise SettingsError("EXCHANGES: name at least one venue")
+    return [venue for venue in VENUES if venue in names]
+
+
+def _venue_settings(venue: str, env: Mapping[str, str]) -> VenueSettings:
+    """One venue's settings from `<VENUE>_<NAME>` variables, its own URL by default."""
+    prefix = VENUES[venue].setting_prefix
+    raw: dict[str, str] = {"api_url": VENUES[venue].default_url}
+    for field in _VENUE_FIELDS:
+        value = env.get(f"{prefix}_{field.upper()}", "")
+        if value != "":
+            raw[field] = value
+    try:
+        return msgspec.convert(raw, VenueSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_name_the_variable(str(exc), prefix=f"{prefix}_")) from None
+
+
+def _name_the_variable(message: str, *, prefix: str = "") -> str:
+    """msgspec says `at $.max_concurrent_tasks` (or `at $.timeout` of a venue's); users set
+    MAX_CONCURRENT_TASKS (OKX_TIMEOUT)."""
     if " - at `$." in message:
         what, where = message.rsplit(" - at `$.", 1)
-        return f"{where.rstrip('`').upper()}: {what}"
+        where = where.rstrip("`")
+        return f"{prefix}{where.upper()}: {what}"
     return message

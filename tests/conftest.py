@@ -34,8 +34,12 @@ from service.db import users as users_db
 from service.db.embedded import start_embedded_postgres
 from service.settings import Settings
 from tests.fakes.binance import FakeBinance
+from tests.settings import settings_of
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every service process a test starts inherits this unless the test names its venues: the fakes stand
+# in for the venues a test names, and no test may reach a real one.
+os.environ.setdefault("EXCHANGES", "binance")
 #: pytest-xdist runs the tests in worker processes (`-n`, see pyproject's addopts); each worker starts its own
 #: embedded PostgreSQL, and names its template after itself so workers can share a TEST_DATABASE_URL server.
 XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
@@ -222,7 +226,7 @@ def make_settings(db_dsn: str, fake: FakeBinance) -> Callable[..., Settings]:
             "secret_key": TEST_SECRET_KEY,
         }
         values.update(overrides)
-        return Settings(**values)
+        return settings_of(**values)
 
     return make
 
@@ -312,6 +316,9 @@ async def serve_app(settings: Settings, clock: Clock | None = None) -> AsyncIter
     else:
         app = create_app(settings, settings.database_url, clock=clock, sleep=clock.sleep)
     async with app.lifespan():
+        # The service serves after two seconds even if its start-up work is not done (a slow
+        # database); on a loaded test machine that can happen, and a test must not race it.
+        await app.state.runtime.database_start.wait_first_attempt(timeout=60)
         admin = await add_test_user(app, TEST_ADMIN_EMAIL, is_admin=True)
         transport = httpx.ASGITransport(app=app)
         base_url = "http://kline-collector"

@@ -1,4 +1,4 @@
-"""/api/v1/auth: log in for a bearer token, and see who a token belongs to."""
+"""/api/v1/auth: log in for a bearer token, see who a token belongs to, and whether anyone can log in as admin yet."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from litestar.security.jwt import Token
 from service.api.deps import AccountsDep, RuntimeDep
 from service.api.openapi import error_responses
 from service.api.schemas import NO_NUL_PATTERN, Schema
-from service.auth.accounts import MAX_EMAIL_LENGTH, MAX_PASSWORD_LENGTH, User
+from service.auth.accounts import HOW_TO_GET_AN_ADMIN, MAX_EMAIL_LENGTH, MAX_PASSWORD_LENGTH, User
 from service.auth.addresses import client_address
 from service.auth.guards import BEARER_SECURITY, requires_user
 from service.auth.tokens import create_access_token
@@ -40,6 +40,13 @@ class CurrentUser(Schema):
     is_admin: bool
     is_active: bool
     created_at: datetime
+
+
+class AuthSetup(Schema):
+    admin_exists: bool
+    """Whether an active admin account exists; until one does, nobody can use the admin routes."""
+    how: str
+    """How to make an admin: the `create-user` command, or ADMIN_EMAIL and ADMIN_PASSWORD at start."""
 
 
 class AuthController(Controller):
@@ -70,6 +77,15 @@ class AuthController(Controller):
             token_type="bearer",  # noqa: S106 - the OAuth 2 token type, not a password
             expires_in=settings.access_token_expire_minutes * 60,
         )
+
+    @get(
+        "/setup", operation_id="authSetup", exclude_from_auth=True,
+        summary="Whether an admin account exists yet, and how to make one (public, like login: the console "
+        "asks before anyone can log in)",
+        responses=error_responses(),
+    )
+    async def setup(self, accounts: AccountsDep) -> AuthSetup:
+        return AuthSetup(admin_exists=await accounts.admin_exists(), how=HOW_TO_GET_AN_ADMIN)
 
     @get("/me", operation_id="currentUser", summary="The account the token belongs to",
          guards=[requires_user], security=BEARER_SECURITY, responses=error_responses(401))

@@ -16,17 +16,18 @@ from service.api.enums import ExchangeChoice, TaskReplyStatus, TaskReplyStatusNa
 from service.api.openapi import DocumentedAs, error_responses
 from service.api.schemas import Schema, SymbolName, TimeframeText, ms_to_datetime, text_query
 from service.auth.guards import BEARER_SECURITY, requires_admin, requires_reader
-from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH
-from service.collection.registry import TaskView
-from service.collection.task_records import TaskParams, TaskResult
 from service.db import configs as configs_db
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
 from service.db import workers as workers_db
 from service.db.pool import connection
 from service.errors import InvalidInputError
-from service.loop_monitor import LoopLag
-from service.settings import TIMEFRAMES, TimeframeName
+from service.exchanges.grid import Timeframe, TimeframeName
+from service.exchanges.venues import DEFAULT_VENUE
+from service.process.loop_monitor import LoopLag
+from service.tasks.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH
+from service.tasks.records import TaskParams, TaskResult
+from service.tasks.registry import TaskView
 
 __all__ = ["DataCollectorController", "TaskReply"]
 
@@ -37,11 +38,15 @@ MAX_START_SYMBOLS = 1000
 
 class StartCollection(Schema):
     symbols: Annotated[list[SymbolName], msgspec.Meta(max_length=MAX_START_SYMBOLS)]
-    """Symbols as the exchange names them (BTCUSDT) or as BASE/QUOTE (BTC/USDT); repeats count once."""
-    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=16)] = msgspec.field(
+    """Symbols in any spelling: as the venue names them (BTCUSDT, BTC-USDT, XBTUSD) or unified as
+    BASE/QUOTE (BTC/USDT; perpetuals BTC/USDT:USDT); repeats count once."""
+    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=len(Timeframe))] = msgspec.field(
         default_factory=lambda: list(DEFAULT_TIMEFRAMES)
     )
-    """Any of Binance's intervals: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M."""
+    """Unified timeframe names the venue serves (GET /api/v1/exchanges lists each venue's set; Binance
+    spot: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M)."""
+    exchange: ExchangeChoice = DEFAULT_VENUE
+    """The venue to collect from."""
     start: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     """Where the history starts: "listing" (the symbol's first candle on the exchange) or an ISO 8601
     time (2023-01-01, 2023-01-01T00:00:00Z). Every candle from there on that the coverage ledger does
@@ -53,9 +58,11 @@ class StartCollection(Schema):
 
 class RepairRequest(Schema):
     symbol: SymbolName | None = None
-    """One symbol to repair (BTCUSDT or BTC/USDT); absent: every enabled config whose symbol trades."""
-    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=16)] | None = None
+    """One symbol to repair (any spelling); absent: every enabled config whose symbol trades."""
+    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=len(Timeframe))] | None = None
     """The symbol's timeframes to repair; absent: its config's."""
+    exchange: ExchangeChoice | None = None
+    """The symbol's venue (default: binance); without a symbol, absent means every venue."""
 
 
 class RepairReply(Schema):
@@ -244,7 +251,8 @@ class DataCollectorController(Controller):
     )
     async def start(self, data: JSONBody[StartCollection], jobs: JobsDep) -> TaskReply:
         view = await jobs.start_collection(
-            data.symbols, data.timeframes, task_type=DATA_COLLECTION, start=data.start, end=data.end
+            data.symbols, data.timeframes, exchange=data.exchange, task_type=DATA_COLLECTION, start=data.start,
+            end=data.end,
         )
         return TaskReply(
             task_id=view.task_id, status=TaskReplyStatus.SUBMITTED,
@@ -262,7 +270,7 @@ class DataCollectorController(Controller):
         responses=error_responses(400, 401, 403, 413, 415, 422),
     )
     async def plan(self, data: JSONBody[StartCollection], jobs: JobsDep) -> PlanReply:
-        plan = await jobs.plan(data.symbols, data.timeframes, start=data.start, end=data.end)
+        plan = await jobs.plan(data.symbols, data.timeframes, exchange=data.exchange, start=data.start, end=data.end)
         series = [
             SeriesPlanOut(
                 symbol=p.symbol, timeframe=p.timeframe,
@@ -296,11 +304,11 @@ class DataCollectorController(Controller):
     )
     async def repair(self, data: JSONBody[RepairRequest], jobs: JobsDep) -> RepairReply:
         if data.symbol is not None:
-            view = await jobs.start_repair(data.symbol, data.timeframes)
+            view = await jobs.start_repair(data.symbol, data.timeframes, exchange=data.exchange)
             return RepairReply(task_ids=[view.task_id], skipped={}, message="Gap repair task submitted.")
         if data.timeframes is not None:
             raise InvalidInputError("timeframes needs a symbol", field="timeframes")
-        views, skipped = await jobs.start_repairs()
+        views, skipped = await jobs.start_repairs(data.exchange)
         return RepairReply(
             task_ids=[v.task_id for v in views], skipped=skipped,
             message=f"{len(views)} gap repair task(s) submitted" + (f", {len(skipped)} skipped" if skipped else ""),
@@ -358,25 +366,31 @@ class DataCollectorController(Controller):
     async def stats(self, registry: RegistryDep, jobs: JobsDep, pool: PoolDep) -> TaskStats:
         counts = await registry.counts()
         async with connection(pool) as conn:
-            symbols = await symbols_db.list_symbols(conn, jobs.exchange)
+            symbols = await symbols_db.list_symbols(conn, jobs.default_exchange)
         return TaskStats(
             task_counts=TaskCounts(**counts),
             active_tasks_count=counts["pending"] + counts["running"],
             data_collector_status=CollectorStatus(
-                symbols_count=len(symbols), timeframes=list(TIMEFRAMES), available_symbols=symbols
+                symbols_count=len(symbols), timeframes=list(jobs.venues[jobs.default_exchange].timeframes),
+                available_symbols=symbols,
             ),
         )
 
     @post(
         "/refresh-symbols", operation_id="refreshSymbols", status_code=202,
         guards=[requires_admin], security=BEARER_SECURITY,
-        summary="Reload the exchange's symbol list (and weight limit) as a task",
+        summary="Reload a venue's symbol list (and its limits) as a task",
         responses=error_responses(
-            401, 403, 409, descriptions={409: "A symbol refresh is already running, or the service is shutting down"}
+            400, 401, 403, 409, 422,
+            descriptions={409: "A symbol refresh is already running, or the service is shutting down"},
         ),
     )
-    async def refresh_symbols(self, jobs: JobsDep) -> TaskReply:
-        view = await jobs.start_symbol_refresh()
+    async def refresh_symbols(
+        self, jobs: JobsDep, exchange: Annotated[ExchangeChoice | None, text_query(max_length=32)] = None
+    ) -> TaskReply:
+        venue = exchange or jobs.default_exchange
+        jobs.check_exchange(venue)
+        view = await jobs.start_symbol_refresh(venue)
         return TaskReply(
             task_id=view.task_id, status=TaskReplyStatus.SUBMITTED, message="Symbol refresh task submitted."
         )
@@ -388,7 +402,7 @@ class DataCollectorController(Controller):
     async def status(self, runtime: RuntimeDep) -> ServiceStatus:
         async def symbols_and_configs() -> tuple[list[str], list[Any], list[Any]]:
             async with connection(runtime.pool) as conn:
-                symbols = await symbols_db.list_symbols(conn, runtime.jobs.exchange)
+                symbols = await symbols_db.list_symbols(conn, runtime.jobs.default_exchange)
                 enabled = await configs_db.list_configs(conn, enabled=True, exchange=None, skip=0, limit=10_000)
                 workers = await workers_db.list_workers(conn)
             return symbols, enabled, workers
@@ -404,13 +418,13 @@ class DataCollectorController(Controller):
 
         # Shared by the requests of the last second: a busy database delays the refresh, not the answer.
         active, (symbols, enabled, workers) = await runtime.status_reads.get(read)
-        limiter = runtime.exchanges[runtime.jobs.exchange].limiter_state()
+        limiter = runtime.exchanges[runtime.jobs.default_exchange].limiter_state()
         scheduler = runtime.scheduler.state
         collecting = any(v.task_type != SYMBOL_REFRESH for v in active)
         interval = min((c["interval_minutes"] * 60 for c in enabled), default=None)
         return ServiceStatus(
             is_running=True,
-            exchange=runtime.jobs.exchange,
+            exchange=runtime.jobs.default_exchange,
             symbols_count=len(symbols),
             active_tasks=len(active),
             collection_interval=interval,

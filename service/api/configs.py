@@ -1,6 +1,6 @@
 """/api/v1/admin/data-collection/configs: what the scheduler collects, created and changed live.
 
-HTTP only: the rules and the schedule are service/collection/configs.py's. Every change applies
+HTTP only: the rules and the schedule are service/tasks/configs.py's. Every change applies
 at once, without a restart.
 """
 
@@ -33,8 +33,8 @@ from service.api.schemas import (
 )
 from service.auth.accounts import User
 from service.auth.guards import BEARER_SECURITY, requires_admin
-from service.collection.configs import CollectionConfig, ConfigChanges
-from service.settings import TimeframeName
+from service.exchanges.grid import TimeframeName
+from service.tasks.configs import CollectionConfig, ConfigChanges
 
 __all__ = ["Config", "ConfigsController", "CreateConfig", "UpdateConfig"]
 

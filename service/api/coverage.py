@@ -14,8 +14,8 @@ from service.api.schemas import ExchangeQuery, Schema, SymbolQuery, TimeframeQue
 from service.auth.guards import requires_reader
 from service.collection.coverage import RangeKind
 from service.collection.coverage_report import ConfiguredCoverage, SeriesCoverage
-from service.collection.jobs import validate_timeframes
-from service.settings import TimeframeName
+from service.exchanges.grid import TimeframeName
+from service.exchanges.venues import DEFAULT_VENUE
 
 __all__ = ["CoverageController", "CoverageOut", "SeriesCoverageSummary", "coverage_summary"]
 
@@ -148,7 +148,7 @@ class CoverageController(Controller):
         jobs: JobsDep,
         symbol: SymbolQuery,
         timeframe: TimeframeQuery,
-        exchange: ExchangeQuery = "binance",
+        exchange: ExchangeQuery = DEFAULT_VENUE,
         start: Annotated[
             str | None,
             text_query(
@@ -161,7 +161,6 @@ class CoverageController(Controller):
             text_query(max_length=64, description="ISO 8601 (naive means UTC), exclusive; default and cap: now"),
         ] = None,
     ) -> CoverageOut:
-        jobs.check_exchange(exchange)
-        validate_timeframes([timeframe])
+        jobs.venues.timeframes(exchange, [timeframe])  # a 422 naming the venue's set (or the unknown venue)
         found = await coverage_reports.series(exchange, symbol, timeframe, start=start, end=end)
         return coverage_out(found)

@@ -6,13 +6,13 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
 from service.auth.accounts import Accounts
-from service.collection.configs import Configs
 from service.collection.coverage_report import CoverageReports
-from service.collection.jobs import CollectionJobs
-from service.collection.registry import TaskRegistry
-from service.collection.runtime import Runtime
 from service.db.health import HealthProbe
 from service.db.pool import Pool
+from service.process.runtime import Runtime
+from service.tasks.configs import Configs
+from service.tasks.jobs import CollectionJobs
+from service.tasks.registry import TaskRegistry
 
 __all__ = [
     "AccountsDep", "ConfigsDep", "CoverageReportsDep", "HealthProbeDep", "JobsDep", "PoolDep", "RegistryDep",
@@ -55,7 +55,7 @@ async def provide_accounts(state: State) -> Accounts:
 
 async def provide_coverage_reports(state: State) -> CoverageReports:
     runtime = _runtime(state)
-    return CoverageReports(runtime.pool, runtime.clock)  # holds nothing of its own: made per request
+    return CoverageReports(runtime.pool, runtime.exchanges, runtime.clock)  # holds nothing of its own: made per request
 
 
 dependencies = {

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Annotated
 
 from service.errors import InvalidInputError
+from service.exchanges.venues import Exchange, VenueId
 
 __all__ = [
     "Exchange",
@@ -28,12 +29,6 @@ __all__ = [
     "TaskTypeName",
     "require_one_of",
 ]
-
-
-class Exchange(StrEnum):
-    """The exchanges the service collects from."""
-
-    BINANCE = "binance"
 
 
 class TaskStatus(StrEnum):
@@ -75,7 +70,9 @@ class LogStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-ExchangeChoice = Annotated[str, Exchange]
+#: The venue ids are declared once, in the venue table (service/exchanges/venues.py); the API calls a
+#: venue an exchange.
+ExchangeChoice = VenueId
 TaskStatusName = Annotated[str, TaskStatus]
 TaskReplyStatusName = Annotated[str, TaskReplyStatus]
 TaskTypeName = Annotated[str, TaskType]

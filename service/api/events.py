@@ -13,7 +13,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from service.api.deps import RuntimeDep
 from service.api.openapi import error_responses
 from service.auth.guards import requires_reader
-from service.collection.events import EventHub
+from service.process.events import EventHub
 
 __all__ = ["EventsController"]
 

@@ -25,14 +25,14 @@ from service.api.enums import ExchangeChoice, LogStatus, LogStatusName, TaskType
 from service.api.openapi import error_responses
 from service.api.schemas import INT8_MAX, Schema, id_path, skip_query, text_query
 from service.auth.guards import BEARER_SECURITY, requires_admin
-from service.collection.runtime import Runtime
-from service.collection.task_records import LogMetadata
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
 from service.db.execution_logs import LogFilter
 from service.db.pool import Row, connection
 from service.errors import InvalidInputError, NotFoundError
-from service.settings import TimeframeName
+from service.exchanges.grid import TimeframeName
+from service.process.runtime import Runtime
+from service.tasks.records import LogMetadata
 
 __all__ = ["ExecutionLogsController", "LogOut", "StatsOut", "StatusOut"]
 

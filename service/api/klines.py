@@ -14,12 +14,12 @@ from service.api.enums import ExchangeChoice
 from service.api.openapi import error_responses
 from service.api.schemas import ExchangeQuery, Schema, SymbolQuery, TimeframeQuery, datetime_to_ms
 from service.auth.guards import requires_reader
-from service.collection.jobs import validate_timeframes
 from service.db import klines as klines_db
 from service.db import symbols as symbols_db
 from service.db.pool import connection
 from service.errors import InvalidInputError
-from service.settings import TimeframeName
+from service.exchanges.grid import TimeframeName
+from service.exchanges.venues import DEFAULT_VENUE
 
 __all__ = ["KlinesController"]
 
@@ -68,13 +68,12 @@ class KlinesController(Controller):
         jobs: JobsDep,
         symbol: SymbolQuery,
         timeframe: TimeframeQuery,
-        exchange: ExchangeQuery = "binance",
+        exchange: ExchangeQuery = DEFAULT_VENUE,
         start: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         end: Annotated[datetime | None, QueryParameter(description="ISO 8601; naive means UTC")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=5000)] = 500,
     ) -> Response[bytes]:
-        jobs.check_exchange(exchange)
-        validate_timeframes([timeframe])
+        jobs.venues.timeframes(exchange, [timeframe])  # a 422 naming the venue's set (or the unknown venue)
         start_ms = None if start is None else datetime_to_ms(start)
         end_ms = None if end is None else datetime_to_ms(end)
         if start_ms is not None and end_ms is not None and end_ms < start_ms:
@@ -82,8 +81,7 @@ class KlinesController(Controller):
         async with connection(pool) as conn:
             # Only a BASE/QUOTE name needs the symbol table to find the exchange's name; any other
             # name is looked up by the read itself (one round trip while holding the connection).
-            found = await symbols_db.find_symbol(conn, exchange, symbol) if "/" in symbol else None
-            name = found["symbol"] if found is not None else symbols_db.normalise_symbol_name(symbol)
+            name = await symbols_db.find_symbol(conn, exchange, symbol) or symbols_db.normalise_symbol_name(symbol)
             body = await klines_db.fetch_klines_json(
                 conn, exchange, name, timeframe, start_ms=start_ms, end_ms=end_ms, limit=limit
             )

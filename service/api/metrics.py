@@ -16,9 +16,9 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.collection.runtime import Runtime
-from service.collection.scrape import bearer_matches, scrape
 from service.metrics import CONTENT_TYPE, Metrics
+from service.process.runtime import Runtime
+from service.process.scrape import bearer_matches, scrape
 
 __all__ = ["HttpMetricsMiddleware", "MetricsController"]
 

@@ -68,6 +68,7 @@ ERROR_DESCRIPTIONS: Mapping[int, str] = {
 TAGS = [
     Tag(name="data-collector", description="Start collections, watch and cancel tasks, status and latest prices"),
     Tag(name="klines", description="Stored candles"),
+    Tag(name="exchanges", description="The venues collected from: timeframes, page caps, limits, symbols"),
     Tag(name="admin", description="Collection configs, execution logs and statistics (admin token)"),
     Tag(name="auth", description="Log in for a bearer token; who the token belongs to"),
     Tag(name="health", description="Liveness and database reachability"),

@@ -14,7 +14,7 @@ import msgspec
 from litestar.params import ParameterKwarg, PathParameter, QueryParameter
 
 from service.api.enums import Exchange, ExchangeChoice
-from service.settings import Timeframe, TimeframeName
+from service.exchanges.grid import Timeframe, TimeframeName
 
 __all__ = [
     "INT4_MAX",
@@ -67,7 +67,7 @@ SymbolQuery = Annotated[
 TimeframeQuery = Annotated[
     TimeframeName, text_query(max_length=8, description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")
 ]
-ExchangeQuery = Annotated[ExchangeChoice, text_query(max_length=40, description="Only binance for now")]
+ExchangeQuery = Annotated[ExchangeChoice, text_query(max_length=40, description="The venue (default binance)")]
 
 
 def skip_query() -> ParameterKwarg:

@@ -11,7 +11,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 
-from service.collection.runtime import Runtime
+from service.process.runtime import Runtime
 
 __all__ = ["require_started"]
 

@@ -1,4 +1,4 @@
-"""Accounts: log in (behind the failed-login limiter), the start-up admin, creating users."""
+"""Accounts: log in (behind the failed-login limiter), the start-up admin, creating users, whether an admin exists."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from service.errors import AuthenticationError, InvalidInputError, TooManyAttemp
 from service.logging import get_logger
 
 __all__ = [
+    "HOW_TO_GET_AN_ADMIN",
     "MAX_EMAIL_LENGTH",
     "MAX_PASSWORD_LENGTH",
     "MIN_PASSWORD_LENGTH",
@@ -34,6 +35,14 @@ MAX_PASSWORD_LENGTH = 1024
 MAX_EMAIL_LENGTH = 320
 _EMAIL = re.compile(r"[^@\s\x00]+@[^@\s\x00]+")
 _INVALID = "invalid email or password"
+#: How to get an admin: what the start-up log (`no_admin_account`) and the console say while no active admin
+#: exists, and GET /api/v1/auth/setup's `how`. Commands and variables are in backticks (the console shows code).
+HOW_TO_GET_AN_ADMIN = (
+    "Create an admin with `kline-collector create-user --admin --email you@example.com` "
+    "(it asks for the password; `--password-stdin` reads it from standard input), run with the service's "
+    "`DATABASE_URL` or, for the embedded database, in the directory the service runs in; or set "
+    "`ADMIN_EMAIL` and `ADMIN_PASSWORD`, which make that admin when the service starts."
+)
 
 
 class User(msgspec.Struct, frozen=True, kw_only=True):
@@ -115,6 +124,13 @@ class Accounts:
         """Let a bootstrap under way finish (it is short), so the pool can close under it."""
         if self._bootstrap is not None:
             await self._bootstrap
+
+    async def admin_exists(self) -> bool:
+        """Whether an active admin exists (one small query), once a start-up admin under way is made."""
+        if self._bootstrap is not None:
+            await asyncio.shield(self._bootstrap)
+        async with connection(self._pool) as conn:
+            return await users_db.active_admin_exists(conn)
 
     async def get(self, user_id: int) -> User | None:
         """The account (active or not), or None if there is none: from memory once `follow_changes`

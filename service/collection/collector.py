@@ -25,18 +25,7 @@ import msgspec
 
 from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, holes
 from service.collection.page_writer import PageWriter
-from service.collection.planner import (
-    Window,
-    align_open,
-    align_up,
-    grid_offset,
-    interval_ms,
-    next_open,
-    plan_span,
-    plan_windows,
-    resume_start,
-    slots_between,
-)
+from service.collection.planner import Window, plan_span, plan_windows, resume_start
 from service.collection.ranges import LISTING, HistoryStart
 from service.collection.validation import check_klines
 from service.cpu_turns import CpuTurns
@@ -45,10 +34,10 @@ from service.db import ledger as ledger_db
 from service.db.pool import Connection, Pool, connection, retrying
 from service.errors import DatabaseUnavailableError, RowRefusedError
 from service.exchanges.base import ExchangeClient, ExchangeError, WaitCallback
+from service.exchanges.grid import Grid, TimeframeName
 from service.logging import get_logger
 from service.metrics import Metrics
 from service.records import Kline, KlinePage, LedgerRange
-from service.settings import TimeframeName
 
 __all__ = [
     "CollectionResult", "Collector", "HistoryRequest", "Pair", "PairResult", "ProgressSink", "SeriesPlan",
@@ -279,13 +268,15 @@ class Collector:
         db_retry_seconds: float,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
+        connections: asyncio.Semaphore | None = None,
     ) -> None:
         self._pool = pool
         self._metrics = metrics
         self._cpu = cpu
         # Collection may hold at most this many pool connections, so that API requests and the
-        # scheduler always find one free while a big backfill writes.
-        self._connections = asyncio.Semaphore(max_connections)
+        # scheduler always find one free while a big backfill writes: `connections`, shared by the
+        # collectors of every venue, or one of its own.
+        self._connections = connections or asyncio.Semaphore(max_connections)
         self._max_connections = max_connections
         self._fetching = _Busy(lambda seconds: metrics.ingest_phase("fetch", seconds) if metrics else None)
         self._client = client
@@ -356,35 +347,36 @@ class Collector:
         on_wait: WaitCallback | None,
     ) -> SeriesPlan:
         tf, page = pair.timeframe, self._client.max_page
+        grid = self._client.grid(tf)
         now = self._now_ms()
-        current_open = align_open(tf, now)
+        current_open = grid.align_open(now)
         plan = SeriesPlan(
             symbol=pair.symbol, timeframe=tf, series_id=series_id, windows=[], start_ms=None, end_ms=None,
             listing_start=listing_known, candles_to_fetch=0,
         )
         if request.start is None and not request.repair:
-            start = resume_start(stored.resume_at, tf, now, self._history_candles)
+            start = resume_start(stored.resume_at, grid, now, self._history_candles)
             if listing_known is not None:
-                start = max(start, align_up(tf, listing_known))
+                start = max(start, grid.align_up(listing_known))
             elif stored.newest is None:
                 # A new series whose listing is not known: no candles before the first one answered
                 # count as an exchange gap (they may predate the listing). Costs no extra request.
                 plan.listing_unknown = True
-            plan.windows = plan_windows(start, now, tf, page)
+            plan.windows = plan_windows(start, now, grid, page)
             plan.start_ms, plan.end_ms = start, current_open
         else:
             plan.listing_start = await self._listing(series_id, pair, listing_known, on_wait)
             if plan.listing_start is None:
                 return plan
             await self._plan_range(plan, request, now, current_open)
-        slots = [_slots(tf, w, current_open) for w in plan.windows]
+        slots = [_slots(grid, w, current_open) for w in plan.windows]
         plan.candles_to_fetch = sum(slots)
         rereads_open_candle = bool(plan.windows) and plan.windows[-1].end_ms is None and slots[-1] >= page
         plan.requests = len(slots) + rereads_open_candle
         return plan
 
     async def _plan_range(self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int) -> None:
-        tf, page = plan.timeframe, self._client.max_page
+        grid, page = self._client.grid(plan.timeframe), self._client.max_page
         listing = plan.listing_start
         assert listing is not None
         open_ended = False
@@ -399,11 +391,11 @@ class Collector:
             start, end = max(first, listing), current_open
         else:
             start = listing if request.start == LISTING or request.start is None else max(
-                align_up(tf, int(request.start)), listing
+                grid.align_up(int(request.start)), listing
             )
             end = current_open
             if request.end is not None:
-                end = min(end, align_up(tf, request.end))
+                end = min(end, grid.align_up(request.end))
             open_ended = request.end is None or request.end > current_open
         if start >= end and not open_ended:
             return
@@ -415,20 +407,20 @@ class Collector:
         spans = holes(ledger, start, end) if start < end else []
         windows: list[Window] = []
         for a, b in spans:
-            windows += plan_span(a, b, tf, page)
+            windows += plan_span(a, b, grid, page)
         if request.repair:
             due = now - request.recheck_gaps_after_ms
             for r in ledger:
                 stale = r.checked_at is not None and r.checked_at.timestamp() * 1000 <= due
                 if r.kind == EXCHANGE_GAP and r.checks < _GAP_RECHECKED and stale:
-                    windows += plan_span(max(r.start, start), min(r.end, end), tf, page, recheck=True)
+                    windows += plan_span(max(r.start, start), min(r.end, end), grid, page, recheck=True)
             windows.sort(key=lambda w: w.start_ms)
         if open_ended:
             # The part from the current candle on (and the candle itself, open) is fetched open-ended.
             tail_from = spans[-1][0] if spans and spans[-1][1] == end else end
             if windows and windows[-1].start_ms >= tail_from:
                 windows = [w for w in windows if w.start_ms < tail_from]
-            windows += plan_windows(tail_from, now, tf, page)
+            windows += plan_windows(tail_from, now, grid, page)
         plan.windows = windows
         plan.start_ms, plan.end_ms = start, end
 
@@ -516,7 +508,7 @@ class Collector:
         plan = state.plan
         if plan is None or state.next_window >= len(plan.windows):
             return
-        now_open = align_open(pair.timeframe, self._now_ms())
+        now_open = self._client.grid(pair.timeframe).align_open(self._now_ms())
         spans: list[tuple[int, int]] = []
         for window in plan.windows[state.next_window:]:
             end = now_open if window.end_ms is None else window.end_ms + 1
@@ -597,7 +589,7 @@ class Collector:
         async with self._cpu.turn():
             began = time.perf_counter()
             checked = self._checked_page(
-                tf, series_id, fetched, stored_until, prices_by_database=run.prices_by_database
+                self._client.grid(tf), series_id, fetched, stored_until, prices_by_database=run.prices_by_database
             )
             if self._metrics is not None:
                 self._metrics.ingest_phase("check_encode", time.perf_counter() - began)
@@ -610,7 +602,9 @@ class Collector:
             # reasons, and write the page without the refused ones.
             log.info("page_checked_again", symbol=pair.symbol, timeframe=tf, refused=exc.detail)
             async with self._cpu.turn():
-                checked = self._checked_page(tf, series_id, fetched, stored_until, prices_by_database=False)
+                checked = self._checked_page(
+                    self._client.grid(tf), series_id, fetched, stored_until, prices_by_database=False
+                )
             written = await self._store(checked, run)
         if written is None:
             return None
@@ -629,7 +623,7 @@ class Collector:
         return max((page.klines[-1].open_time for page in checked.pages if page.klines), default=None)
 
     def _checked_page(
-        self, tf: str, series_id: int, fetched: _Fetched, stored_until: int | None, *, prices_by_database: bool
+        self, grid: Grid, series_id: int, fetched: _Fetched, stored_until: int | None, *, prices_by_database: bool
     ) -> _CheckedPage:
         """A window's candles checked (the rejected ones apart), encoded, with the ledger ranges they prove."""
         now = self._now_ms() + _FUTURE_TOLERANCE_MS
@@ -637,14 +631,14 @@ class Collector:
         rejected: list[tuple[Kline, str]] = []
         for page in fetched.pages:
             valid, refused = check_klines(
-                page.klines, tf, now, prices_by_database=prices_by_database, plain=page.copy_fields is not None
+                page.klines, grid, now, prices_by_database=prices_by_database, plain=page.copy_fields is not None
             )
             rejected += [(r.kline, r.reason) for r in refused]
             pages.append(page if not refused else KlinePage(klines=valid, as_of_ms=page.as_of_ms))
         checked_at = datetime.fromtimestamp(self._clock(), UTC)
         ranges = [
             msgspec.structs.replace(r, checked_at=checked_at)
-            for r in _verified_runs(tf, fetched.window, pages) + fetched.gaps
+            for r in _verified_runs(grid, fetched.window, pages) + fetched.gaps
         ]
         encoded = klines_db.encode_page(series_id, pages, stored_until=stored_until)
         return _CheckedPage(series_id, pages, rejected, ranges, encoded)
@@ -714,9 +708,10 @@ class Collector:
         may not have published those candles yet.
         """
         tf = pair.timeframe
-        limit = _closed_limit(tf, window, pages)
-        first = align_up(tf, window.start_ms)
-        present = _present_runs(tf, pages)
+        grid = self._client.grid(tf)
+        limit = _closed_limit(grid, window, pages)
+        first = grid.align_up(window.start_ms)
+        present = _present_runs(grid, pages)
         candidates: list[tuple[int, int]] = []
         at = first
         if listing_unknown:
@@ -736,12 +731,38 @@ class Collector:
         gaps: list[LedgerRange] = []
         checks = _GAP_RECHECKED if window.recheck else _GAP_CONFIRMED
         for gap_start, gap_end in candidates:
-            again = await self._client.fetch_klines(
-                pair.symbol, tf, start_ms=gap_start, end_ms=None, limit=1, on_wait=on_wait
-            )
-            if again.klines and again.klines[0].open_time >= gap_end:
+            after = await self._first_open_from(pair, grid, gap_start, gap_end, on_wait)
+            if after is not None and after >= gap_end:
                 gaps.append(LedgerRange(gap_start, gap_end, EXCHANGE_GAP, checks=checks))
         return gaps
+
+    async def _first_open_from(
+        self, pair: Pair, grid: Grid, start: int, gap_end: int, on_wait: WaitCallback
+    ) -> int | None:
+        """Open time of the venue's first candle at or after `start` (None: none up to now).
+
+        Asked in bounded windows, which every venue pages the same way (some count a page in slots,
+        not candles): the first covers the gap and the slot after it, so one request settles a gap
+        shorter than a page; the next ones walk on a page of slots at a time, up to _GAP_SCAN_PAGES.
+        """
+        page = self._client.max_page
+        now = self._now_ms()
+        slots = min(grid.slots_between(start, gap_end) + 1, page)
+        for _ in range(_GAP_SCAN_PAGES):
+            if start > now:
+                return None
+            end = grid.shift(start, slots) - 1
+            again = await self._client.fetch_klines(
+                pair.symbol, pair.timeframe, start_ms=start, end_ms=end, limit=slots, on_wait=on_wait
+            )
+            if again.klines:
+                return again.klines[0].open_time
+            start, slots = end + 1, page
+        return None
+
+
+# Requests a gap confirmation may spend walking past the gap to the venue's next candle.
+_GAP_SCAN_PAGES = 3
 
 
 class _Busy:
@@ -782,9 +803,9 @@ class _PairState(msgspec.Struct):
     """Index of the first window not written yet."""
 
 
-def _fixed_step(timeframe: str) -> int:
-    """A candle's length in ms; 0 for 1M (calendar months: next_open does the maths)."""
-    return 0 if timeframe == "1M" else interval_ms(timeframe)
+def _fixed_step(grid: Grid) -> int:
+    """A candle's length in ms; 0 for months (calendar months: next_open does the maths)."""
+    return 0 if grid.months else grid.step_ms
 
 
 def _consecutive(klines: Sequence[Kline], step: int) -> bool:
@@ -795,14 +816,14 @@ def _consecutive(klines: Sequence[Kline], step: int) -> bool:
     return [k.open_time for k in klines] == list(range(first, first + len(klines) * step, step))
 
 
-def _present_runs(timeframe: str, pages: Sequence[KlinePage]) -> list[tuple[int, int]]:
+def _present_runs(grid: Grid, pages: Sequence[KlinePage]) -> list[tuple[int, int]]:
     """The aligned open times the answers hold, as sorted, disjoint runs of consecutive slots
     [start, end) (misaligned candles are quarantined, not counted). An answer of consecutive
     candles is one run, found without a step per candle."""
-    step = _fixed_step(timeframe)
+    step = _fixed_step(grid)
     spans: list[tuple[int, int]] = []
     if step and all(_consecutive(page.klines, step) for page in pages):
-        offset = grid_offset(timeframe)
+        offset = grid.offset_ms
         spans = [
             (page.klines[0].open_time, page.klines[-1].open_time + step)
             for page in pages
@@ -811,9 +832,9 @@ def _present_runs(timeframe: str, pages: Sequence[KlinePage]) -> list[tuple[int,
     else:
         times = sorted({k.open_time for page in pages for k in page.klines})
         for t in times:
-            if align_open(timeframe, t) != t:
+            if not grid.is_open_time(t):
                 continue
-            end = t + step if step else next_open(timeframe, t)
+            end = t + step if step else grid.next_open(t)
             spans.append((t, end))
     spans.sort()
     runs: list[tuple[int, int]] = []
@@ -831,31 +852,31 @@ def _last_slot_before(klines: Sequence[Kline], step: int, limit: int) -> int:
     return first + (limit - 1 - first) // step * step
 
 
-def _slots(timeframe: str, window: Window, current_open: int) -> int:
+def _slots(grid: Grid, window: Window, current_open: int) -> int:
     """Candle slots a window asks for (an open-ended one: up to and including the open candle)."""
-    first = align_up(timeframe, window.start_ms)
+    first = grid.align_up(window.start_ms)
     if window.end_ms is not None:
-        return slots_between(timeframe, first, window.end_ms + 1)
-    return slots_between(timeframe, first, current_open) + 1
+        return grid.slots_between(first, window.end_ms + 1)
+    return grid.slots_between(first, current_open) + 1
 
 
-def _closed_limit(timeframe: str, window: Window, pages: Sequence[KlinePage]) -> int:
+def _closed_limit(grid: Grid, window: Window, pages: Sequence[KlinePage]) -> int:
     """Open time past the last slot of the window that had closed when the exchange answered."""
     as_of = min((p.as_of_ms for p in pages), default=0)
-    limit = align_open(timeframe, as_of)  # the slot open at as_of, and those after it, had not closed
+    limit = grid.align_open(as_of)  # the slot open at as_of, and those after it, had not closed
     if window.end_ms is not None:
-        limit = min(limit, align_up(timeframe, window.end_ms + 1))
+        limit = min(limit, grid.align_up(window.end_ms + 1))
     return limit
 
 
-def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -> list[LedgerRange]:
+def _verified_runs(grid: Grid, window: Window, pages: Sequence[KlinePage]) -> list[LedgerRange]:
     """Runs of consecutive closed, valid candles of the window: each becomes a verified range."""
-    limit = _closed_limit(timeframe, window, pages)
-    first = align_up(timeframe, window.start_ms)
+    limit = _closed_limit(grid, window, pages)
+    first = grid.align_up(window.start_ms)
     runs: list[LedgerRange] = []
     run_start: int | None = None
     expected = -1
-    step = _fixed_step(timeframe)
+    step = _fixed_step(grid)
     for page in pages:
         closed = page.klines[: page.closed_count()]
         if step and closed and _consecutive(closed, step):
@@ -879,7 +900,7 @@ def _verified_runs(timeframe: str, window: Window, pages: Sequence[KlinePage]) -
                 if run_start is not None:
                     runs.append(LedgerRange(run_start, expected, VERIFIED))
                 run_start = t
-            expected = t + step if step else next_open(timeframe, t)
+            expected = t + step if step else grid.next_open(t)
     if run_start is not None:
         runs.append(LedgerRange(run_start, expected, VERIFIED))
     return runs

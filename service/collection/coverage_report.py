@@ -12,13 +12,14 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, LedgerRange, holes
-from service.collection.planner import align_open, align_up, slots_between
 from service.collection.ranges import LISTING, HistoryStart, parse_end, parse_start
 from service.db import coverage as coverage_db
 from service.db import ledger as ledger_db
 from service.db import symbols as symbols_db
 from service.db.pool import Pool, connection
 from service.errors import InvalidInputError, NotFoundError
+from service.exchanges.grid import Grid
+from service.exchanges.venue_set import VenueSet
 
 __all__ = [
     "ConfiguredCoverage", "CoverageReport", "CoverageReports", "ReportedRange", "SeriesCoverage", "coverage_report",
@@ -54,7 +55,7 @@ class CoverageReport(msgspec.Struct, frozen=True):
 
 
 def coverage_report(
-    timeframe: str,
+    grid: Grid,
     ranges: Sequence[LedgerRange],
     window_start: int,
     window_end: int,
@@ -71,11 +72,11 @@ def coverage_report(
         start, end = max(r.start, window_start), min(r.end, window_end)
         if end <= start:
             continue
-        candles = slots_between(timeframe, start, end)
+        candles = grid.slots_between(start, end)
         counted[r.kind] += candles
         clipped.append(ReportedRange(msgspec.structs.replace(r, start=start, end=end), candles))
-    found = [(s, e, slots_between(timeframe, s, e)) for s, e in holes(ranges, window_start, window_end)]
-    expected = slots_between(timeframe, window_start, window_end)
+    found = [(s, e, grid.slots_between(s, e)) for s, e in holes(ranges, window_start, window_end)]
+    expected = grid.slots_between(window_start, window_end)
     settled = counted[VERIFIED] + counted[EXCHANGE_GAP]
     # Rounded down: 100 means complete, never "99.996 % rounded up".
     percent = 100.0 if expected == 0 else min(settled * 10_000 // expected, 10_000) / 100
@@ -89,7 +90,7 @@ def coverage_report(
 
 
 def report_window(
-    timeframe: str,
+    grid: Grid,
     *,
     start: HistoryStart | None,
     end: int | None,
@@ -104,9 +105,9 @@ def report_window(
     """
     if isinstance(start, int) and end is not None and end < start:
         raise InvalidInputError("end must not be before start", field="end")
-    current = align_open(timeframe, now_ms)
+    current = grid.align_open(now_ms)
     # Compared before aligning: a time past year 9999 once aligned has no calendar month.
-    window_end = current if end is None or end >= current else align_up(timeframe, end)
+    window_end = current if end is None or end >= current else grid.align_up(end)
     if start is None:
         return min(window_end if earliest_start is None else earliest_start, window_end), window_end
     if start == LISTING:
@@ -115,11 +116,11 @@ def report_window(
                 'start "listing": the listing of this series is not known yet (it is learnt by a '
                 'collection with start "listing")', field="start",
             )
-        window_start = align_up(timeframe, listing_start)
+        window_start = grid.align_up(listing_start)
     elif start > window_end:
         raise InvalidInputError("start must not be after end (or after the current candle)", field="start")
     else:
-        window_start = align_up(timeframe, start)
+        window_start = grid.align_up(start)
     if window_start > window_end:
         raise InvalidInputError("start must not be after end (or after the current candle)", field="start")
     return window_start, window_end
@@ -146,8 +147,9 @@ class ConfiguredCoverage(msgspec.Struct, frozen=True):
 class CoverageReports:
     """Reads the ledger and reports on it, at the service's clock."""
 
-    def __init__(self, pool: Pool, clock: Callable[[], float]) -> None:
+    def __init__(self, pool: Pool, venues: VenueSet, clock: Callable[[], float]) -> None:
         self._pool = pool
+        self._venues = venues
         self._clock = clock
 
     async def series(
@@ -155,12 +157,12 @@ class CoverageReports:
     ) -> SeriesCoverage:
         """The report of one series; InvalidInputError for a bad start or end, NotFoundError if the
         series was never collected."""
+        grid = self._venues.grid(exchange, timeframe)
         start_at = None if start is None else parse_start(start)
         end_at = None if end is None else parse_end(end)
         now_ms = int(self._clock() * 1000)
         async with connection(self._pool) as conn:
-            found = await symbols_db.find_symbol(conn, exchange, symbol) if "/" in symbol else None
-            name = found["symbol"] if found is not None else symbols_db.normalise_symbol_name(symbol)
+            name = await symbols_db.find_symbol(conn, exchange, symbol) or symbols_db.normalise_symbol_name(symbol)
             series = await coverage_db.find_series(conn, exchange, name, timeframe)
             if series is None:
                 raise NotFoundError(
@@ -168,12 +170,12 @@ class CoverageReports:
                     symbol=symbol, timeframe=timeframe,
                 )
             window_start, window_end = report_window(
-                timeframe, start=start_at, end=end_at, now_ms=now_ms,
+                grid, start=start_at, end=end_at, now_ms=now_ms,
                 listing_start=series["listing_start"], earliest_start=series["earliest_start"],
             )
             ranges = await ledger_db.ledger_ranges(conn, series["id"], window_start, window_end)
         report = coverage_report(
-            timeframe, ranges, window_start, window_end,
+            grid, ranges, window_start, window_end,
             now_ms=now_ms, newest_verified_end=series["newest_verified_end"],
         )
         return SeriesCoverage(exchange, name, timeframe, series["listing_start"], report)
@@ -188,11 +190,11 @@ class CoverageReports:
         summary: list[ConfiguredCoverage] = []
         for row in configured:
             report = None
-            if row["earliest_start"] is not None:
-                timeframe = row["timeframe"]
-                window_end = align_open(timeframe, now_ms)
+            if row["earliest_start"] is not None and row["exchange"] in self._venues:
+                grid = self._venues.grid(row["exchange"], row["timeframe"])
+                window_end = grid.align_open(now_ms)
                 report = coverage_report(
-                    timeframe, ledgers.get(row["series_id"], []), min(row["earliest_start"], window_end), window_end,
+                    grid, ledgers.get(row["series_id"], []), min(row["earliest_start"], window_end), window_end,
                     now_ms=now_ms, newest_verified_end=row["newest_verified_end"],
                 )
             summary.append(

@@ -26,7 +26,7 @@ from typing import cast
 
 import msgspec
 
-from service.collection.planner import align_open, grid_offset, interval_ms, next_open
+from service.exchanges.grid import Grid
 from service.records import Kline
 
 __all__ = ["Rejected", "check_klines"]
@@ -60,11 +60,11 @@ _CHUNK = 50
 
 
 def check_klines(
-    klines: Sequence[Kline], timeframe: str, now_ms: int, *, prices_by_database: bool = False, plain: bool = False
+    klines: Sequence[Kline], grid: Grid, now_ms: int, *, prices_by_database: bool = False, plain: bool = False
 ) -> tuple[list[Kline], list[Rejected]]:
     """Split a page into the candles that may be written (in their order) and the rejected ones.
 
-    A candle is valid when its open_time is aligned to `timeframe`, its close_time is the next
+    A candle is valid when its open_time is on the venue's `grid`, its close_time is the next
     open time - 1 ms, it has opened by `now_ms`, every price and volume is a finite decimal
     (see the module docstring), low <= open, close <= high, low >= 0, volumes >= 0 and
     trades >= 0.
@@ -80,17 +80,17 @@ def check_klines(
     """
     valid: list[Kline] = []
     rejected: list[Rejected] = []
-    if timeframe == "1M":  # calendar months: few candles a page, each checked field by field
+    if grid.months:  # calendar months: few candles a page, each checked field by field
         for kline in klines:
-            reason = _reason(kline, timeframe, now_ms)
+            reason = _reason(kline, grid, now_ms)
             if reason is None:
                 valid.append(kline)
             else:
                 rejected.append(Rejected(kline, reason))
         return valid, rejected
 
-    step = interval_ms(timeframe)
-    offset = grid_offset(timeframe)
+    step = grid.step_ms
+    offset = grid.offset_ms
     last_ms = step - 1
     if prices_by_database and plain and _consecutive_and_final(klines, step, offset, now_ms):
         return list(klines), []
@@ -136,7 +136,7 @@ def check_klines(
                         continue
             except InvalidOperation:
                 pass
-            reason = _reason(k, timeframe, now_ms)
+            reason = _reason(k, grid, now_ms)
             if reason is None:  # not reached: the fast path accepts every valid plain candle
                 valid.append(k)
             else:
@@ -182,12 +182,12 @@ def _shown(raw: str) -> str:
     return repr(raw if len(raw) <= 40 else raw[:40] + "…")
 
 
-def _reason(k: Kline, timeframe: str, now_ms: int) -> str | None:
+def _reason(k: Kline, grid: Grid, now_ms: int) -> str | None:
     """The first check `k` fails, or None: times, then prices, then volumes and trades."""
     t = k.open_time
-    if align_open(timeframe, t) != t:
-        return f"open_time not aligned to {timeframe}"
-    if k.close_time != next_open(timeframe, t) - 1:
+    if not grid.is_open_time(t):
+        return f"open_time not aligned to {grid.timeframe}"
+    if k.close_time != grid.close_time(t):
         return "close_time is not next open - 1 ms"
     if t > now_ms:
         return "candle in the future"

@@ -243,15 +243,15 @@ async def sync_listing_pauses(
         """
         WITH listing AS (
             SELECT c.id, s.status,
-                   CASE WHEN s.status = 'DELISTED'
-                        THEN format('%s is no longer listed (DELISTED) on %s', c.symbol, c.exchange)
+                   CASE WHEN s.state = 'delisted'
+                        THEN format('%s is no longer listed (%s) on %s', c.symbol, s.status, c.exchange)
                         ELSE format('%s is %s on %s', c.symbol, s.status, c.exchange)
                    END AS what,
                    -- when the refresh that found this status ran (a delisting: the first one that missed it)
                    to_char(s.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS seen
               FROM data_collection_configs c
               JOIN symbols s ON s.exchange = c.exchange AND s.symbol = c.symbol
-             WHERE c.exchange = $1 AND s.status <> 'TRADING'
+             WHERE c.exchange = $1 AND s.state <> 'trading'
         )
         UPDATE data_collection_configs c
            SET paused_reason = l.what || ' since the symbol refresh at ' || l.seen, paused_at = $2
@@ -269,7 +269,7 @@ async def sync_listing_pauses(
                next_run_at = CASE WHEN c.enabled THEN $2::timestamptz END
           FROM symbols s
          WHERE c.exchange = $1 AND c.paused_reason IS NOT NULL
-           AND s.exchange = c.exchange AND s.symbol = c.symbol AND s.status = 'TRADING'
+           AND s.exchange = c.exchange AND s.symbol = c.symbol AND s.state = 'trading'
         RETURNING c.id, c.symbol, c.exchange, s.status, NULL::text AS reason
         """,
         exchange, now,

@@ -17,6 +17,7 @@ __all__ = [
     "USERS_CHANNEL",
     "USER_COLUMNS",
     "AttemptCheck",
+    "active_admin_exists",
     "check_attempts",
     "find_by_email",
     "forget_attempts",
@@ -44,6 +45,12 @@ async def find_by_email(conn: Connection, email: str) -> asyncpg.Record | None:
         f"SELECT {USER_COLUMNS} FROM users WHERE lower(email) = lower($1)", email
     )
     return row
+
+
+async def active_admin_exists(conn: Connection) -> bool:
+    """Whether some account is both an admin and active (one that can use the admin routes)."""
+    exists: bool = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users WHERE is_admin AND is_active)")
+    return exists
 
 
 async def upsert_user(

@@ -10,9 +10,11 @@ from typing import Protocol
 
 import msgspec
 
+from service.exchanges.grid import Grid
 from service.records import KlinePage, SymbolInfo, TickerPrice
 
 __all__ = [
+    "CLOCK_SKEW_ALLOWANCE_MS",
     "ExchangeClient",
     "ExchangeError",
     "InvalidRequestError",
@@ -21,6 +23,11 @@ __all__ = [
     "TransientExchangeError",
     "WaitCallback",
 ]
+
+
+# Our clock may run ahead of the exchange's: a candle counts as closed only if it closed this long
+# before we asked. Misjudging the other way costs nothing: an open candle is re-read by the next run.
+CLOCK_SKEW_ALLOWANCE_MS = 1000
 
 
 class ExchangeError(Exception):
@@ -73,12 +80,30 @@ class LimiterState(msgspec.Struct, frozen=True):
     paused_until: float | None
     """Epoch seconds until which every request waits (429 or ban), None when not paused."""
     paused_reason: str | None
+    window_seconds: float = 60.0
+    """The window the venue counts its limit in (Binance a minute; Bybit 5 s, sliding)."""
 
 
 class ExchangeClient(Protocol):
-    """Everything exchange-specific stays behind this protocol."""
+    """Everything exchange-specific stays behind this protocol: a venue's timeframes and their grids,
+    paging, page caps, reach, the open-candle rule, symbols and their spellings, and its limits."""
 
     name: str
+    """The venue's id, as the API names it (`binance`, `okx`, …)."""
+
+    @property
+    def timeframes(self) -> tuple[str, ...]:
+        """The unified timeframe names this venue serves (service/exchanges/grid.py), shortest first."""
+        ...
+
+    def grid(self, timeframe: str) -> Grid:
+        """Where this venue opens the candles of `timeframe` (one of `timeframes`)."""
+        ...
+
+    def reach_start(self, timeframe: str, now_ms: int) -> int | None:
+        """The oldest open time the venue still serves for `timeframe` at `now_ms` (Kraken: the 720
+        most recent candles); None where it serves all of its history."""
+        ...
 
     async def fetch_klines(
         self,
@@ -90,7 +115,10 @@ class ExchangeClient(Protocol):
         limit: int,
         on_wait: WaitCallback | None = None,
     ) -> KlinePage:
-        """Candles with start_ms <= open_time (<= end_ms), oldest first, at most `limit`.
+        """Candles with start_ms <= open_time (<= end_ms), oldest first, at most `limit`, each with its
+        close_time (next open - 1 ms); the page says how many of them are final (KlinePage.closed).
+        Where the venue pages backwards, the client turns it around: the oldest `limit` of the
+        window come back.
 
         Timestamps before the exchange's first candle (or before 1970) are the caller's to clamp.
         """
@@ -104,11 +132,12 @@ class ExchangeClient(Protocol):
 
     @property
     def klines_weight(self) -> int:
-        """Request weight of one fetch_klines call (for plans)."""
+        """What one full fetch_klines page costs against the venue's limit, in its unit (for plans)."""
         ...
 
     async def fetch_symbols(self) -> list[SymbolInfo]:
-        """Every listed symbol. Also refreshes what the client knows of the exchange's limits."""
+        """Every listed instrument of the venue's market, with unified assets and its listing state.
+        Also refreshes what the client knows of the venue's limits."""
         ...
 
     async def fetch_prices(self, symbols: list[str] | None = None) -> list[TickerPrice]:

@@ -23,6 +23,7 @@ import stamina
 
 from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
+    CLOCK_SKEW_ALLOWANCE_MS,
     ExchangeError,
     InvalidRequestError,
     LimiterState,
@@ -30,28 +31,79 @@ from service.exchanges.base import (
     TransientExchangeError,
     WaitCallback,
 )
+from service.exchanges.grid import Grid
 from service.exchanges.limiter import WINDOW_SECONDS, WeightLimiter
+from service.exchanges.venues import VENUES, Exchange, VenueSpec
 from service.logging import get_logger
-from service.records import Kline, KlinePage, SymbolInfo, TickerPrice
+from service.records import Kline, KlinePage, ListingState, SymbolInfo, TickerPrice
 
-__all__ = ["CLOCK_SKEW_ALLOWANCE_MS", "EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient", "copy_fields"]
+__all__ = [
+    "EXCHANGE_INFO_WEIGHT", "KLINES_WEIGHT", "BinanceClient", "copy_fields",
+    "fallback_weight_limit", "grid",
+]
 
 log = get_logger(__name__)
 
 T = TypeVar("T")
 
 KLINES_WEIGHT = 2
+# Binance's weeks open on Monday; the epoch was a Thursday.
+_MONDAY_OFFSET_MS = 4 * 86_400_000
 EXCHANGE_INFO_WEIGHT = 20
 TICKER_PRICE_WEIGHT_ONE = 2
 TICKER_PRICE_WEIGHT_ALL = 4
-# Our clock may run ahead of the exchange's: a candle counts as closed only if it closed this long
-# before we asked. Misjudging the other way costs nothing: an open candle is re-read by the next run.
-CLOCK_SKEW_ALLOWANCE_MS = 1000
 # Consecutive 429s on one request before it is given up as an error.
 _MAX_RATE_LIMITED = 10
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
 # The -1003 message of a 429 for request weight, e.g. "current limit is 6000 request weight per 1 MINUTE".
 _CURRENT_WEIGHT_LIMIT = re.compile(r"current limit is (\d+) request weight per 1 MINUTE")
+
+
+# The intervals of /api/v3/klines, by their unified names (the same spelling on Binance).
+_SPOT_TIMEFRAMES = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M")
+
+
+def _usdm_klines_weight(limit: int) -> int:
+    """USD-M weighs a klines request by its limit: [1,100) 1, [100,500) 2, [500,1000] 5, above 10."""
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
+class _Product(msgspec.Struct, frozen=True):
+    """What differs between Binance's markets: paths, caps, weights, intervals."""
+
+    prefix: str
+    max_page: int
+    timeframes: tuple[str, ...]
+    klines_weight: Callable[[int], int]
+    exchange_info_weight: int
+    ticker_weight_one: int
+    ticker_weight_all: int
+    fallback_limit: int
+    """The weight limit believed until exchangeInfo tells (spot's older 1200; USD-M's 2400)."""
+
+
+_PRODUCTS = {
+    "spot": _Product(
+        prefix="/api/v3", max_page=1000, timeframes=_SPOT_TIMEFRAMES, klines_weight=lambda _: KLINES_WEIGHT,
+        exchange_info_weight=EXCHANGE_INFO_WEIGHT, ticker_weight_one=TICKER_PRICE_WEIGHT_ONE,
+        ticker_weight_all=TICKER_PRICE_WEIGHT_ALL, fallback_limit=1200,
+    ),
+    "usdm": _Product(
+        prefix="/fapi/v1", max_page=1500, timeframes=_SPOT_TIMEFRAMES[1:], klines_weight=_usdm_klines_weight,
+        exchange_info_weight=1, ticker_weight_one=1, ticker_weight_all=2, fallback_limit=2400,
+    ),
+}
+
+
+def grid(timeframe: str) -> Grid:
+    """Where Binance opens a timeframe's candles: on multiples of its length since the epoch, but
+    weeks on Monday (the epoch was a Thursday) and months on the 1st."""
+    return Grid.of(timeframe, offset_ms=_MONDAY_OFFSET_MS if timeframe == "1w" else 0)
+
+
+def fallback_weight_limit(spec: VenueSpec) -> int:
+    """The weight limit a Binance venue's limiter starts from, before exchangeInfo tells the real one."""
+    return _PRODUCTS[spec.product].fallback_limit
 
 
 class _RateLimit(msgspec.Struct):
@@ -66,6 +118,8 @@ class _Symbol(msgspec.Struct):
     status: str
     baseAsset: str  # noqa: N815
     quoteAsset: str  # noqa: N815
+    contractType: str | None = None  # noqa: N815 - USD-M: PERPETUAL, CURRENT_QUARTER…
+    marginAsset: str | None = None  # noqa: N815 - USD-M: what it settles in
 
 
 class _ExchangeInfo(msgspec.Struct):
@@ -92,11 +146,18 @@ _prices_decoder = msgspec.json.Decoder(list[TickerPrice])
 _price_decoder = msgspec.json.Decoder(TickerPrice)
 
 
-class BinanceClient:
-    """The Binance implementation of `ExchangeClient`."""
+# Binance's statuses: TRADING trades; a halt, a break or cancel-only pauses; the rest (and a symbol
+# gone from exchangeInfo) is delisted.
+_PAUSED_STATUSES = frozenset({"HALT", "BREAK", "END_OF_DAY", "CANCEL_ONLY", "PRE_TRADING", "POST_TRADING"})
 
-    name = "binance"
-    max_page = 1000
+
+def _listing_state(status: str) -> ListingState:
+    return "trading" if status == "TRADING" else "paused" if status in _PAUSED_STATUSES else "delisted"
+
+
+class BinanceClient:
+    """The Binance implementation of `ExchangeClient`, for spot (`/api/v3`) and USD-M futures
+    (`/fapi/v1`): the venue row's product picks paths, caps, weights and intervals."""
 
     def __init__(
         self,
@@ -110,7 +171,12 @@ class BinanceClient:
         cpu: CpuTurns,
         weight_limit_override: int | None = None,
         observer: RequestObserver | None = None,
+        spec: VenueSpec = VENUES[Exchange.BINANCE],
     ) -> None:
+        self.name = spec.id
+        self._spec = spec
+        self._product = _PRODUCTS[spec.product]
+        self._grids = {tf: grid(tf) for tf in self._product.timeframes}
         self._session = session
         self._cpu = cpu
         self._limiter = limiter
@@ -131,6 +197,20 @@ class BinanceClient:
     def limiter(self) -> WeightLimiter:
         return self._limiter
 
+    @property
+    def max_page(self) -> int:
+        return self._product.max_page
+
+    @property
+    def timeframes(self) -> tuple[str, ...]:
+        return self._product.timeframes
+
+    def grid(self, timeframe: str) -> Grid:
+        return self._grids[timeframe]
+
+    def reach_start(self, timeframe: str, now_ms: int) -> int | None:
+        return None  # every candle since listing
+
     def limiter_state(self) -> LimiterState:
         return self._limiter.state
 
@@ -146,7 +226,7 @@ class BinanceClient:
     async def refresh_limits(self) -> None:
         """Learn the exchange's current weight limit from exchangeInfo (the symbols are left alone)."""
         info: _ExchangeLimits = await self._get(
-            "/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None,
+            f"{self._product.prefix}/exchangeInfo", {}, self._product.exchange_info_weight, None,
             lambda body, _: _decode(_limits_decoder, body, "exchangeInfo"),
         )
         self._adopt_weight_limit(info.rateLimits)
@@ -179,7 +259,9 @@ class BinanceClient:
                 copy_fields=copy_fields(body, len(klines)),
             )
 
-        return await self._get("/api/v3/klines", params, KLINES_WEIGHT, on_wait, parse)
+        return await self._get(
+            f"{self._product.prefix}/klines", params, self._product.klines_weight(limit), on_wait, parse
+        )
 
     async def fetch_listing_start(
         self, symbol: str, timeframe: str, *, on_wait: WaitCallback | None = None
@@ -190,28 +272,33 @@ class BinanceClient:
 
     @property
     def klines_weight(self) -> int:
-        return KLINES_WEIGHT
+        return self._product.klines_weight(self._product.max_page)
 
     async def fetch_symbols(self) -> list[SymbolInfo]:
         info: _ExchangeInfo = await self._get(
-            "/api/v3/exchangeInfo", {}, EXCHANGE_INFO_WEIGHT, None,
+            f"{self._product.prefix}/exchangeInfo", {}, self._product.exchange_info_weight, None,
             lambda body, _: _decode(_info_decoder, body, "exchangeInfo"),
         )
         self._adopt_weight_limit(info.rateLimits)
         return [
-            SymbolInfo(symbol=s.symbol, base_asset=s.baseAsset, quote_asset=s.quoteAsset, status=s.status)
+            SymbolInfo(
+                symbol=s.symbol, base_asset=s.baseAsset, quote_asset=s.quoteAsset, status=s.status,
+                state=_listing_state(s.status), settle_asset=s.marginAsset if self._spec.perpetual else None,
+            )
             for s in info.symbols
+            # USD-M lists quarterly contracts too; the venue is its perpetuals.
+            if not self._spec.perpetual or s.contractType == "PERPETUAL"
         ]
 
     async def fetch_prices(self, symbols: list[str] | None = None) -> list[TickerPrice]:
         if symbols is not None and len(symbols) == 1:
             price: TickerPrice = await self._get(
-                "/api/v3/ticker/price", {"symbol": symbols[0]}, TICKER_PRICE_WEIGHT_ONE, None,
+                f"{self._product.prefix}/ticker/price", {"symbol": symbols[0]}, self._product.ticker_weight_one, None,
                 lambda body, _: _decode(_price_decoder, body, "ticker/price"),
             )
             return [price]
         prices: list[TickerPrice] = await self._get(
-            "/api/v3/ticker/price", {}, TICKER_PRICE_WEIGHT_ALL, None,
+            f"{self._product.prefix}/ticker/price", {}, self._product.ticker_weight_all, None,
             lambda body, _: _decode(_prices_decoder, body, "ticker/price"),
         )
         if symbols is not None:
@@ -281,7 +368,7 @@ class BinanceClient:
             return
         # A fresh context: the refresh belongs to no collection task, so its log lines carry no task_id.
         self._refresh_task = asyncio.get_running_loop().create_task(
-            self._refresh_limits_quietly(), name="binance-limit-refresh", context=contextvars.Context()
+            self._refresh_limits_quietly(), name=f"{self.name}-limit-refresh", context=contextvars.Context()
         )
 
     async def _refresh_limits_quietly(self) -> None:

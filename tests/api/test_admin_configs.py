@@ -91,8 +91,11 @@ async def test_every_create_rule_gives_a_clear_4xx(admin: Api) -> None:
     """Unknown exchange or symbol, bad or empty timeframes, bad JSON and wrong types are refused; nothing stored."""
     post = admin.http.post
     base = {"symbol": "BTCUSDT", "timeframes": ["1m"], "interval_minutes": 10}
-    body = assert_error(await post(URL, json={**base, "exchange": "kraken"}), 422, "unknown exchange 'kraken'")
-    assert body["detail"] == "unknown exchange 'kraken'; supported: binance"
+    body = assert_error(await post(URL, json={**base, "exchange": "kucoin"}), 422, "unknown exchange 'kucoin'")
+    assert body["detail"] == "unknown exchange 'kucoin'; supported: binance"
+    # A venue the service knows but this deployment does not collect from (EXCHANGES=binance here).
+    body = assert_error(await post(URL, json={**base, "exchange": "kraken"}), 422, "'kraken' is not enabled here")
+    assert body["extra"] == {"supported": ["binance"]}
     body = assert_error(await post(URL, json={**base, "symbol": "NOPE/USDT"}), 422, "'NOPE/USDT'")
     assert body["extra"]["unknown_symbols"] == ["NOPE/USDT"]
     body = assert_error(await post(URL, json={**base, "timeframes": ["1m", "7m"]}), 422, "'7m'")
@@ -188,7 +191,7 @@ async def test_partial_update_changes_only_what_is_sent(admin: Api) -> None:
     moved = (await admin.http.put(url, json={"symbol": "eth/usdt", "timeframes": ["1d", "1d"]})).json()
     assert (moved["symbol"], moved["timeframes"], moved["interval_minutes"]) == ("ETHUSDT", ["1d"], 10)
 
-    assert_error(await admin.http.put(url, json={"exchange": "kraken"}), 422, "unknown exchange 'kraken'")
+    assert_error(await admin.http.put(url, json={"exchange": "kucoin"}), 422, "unknown exchange 'kucoin'")
     assert_error(await admin.http.put(url, json={"symbol": "NOPE"}), 422, "'NOPE'")
     assert_error(await admin.http.put(url, json={"timeframes": ["2m"]}), 422, "'2m'")
     assert_error(await admin.http.put(url, json={"timeframes": []}), 422, "timeframes")

@@ -18,7 +18,7 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 
-from service.loop_monitor import LoopMonitor
+from service.process.loop_monitor import LoopMonitor
 from service.settings import Settings
 from tests.conftest import TEST_ADMIN_EMAIL, TEST_PASSWORD, TEST_SECRET_KEY, Api, bearer, running_app, serve_app
 
@@ -36,7 +36,8 @@ OTHER_KEY = "another-deployment-secret-key-0123456789"
 def access_of(method: str, path: str) -> str:
     """Who may call a route, as the issue states it: public, read, user or admin."""
     # /metrics is guarded by METRICS_TOKEN alone (tests/api/test_metrics.py), never by PUBLIC_READS.
-    if path in ("/health", "/metrics") or path.startswith("/docs") or path == LOGIN:
+    # /api/v1/auth/setup says whether an admin exists, so that a first run can say how to make one.
+    if path in ("/health", "/metrics", "/api/v1/auth/setup") or path.startswith("/docs") or path == LOGIN:
         return "public"
     if path == ME:
         return "user"
@@ -44,7 +45,7 @@ def access_of(method: str, path: str) -> str:
         return "admin"
     if path.startswith("/api/v1/data-collector/"):
         return "read" if method == "GET" else "admin"
-    if path.startswith("/api/v1/klines") or path == "/api/v1/coverage":
+    if path.startswith("/api/v1/klines") or path in ("/api/v1/coverage", "/api/v1/exchanges"):
         return "read"
     if path == "/api/v1/events":
         # A read that never ends: held to the read rules over a real connection (tests/e2e/test_events.py);

@@ -171,7 +171,8 @@ async def test_no_password_or_token_in_the_logs(db_dsn: str, fake: FakeBinance, 
     admin_password = "bootstrap secret 4"
     wrong = "wrong secret 5"
     env = {
-        "DATABASE_URL": db_dsn, "SECRET_KEY": TEST_SECRET_KEY, "BINANCE_API_URL": fake.url, "LOG_LEVEL": "DEBUG",
+        "DATABASE_URL": db_dsn, "SECRET_KEY": TEST_SECRET_KEY, "BINANCE_API_URL": fake.url, "EXCHANGES": "binance",
+        "LOG_LEVEL": "DEBUG",
         "LOG_FORMAT": "json", "ADMIN_EMAIL": "boot@example.com", "ADMIN_PASSWORD": admin_password,
     }
     async with service_processes(tmp_path) as processes:

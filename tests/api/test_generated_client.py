@@ -23,6 +23,7 @@ from service.settings import Settings
 from tests.collection.test_collect import MINUTE, T0, frozen_at
 from tests.conftest import TEST_ADMIN_EMAIL, TEST_PASSWORD, TEST_SECRET_KEY, serve_app
 from tests.fakes.binance import FakeBinance
+from tests.settings import settings_of
 
 PACKAGE = "kline_collector_client"  # the generated package; unique, so no other import can shadow it
 BASE_URL = "http://kline-collector"
@@ -31,7 +32,7 @@ UNUSED_DSN = "postgresql://unused@localhost/unused"
 
 def openapi_document() -> dict[str, Any]:
     """The document a deployment with default settings serves at /docs/openapi.json."""
-    app = create_app(Settings(database_url=UNUSED_DSN, secret_key=TEST_SECRET_KEY), UNUSED_DSN)
+    app = create_app(settings_of(database_url=UNUSED_DSN, secret_key=TEST_SECRET_KEY), UNUSED_DSN)
     document: dict[str, Any] = app.openapi_schema.to_schema()
     return document
 

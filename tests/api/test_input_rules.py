@@ -177,10 +177,11 @@ async def test_strings_have_length_limits(admin: Api) -> None:
 
 
 async def test_start_caps_symbols_and_timeframes(api: Api) -> None:
-    """More than 1,000 symbols or 16 timeframes is a 400 naming the list; nothing is started."""
+    """More than 1,000 symbols or 17 timeframes (the union of every venue's) is a 400 naming the list;
+    nothing is started."""
     too_many = [f"S{i}" for i in range(1001)]
     assert_error(await api.http.post(START, json={"symbols": too_many, "timeframes": ["1h"]}), 400, "symbols", "1000")
-    frames = ["1m"] * 17
+    frames = ["1m"] * 18
     assert_error(await api.http.post(START, json={"symbols": ["BTCUSDT"], "timeframes": frames}), 400, "timeframes")
     assert (await api.http.get("/api/v1/data-collector/tasks?task_type=data_collection")).json()["count"] == 0
 
@@ -345,7 +346,7 @@ def test_good_urls_and_origins_are_accepted() -> None:
         "CORS_ORIGINS": "https://a.example, http://localhost:3000",
         "MAX_BODY_BYTES": "2048",
     })
-    assert settings.binance_api_url == "http://127.0.0.1:8080"
+    assert settings.venues["binance"].api_url == "http://127.0.0.1:8080"
     assert settings.cors_origin_list == ("https://a.example", "http://localhost:3000")
     assert settings.max_body_bytes == 2048
     assert Settings.from_env({}).max_body_bytes == MIB

@@ -16,12 +16,13 @@ from litestar.handlers import HTTPRouteHandler
 from service.api.enums import Exchange, LogStatus, TaskReplyStatus, TaskStatus, TaskType
 from service.app import create_app
 from service.auth.guards import requires_admin, requires_reader, requires_user
-from service.collection import registry
-from service.collection.task_records import TASK_TYPES
 from service.db import execution_logs as logs_db
-from service.exchanges.binance import BinanceClient
-from service.settings import TIMEFRAMES, Settings, Timeframe
+from service.exchanges.grid import TIMEFRAMES, Timeframe
+from service.exchanges.venues import VENUES
+from service.tasks import registry
+from service.tasks.records import TASK_TYPES
 from tests.conftest import TEST_SECRET_KEY
+from tests.settings import settings_of
 
 # The document is built without a database: nothing here runs the app's lifespan.
 UNUSED_DSN = "postgresql://unused@localhost/unused"
@@ -35,6 +36,7 @@ OPERATIONS = {
     "health": ("GET", "/health", "health"),
     "login": ("POST", "/api/v1/auth/login", "auth"),
     "currentUser": ("GET", "/api/v1/auth/me", "auth"),
+    "authSetup": ("GET", "/api/v1/auth/setup", "auth"),
     "startCollection": ("POST", "/api/v1/data-collector/start", "data-collector"),
     "getTask": ("GET", "/api/v1/data-collector/task/{task_id}", "data-collector"),
     "listTasks": ("GET", "/api/v1/data-collector/tasks", "data-collector"),
@@ -47,6 +49,7 @@ OPERATIONS = {
     "collectorStatus": ("GET", "/api/v1/data-collector/status", "data-collector"),
     "latestPrices": ("GET", "/api/v1/data-collector/latest-prices", "data-collector"),
     "getKlines": ("GET", "/api/v1/klines", "klines"),
+    "listExchanges": ("GET", "/api/v1/exchanges", "exchanges"),
     "getCoverage": ("GET", "/api/v1/coverage", "klines"),
     "listConfigs": ("GET", "/api/v1/admin/data-collection/configs", "admin"),
     "createConfig": ("POST", "/api/v1/admin/data-collection/configs", "admin"),
@@ -67,7 +70,7 @@ OPERATIONS = {
 
 
 def build_app(**overrides: Any) -> Litestar:
-    settings = Settings(database_url=UNUSED_DSN, secret_key=TEST_SECRET_KEY, **overrides)
+    settings = settings_of(database_url=UNUSED_DSN, secret_key=TEST_SECRET_KEY, **overrides)
     return create_app(settings, UNUSED_DSN)
 
 
@@ -122,7 +125,9 @@ def test_every_operation_keeps_its_operation_id_path_and_tag(document: dict[str,
     """Each operation has the operationId, path and single tag clients are generated from."""
     found = {op["operationId"]: (method, path, *op["tags"]) for method, path, op in operations(document)}
     assert found == OPERATIONS
-    assert [tag["name"] for tag in document["tags"]] == ["data-collector", "klines", "admin", "auth", "health"]
+    assert [tag["name"] for tag in document["tags"]] == [
+        "data-collector", "klines", "exchanges", "admin", "auth", "health",
+    ]
 
 
 def test_every_error_answer_is_the_one_error_body(document: dict[str, Any]) -> None:
@@ -161,7 +166,7 @@ def test_each_operation_documents_the_errors_its_input_and_guards_can_cause(
         if requires_admin in guards:
             assert {"401", "403"} <= codes, where
         # A token that is sent is checked on every route but the always-public ones.
-        if path not in {"/health", "/api/v1/auth/login"}:
+        if path not in {"/health", "/api/v1/auth/login", "/api/v1/auth/setup"}:
             assert "401" in codes, where
         if op["operationId"] in {"getTask", "cancelTask", "getConfig", "updateConfig", "deleteConfig",
                                  "enableConfig", "disableConfig", "triggerConfig", "getExecutionLog"}:
@@ -207,7 +212,7 @@ def test_with_private_reads_the_reads_name_the_bearer_scheme_too() -> None:
 def test_closed_sets_are_named_enums_a_client_can_name(document: dict[str, Any]) -> None:
     """Timeframes, exchanges, task statuses and types, and log statuses are enum components with member names."""
     expected = {
-        "Exchange": ["binance"],
+        "Exchange": ["binance", "binance_usdm", "bybit", "okx", "coinbase", "kraken"],
         "Timeframe": list(TIMEFRAMES),
         "TaskStatus": ["pending", "running", "completed", "failed", "cancelled"],
         "TaskType": ["data_collection", "scheduled_data_collection", "symbol_refresh", "gap_repair"],
@@ -245,7 +250,7 @@ def test_closed_sets_are_named_enums_a_client_can_name(document: dict[str, Any])
 def test_the_api_enums_are_the_domain_values() -> None:
     """The documented enums list exactly the values the service writes and accepts."""
     assert [t.value for t in Timeframe] == list(TIMEFRAMES)
-    assert [e.value for e in Exchange] == [BinanceClient.name]
+    assert [e.value for e in Exchange] == list(VENUES)
     assert [s.value for s in TaskStatus] == list(get_args(registry.TaskStatus))
     assert [t.value for t in TaskType] == list(TASK_TYPES)
     assert [s.value for s in LogStatus] == list(logs_db.STATUSES)

@@ -50,7 +50,7 @@ LISTED_SYMBOLS = ("BTCUSDT", "ETH/USDT", "XRPETH")
 VALID_TIMEFRAMES = ("1h", "1d", "4h")
 EXAMPLES_PER_OPERATION = 12  # per generation mode; each example is sent anonymously and as the admin
 CONFIGS = "/api/v1/admin/data-collection/configs"
-SEQUENCES = 30
+SEQUENCES = 45
 STEPS_PER_SEQUENCE = 8
 
 
@@ -80,6 +80,10 @@ def name_listed_symbols(case: Case) -> None:
     symbol = body.get("symbol")
     if isinstance(symbol, str) and len(symbol) % 4:
         body["symbol"] = LISTED_SYMBOLS[len(symbol) % 4 - 1]
+    # Only Binance is enabled (the fake stands in for it): most other venues become it.
+    exchange = body.get("exchange")
+    if isinstance(exchange, str) and len(exchange) % 4:
+        body["exchange"] = "binance"
     # A random history_start is a 422 too: most become one of the accepted forms.
     history_start = body.get("history_start")
     if isinstance(history_start, str) and len(history_start) % 4:

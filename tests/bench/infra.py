@@ -249,6 +249,7 @@ class Service:
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "BINANCE_API_URL": exchange_url,
+            "EXCHANGES": "binance",  # the scenarios before the venues one ask Binance alone
             "LOG_LEVEL": "WARNING",
             # Required with DATABASE_URL; starting collections needs an admin's token.
             "SECRET_KEY": BENCH_SECRET_KEY,

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from service.collection.configs import ConfigChanges, Configs
 from service.db import configs as configs_db
 from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.tasks.configs import ConfigChanges, Configs
 from tests.conftest import Api
 
 

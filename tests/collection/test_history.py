@@ -19,8 +19,8 @@ import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.collection.jobs import CollectionPlan, PlannedSeries
 from service.settings import Settings
+from service.tasks.jobs import CollectionPlan, PlannedSeries
 from tests.collection.test_collect import MINUTE, T0, frozen_at, stored
 from tests.collection.test_scheduler import create, fast_clock
 from tests.conftest import Api, serve_app

@@ -22,17 +22,20 @@ import asyncpg
 import pytest
 
 from service.collection.collector import CollectionResult, Collector, Pair
-from service.collection.weight_budget import build_weight_limiter
 from service.cpu_turns import CpuTurns
 from service.db.pool import create_pool
 from service.exchanges import limiter as limiter_module
 from service.exchanges.binance import BinanceClient
+from service.exchanges.clients import make_client
 from service.exchanges.limiter import WeightLimiter
+from service.exchanges.venues import VENUES
+from service.process.weight_budget import shared_budget
 from service.settings import Settings, SettingsError
 from tests.collection.test_collect import MINUTE, T0
 from tests.collection.test_limit_cut import LogRecorder
 from tests.conftest import Clock, serve_app
 from tests.fakes.binance import FakeBinance, FaultKind
+from tests.settings import settings_of
 
 KLINES = "/api/v3/klines"
 #: The symbols each process collects: its own, as work spread over processes would be.
@@ -73,18 +76,21 @@ async def process(
 
     `budget_dsn`: the shared budget reaches the database that way (the collector keeps `dsn`).
     """
-    settings = Settings(
-        database_url=dsn, binance_api_url=fake.url, weight_budget_scope=scope, binance_max_concurrency=4
+    settings = settings_of(
+        database_url=dsn, binance_api_url=fake.url, weight_budget_scope=scope, binance_max_concurrency=4,
+        binance_timeout=5.0, binance_retry_attempts=3, binance_retry_wait=0.01,
     )
     pool = await create_pool(dsn, max_size=4, connect_now=False)
     budget_pool = pool if budget_dsn is None else await create_pool(budget_dsn, max_size=2, connect_now=False)
     try:
         async with aiohttp.ClientSession() as session:
-            limiter = build_weight_limiter(settings, budget_pool, exchange="binance", clock=clock, sleep=clock.sleep)
             cpu = CpuTurns()
-            client = BinanceClient(
-                session, limiter, base_url=fake.url, timeout=5.0, retry_attempts=3, retry_wait_initial=0.01, cpu=cpu
+            client = make_client(
+                VENUES["binance"], session, settings.venues["binance"], cpu=cpu,
+                shared=shared_budget(settings, budget_pool, exchange="binance"), clock=clock, sleep=clock.sleep,
             )
+            assert isinstance(client, BinanceClient)
+            limiter = client.limiter
             collector = Collector(
                 pool, client, history_candles=pages * client.max_page, pages_ahead=2, max_connections=2, cpu=cpu,
                 db_retry_seconds=30.0, clock=clock,

@@ -7,9 +7,9 @@ from typing import Any
 
 import asyncpg
 
-from service.collection.weight_budget import PostgresWeightBudget
 from service.db import weight_budget as weight_budget_db
 from service.db.pool import create_pool
+from service.process.weight_budget import PostgresWeightBudget
 from service.records import BudgetGrant
 
 MINUTE = 29_591_906  # an epoch minute in November 2026

@@ -122,6 +122,7 @@ def heroku_like_env(database_url: str, port: int, binance_url: str) -> dict[str,
         "SECRET_KEY": TEST_SECRET_KEY,
         "PORT": str(port),
         "BINANCE_API_URL": binance_url,
+        "EXCHANGES": "binance",  # the fake stands in for Binance; no test reaches a real venue
         "LOG_FORMAT": "console",
         "PYTHONUNBUFFERED": "1",
     }

@@ -7,10 +7,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service.collection.planner import Window, history_start, interval_ms, plan_windows, resume_start
-from service.settings import TIMEFRAMES
+from service.collection.planner import Window, history_start, plan_windows, resume_start
+from service.exchanges.grid import TIMEFRAMES, Grid
 
 NOW = int(datetime(2026, 11, 24, 10, 17, 42, tzinfo=UTC).timestamp() * 1000)
+
+
+def grid(timeframe: str) -> Grid:
+    """Binance's grid: weeks open on Monday (the epoch was a Thursday)."""
+    return Grid.of(timeframe, offset_ms=4 * 86_400_000 if timeframe == "1w" else 0)
 
 
 def ms(*args: int) -> int:
@@ -29,19 +34,19 @@ def ms(*args: int) -> int:
 )
 def test_history_start_fetches_exactly_the_requested_candles(timeframe: str, expected: int) -> None:
     """A new series starts DEFAULT_HISTORY_CANDLES candles back, on the exchange's candle boundaries."""
-    assert history_start(timeframe, NOW, 100) == expected
+    assert history_start(grid(timeframe), NOW, 100) == expected
 
 
 def test_resume_rereads_the_last_stored_candle() -> None:
     """A series with data resumes at its last stored open_time (that candle may have been open)."""
-    assert resume_start(ms(2026, 11, 24, 10, 0), "1m", NOW, 100) == ms(2026, 11, 24, 10, 0)
-    assert resume_start(None, "1m", NOW, 100) == history_start("1m", NOW, 100)
+    assert resume_start(ms(2026, 11, 24, 10, 0), grid("1m"), NOW, 100) == ms(2026, 11, 24, 10, 0)
+    assert resume_start(None, grid("1m"), NOW, 100) == history_start(grid("1m"), NOW, 100)
 
 
 def test_windows_cover_the_range_without_gaps_or_overlaps() -> None:
     """Windows hold at most one page each, touch end to end, and the last one is open-ended."""
     start = NOW - 2500 * 60_000
-    windows = plan_windows(start, NOW, "1m", 1000)
+    windows = plan_windows(start, NOW, grid("1m"), 1000)
     assert windows[0].start_ms == start
     for before, after in itertools.pairwise(windows):
         assert before.end_ms is not None
@@ -53,17 +58,17 @@ def test_windows_cover_the_range_without_gaps_or_overlaps() -> None:
 
 def test_a_short_range_is_one_open_window() -> None:
     """An incremental run that is nearly caught up makes one request."""
-    assert plan_windows(NOW - 5 * 60_000, NOW, "1m", 1000) == [Window(NOW - 5 * 60_000, None)]
+    assert plan_windows(NOW - 5 * 60_000, NOW, grid("1m"), 1000) == [Window(NOW - 5 * 60_000, None)]
 
 
-def test_every_binance_timeframe_has_a_length() -> None:
-    """All 16 intervals are planned."""
-    assert len(TIMEFRAMES) == 16
-    assert all(interval_ms(tf) > 0 for tf in TIMEFRAMES)
+def test_every_timeframe_has_a_length() -> None:
+    """Every unified timeframe (the union of the venues' sets) is planned."""
+    assert len(TIMEFRAMES) == 17
+    assert all(Grid.of(tf).step_ms > 0 for tf in TIMEFRAMES)
 
 
 @pytest.mark.parametrize("timeframe", ["1d", "3d", "1w", "1M"])
 def test_a_history_deeper_than_1970_starts_at_the_epoch(timeframe: str) -> None:
     """History reaching before 1970 is clamped to 0: the series starts at its first candle."""
-    assert history_start(timeframe, NOW, 100_000) == 0
-    assert plan_windows(0, NOW, timeframe, 1000)[0].start_ms == 0
+    assert history_start(grid(timeframe), NOW, 100_000) == 0
+    assert plan_windows(0, NOW, grid(timeframe), 1000)[0].start_ms == 0

@@ -16,6 +16,7 @@ from service.collection.validation import Rejected, check_klines
 from service.db.klines import encode_copy_rows
 from service.db.pool import domain_errors
 from service.errors import RowRefusedError
+from service.exchanges.binance import grid
 from service.records import Kline
 from tests.fakes.binance import FakeBinance
 
@@ -36,7 +37,7 @@ def candle(**fields: Any) -> Kline:
 
 
 def reasons(klines: list[Kline], timeframe: str = "1m", now_ms: int = NOW) -> list[str]:
-    return [r.reason for r in check_klines(klines, timeframe, now_ms)[1]]
+    return [r.reason for r in check_klines(klines, grid(timeframe), now_ms)[1]]
 
 
 REJECTED: list[tuple[dict[str, Any], str]] = [
@@ -82,19 +83,19 @@ REJECTED: list[tuple[dict[str, Any], str]] = [
 def test_valid_candles_pass_in_order() -> None:
     """A page of valid candles comes back whole, in its order, with nothing rejected."""
     page = [candle(open_time=T0 + i * MIN, close_time=T0 + (i + 1) * MIN - 1) for i in range(5)]
-    assert check_klines(page, "1m", NOW) == (page, [])
-    assert check_klines([], "1m", NOW) == ([], [])
+    assert check_klines(page, grid("1m"), NOW) == (page, [])
+    assert check_klines([], grid("1m"), NOW) == ([], [])
 
 
 def test_optional_fields_may_be_missing() -> None:
     """quote_volume, trades and the taker volumes may be absent (None)."""
     bare = candle(quote_volume=None, trades=None, taker_buy_base_volume=None, taker_buy_quote_volume=None)
-    assert check_klines([bare], "1m", NOW) == ([bare], [])
+    assert check_klines([bare], grid("1m"), NOW) == ([bare], [])
 
 
 def test_candle_holding_now_passes() -> None:
     """The candle that opened at now (still open) is not "in the future"."""
-    assert check_klines([BASE], "1m", T0) == ([BASE], [])
+    assert check_klines([BASE], grid("1m"), T0) == ([BASE], [])
 
 
 @pytest.mark.parametrize(("fields", "reason"), REJECTED, ids=[r for _, r in REJECTED])
@@ -103,7 +104,7 @@ def test_each_rule_rejects_with_its_reason(fields: dict[str, Any], reason: str) 
     bad = candle(**fields)
     before = candle(open_time=T0 - MIN, close_time=T0 - 1)
     after = candle(open_time=T0 + MIN, close_time=T0 + 2 * MIN - 1)
-    assert check_klines([before, bad, after], "1m", NOW) == ([before, after], [Rejected(bad, reason)])
+    assert check_klines([before, bad, after], grid("1m"), NOW) == ([before, after], [Rejected(bad, reason)])
 
 
 @pytest.mark.parametrize(("fields", "reason"), REJECTED, ids=[r for _, r in REJECTED])
@@ -113,10 +114,10 @@ def test_a_full_page_gives_the_same_answers(fields: dict[str, Any], reason: str)
     rows = FakeBinance().generate_klines("BTCUSDT", "1m", T0 - 999 * MIN, 1000, seed=1)
     page = [Kline(*row[:11]) for row in rows]
     page[-1] = bad = candle(**fields)  # the generated candle at T0, replaced
-    assert check_klines(page, "1m", NOW) == (page[:-1], [Rejected(bad, reason)])
+    assert check_klines(page, grid("1m"), NOW) == (page[:-1], [Rejected(bad, reason)])
     page[3] = msgspec.structs.replace(page[3], volume=" 1e2 ")
     page[-2] = msgspec.structs.replace(page[-2], quote_volume="+1.5E3")
-    assert check_klines(page, "1m", NOW) == (page[:-1], [Rejected(bad, reason)])
+    assert check_klines(page, grid("1m"), NOW) == (page[:-1], [Rejected(bad, reason)])
 
 
 def test_week_alignment_is_monday() -> None:
@@ -125,7 +126,7 @@ def test_week_alignment_is_monday() -> None:
     week = 7 * 24 * 60 * MIN
     good = candle(open_time=monday, close_time=monday + week - 1)
     thursday = candle(open_time=monday + 3 * 24 * 60 * MIN, close_time=monday + 3 * 24 * 60 * MIN + week - 1)
-    assert check_klines([good, thursday], "1w", ms(2024, 6, 1)) == (
+    assert check_klines([good, thursday], grid("1w"), ms(2024, 6, 1)) == (
         [good],
         [Rejected(thursday, "open_time not aligned to 1w")],
     )
@@ -138,7 +139,7 @@ def test_month_alignment_is_calendar() -> None:
     thirty_one_days = candle(open_time=feb, close_time=feb + 31 * 24 * 60 * MIN - 1)
     second_of_month = candle(open_time=ms(2024, 2, 2), close_time=ms(2024, 3, 2) - 1)
     upcoming = candle(open_time=mar, close_time=ms(2024, 4, 1) - 1)
-    assert check_klines([good, thirty_one_days, second_of_month, upcoming], "1M", ms(2024, 2, 15)) == (
+    assert check_klines([good, thirty_one_days, second_of_month, upcoming], grid("1M"), ms(2024, 2, 15)) == (
         [good],
         [
             Rejected(thirty_one_days, "close_time is not next open - 1 ms"),
@@ -195,7 +196,7 @@ async def test_postgres_stores_every_candle_check_klines_accepts(db: asyncpg.Con
     """Each tricky-but-valid candle passes check_klines, and PostgreSQL stores it (numeric input and
     the klines_candle_valid constraint) with the values Python read."""
     for n, (timeframe, kline) in enumerate(TRICKY_VALID):
-        assert check_klines([kline], timeframe, ms(2030, 1, 1)) == ([kline], []), kline
+        assert check_klines([kline], grid(timeframe), ms(2030, 1, 1)) == ([kline], []), kline
         series_id = await _new_series(db, f"TRICKY{n}", timeframe)
         await _copy_closed(db, series_id, kline)
         stored = await db.fetchrow(
@@ -216,7 +217,7 @@ async def test_constraint_refuses_what_check_klines_rejects(
 ) -> None:
     """A candle check_klines rejects for its prices, volumes or trades is refused by the constraint too."""
     bad = candle(**fields)
-    assert check_klines([bad], "1m", NOW)[0] == []
+    assert check_klines([bad], grid("1m"), NOW)[0] == []
     series_id = await _new_series(db, "BTCUSDT", "1m")
     with pytest.raises(asyncpg.CheckViolationError, match="klines_candle_valid"):
         await _copy_closed(db, series_id, bad)
@@ -238,14 +239,14 @@ def test_with_prices_left_to_postgresql_only_plain_decimals_pass_unread() -> Non
     passed: list[str] = []
     for fields, reason in REJECTED:
         bad = candle(**fields)
-        valid, rejected = check_klines([bad], "1m", NOW, prices_by_database=True)
+        valid, rejected = check_klines([bad], grid("1m"), NOW, prices_by_database=True)
         if valid:
             passed.append(reason)
         else:
             assert rejected == [Rejected(bad, reason)]
     assert sorted(set(passed)) == sorted(LEFT_TO_POSTGRESQL)
     page = [candle(open_time=T0 + i * MIN, close_time=T0 + (i + 1) * MIN - 1) for i in range(120)]
-    assert check_klines(page, "1m", NOW + 200 * MIN, prices_by_database=True) == (page, [])
+    assert check_klines(page, grid("1m"), NOW + 200 * MIN, prices_by_database=True) == (page, [])
 
 
 @pytest.mark.parametrize("fields", [fields for fields, reason in REJECTED if reason in LEFT_TO_POSTGRESQL])
@@ -253,7 +254,7 @@ async def test_postgresql_refuses_every_candle_left_to_it(db: asyncpg.Connection
     """No bad candle gets in by being left to PostgreSQL: each is refused on write as RowRefusedError
     (the collector then checks the page again in full)."""
     bad = candle(**fields)
-    assert check_klines([bad], "1m", NOW, prices_by_database=True) == ([bad], [])
+    assert check_klines([bad], grid("1m"), NOW, prices_by_database=True) == ([bad], [])
     series_id = await _new_series(db, "BTCUSDT", "1m")
     with pytest.raises(RowRefusedError), domain_errors():
         await _copy_closed(db, series_id, bad)

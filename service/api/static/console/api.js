@@ -53,3 +53,8 @@ export async function currentUser() {
     throw error;
   }
 }
+
+// Whether an admin account exists yet, and how to make one (public: asked before anyone can log in).
+export async function authSetup() {
+  return api("/api/v1/auth/setup");
+}

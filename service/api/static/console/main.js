@@ -6,6 +6,7 @@ import { configsPage } from "./configs.js";
 import { logsPage } from "./logs.js";
 import { overviewPage } from "./overview.js";
 import { candlesPage } from "./candles.js";
+import { showSetup } from "./setup.js";
 import { tasksPage } from "./tasks.js";
 
 const pages = { overview: overviewPage, tasks: tasksPage, configs: configsPage, logs: logsPage, candles: candlesPage };
@@ -38,6 +39,7 @@ function setupLogin() {
   document.getElementById("login-button").addEventListener("click", () => {
     error.textContent = "";
     dialog.showModal();
+    showSetup(); // an admin made since the page loaded (create-user) hides the banner
   });
   document.getElementById("login-cancel").addEventListener("click", () => dialog.close());
   form.addEventListener("submit", async (event) => {
@@ -73,6 +75,7 @@ function startLive() {
 
 async function start() {
   setupLogin();
+  showSetup();
   session.user = await currentUser();
   showUser();
   startLive();

@@ -13,13 +13,13 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
-from service.collection.registry import TaskBody, TaskRegistry, TaskView
-from service.collection.runner import join_workers, leave_workers
 from service.db import tasks as tasks_db
 from service.db import workers as workers_db
 from service.db.pool import Connection, Pool, Row, connection
 from service.errors import DatabaseUnavailableError
 from service.logging import get_logger
+from service.tasks.registry import TaskBody, TaskRegistry, TaskView
+from service.tasks.runner import join_workers, leave_workers
 
 __all__ = ["WORKER_KIND", "SingleTaskWorker"]
 

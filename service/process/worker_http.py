@@ -11,9 +11,9 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from service.collection.runtime import Runtime
-from service.collection.scrape import bearer_matches, scrape
 from service.metrics import CONTENT_TYPE
+from service.process.runtime import Runtime
+from service.process.scrape import bearer_matches, scrape
 
 __all__ = ["metrics_server"]
 

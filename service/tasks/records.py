@@ -14,7 +14,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from service.collection.collector import CollectionResult
-from service.settings import TimeframeName
+from service.exchanges.grid import TimeframeName
 
 __all__ = [
     "DATA_COLLECTION",

@@ -18,13 +18,13 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from service.collection import ranges
-from service.collection.jobs import CollectionJobs, validate_timeframes
-from service.collection.registry import TaskView
-from service.collection.scheduler import Scheduler
 from service.db import configs as configs_db
 from service.db.pool import Connection, Pool, Row, connection
 from service.errors import ConflictError, DuplicateError, InvalidInputError, NotFoundError
 from service.logging import get_logger
+from service.tasks.jobs import CollectionJobs
+from service.tasks.registry import TaskView
+from service.tasks.scheduler import Scheduler
 
 __all__ = ["CollectionConfig", "ConfigChanges", "Configs"]
 
@@ -137,10 +137,10 @@ class Configs:
         or future history_start; ConflictError (`config_id`) if the pair has a config already.
         """
         self._jobs.check_exchange(exchange)
-        frames = validate_timeframes(timeframes)
+        frames = self._jobs.venues.timeframes(exchange, timeframes)
         self._check_interval(interval_minutes)
         start_at, from_listing = self._history_columns(history_start)
-        name = await self._resolve_symbol(symbol)
+        name = await self._resolve_symbol(exchange, symbol)
         try:
             async with connection(self._pool) as conn:
                 if (conflict := await _duplicate(conn, exchange, name, except_id=None)) is not None:
@@ -172,16 +172,21 @@ class Configs:
         if current is None:
             raise _not_found(config_id)
         columns: dict[str, object] = {}
+        exchange: str = current["exchange"]
         if changes.exchange is not UNSET:
             self._jobs.check_exchange(changes.exchange)
-            columns["exchange"] = changes.exchange
+            columns["exchange"] = exchange = changes.exchange
         if changes.timeframes is not UNSET:
-            columns["timeframes"] = validate_timeframes(changes.timeframes)
+            columns["timeframes"] = self._jobs.venues.timeframes(exchange, changes.timeframes)
+        elif changes.exchange is not UNSET:  # the config's timeframes must exist on its new venue
+            self._jobs.venues.timeframes(exchange, list(current["timeframes"]))
         if changes.interval_minutes is not UNSET:
             self._check_interval(changes.interval_minutes)
             columns["interval_minutes"] = changes.interval_minutes
         if changes.symbol is not UNSET:
-            columns["symbol"] = await self._resolve_symbol(changes.symbol)
+            columns["symbol"] = await self._resolve_symbol(exchange, changes.symbol)
+        elif changes.exchange is not UNSET:  # and its symbol, spelt as that venue spells it
+            columns["symbol"] = await self._resolve_symbol(exchange, current["symbol"])
         if changes.enabled is not UNSET:
             columns["enabled"] = changes.enabled
         if changes.description is not UNSET:
@@ -269,9 +274,9 @@ class Configs:
                 minimum=minimum,
             )
 
-    async def _resolve_symbol(self, symbol: str) -> str:
-        """The exchange's own name of the symbol (BTC/USDT → BTCUSDT); InvalidInputError naming it if unknown."""
-        return (await self._jobs.resolve_symbols([symbol]))[0]
+    async def _resolve_symbol(self, exchange: str, symbol: str) -> str:
+        """The venue's own name of the symbol (BTC/USDT → BTCUSDT); InvalidInputError naming it if unknown."""
+        return (await self._jobs.resolve_symbols(exchange, [symbol]))[0]
 
     async def _conflict_after_race(self, exchange: str, symbol: str, except_id: int | None) -> ConflictError:
         """The conflict for a unique violation another request won between our check and our write."""

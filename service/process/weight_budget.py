@@ -1,22 +1,17 @@
 """The weight budget of an exchange, shared through PostgreSQL by every process on one IP.
 
 `PostgresWeightBudget` is the limiter's `SharedWeightBudget` on the service's pool;
-`build_weight_limiter` makes the limiter WEIGHT_BUDGET_SCOPE asks for.
+`shared_budget` hands it out where WEIGHT_BUDGET_SCOPE asks for it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-
 from service.db import weight_budget as weight_budget_db
 from service.db.pool import Pool, connection
-from service.exchanges.limiter import WeightLimiter
 from service.records import BudgetGrant
 from service.settings import Settings
 
-__all__ = ["ROUND_TRIP_TIMEOUT", "PostgresWeightBudget", "build_weight_limiter"]
+__all__ = ["ROUND_TRIP_TIMEOUT", "PostgresWeightBudget", "shared_budget"]
 
 #: Seconds to wait for a pool connection, and then for each statement, before the shared budget
 #: counts as down for the moment. A healthy database answers in milliseconds; a silent one must not
@@ -67,23 +62,7 @@ class PostgresWeightBudget:
             )
 
 
-def build_weight_limiter(
-    settings: Settings,
-    pool: Pool,
-    *,
-    exchange: str,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> WeightLimiter:
-    """The limiter for `exchange`: on the budget every process shares (WEIGHT_BUDGET_SCOPE=shared), or
-    on this process's own (per_process). Until the exchange has told its limit, BINANCE_WEIGHT_LIMIT
-    or the fallback applies."""
-    shared = PostgresWeightBudget(pool, exchange=exchange) if settings.weight_budget_scope == "shared" else None
-    return WeightLimiter(
-        limit=settings.binance_weight_limit or settings.binance_weight_fallback,
-        margin=settings.binance_weight_margin,
-        max_concurrency=settings.binance_max_concurrency,
-        clock=clock,
-        sleep=sleep,
-        shared=shared,
-    )
+def shared_budget(settings: Settings, pool: Pool, *, exchange: str) -> PostgresWeightBudget | None:
+    """The budget `exchange`'s limiter shares with every process on the database (WEIGHT_BUDGET_SCOPE
+    shared: they share one IP), or None (per_process: each replica has its own egress IP)."""
+    return PostgresWeightBudget(pool, exchange=exchange) if settings.weight_budget_scope == "shared" else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +20,17 @@ from service.collection.collector import (
     result_so_far,
 )
 from service.collection.ranges import HistoryStart, format_start, parse_end, parse_start
-from service.collection.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
-from service.collection.task_records import (
+from service.db import configs as configs_db
+from service.db import execution_logs as logs_db
+from service.db import klines as klines_db
+from service.db import symbols as symbols_db
+from service.db import tasks as tasks_db
+from service.db.pool import Connection, Pool, Row, connection, retrying
+from service.errors import ConflictError, DatabaseUnavailableError, InvalidInputError
+from service.exchanges.base import ExchangeError
+from service.exchanges.venue_set import VenueSet
+from service.logging import get_logger
+from service.tasks.records import (
     DATA_COLLECTION,
     GAP_REPAIR,
     SCHEDULED_DATA_COLLECTION,
@@ -30,16 +39,7 @@ from service.collection.task_records import (
     SymbolRefreshResult,
     TaskParams,
 )
-from service.db import configs as configs_db
-from service.db import execution_logs as logs_db
-from service.db import klines as klines_db
-from service.db import symbols as symbols_db
-from service.db import tasks as tasks_db
-from service.db.pool import Connection, Pool, Row, connection, retrying
-from service.errors import ConflictError, DatabaseUnavailableError, InvalidInputError
-from service.exchanges.base import ExchangeClient, ExchangeError
-from service.logging import get_logger
-from service.settings import TIMEFRAMES
+from service.tasks.registry import TaskBody, TaskHandle, TaskOutcome, TaskRegistry, TaskView
 
 __all__ = [
     "DATA_COLLECTION",
@@ -50,7 +50,6 @@ __all__ = [
     "CollectionJobs",
     "ConfigRun",
     "collection_outcome",
-    "validate_timeframes",
 ]
 
 log = get_logger(__name__)
@@ -134,19 +133,6 @@ class CollectionPlan(msgspec.Struct, kw_only=True):
         return round(self.seconds_to_next_minute + 60.0 * (minutes_after_this - 1), 1)
 
 
-def validate_timeframes(timeframes: Sequence[str]) -> list[str]:
-    """Timeframes in the order given, de-duplicated; InvalidInputError names any the exchange lacks."""
-    if not timeframes:
-        raise InvalidInputError("timeframes must not be empty", allowed=list(TIMEFRAMES))
-    bad = [tf for tf in timeframes if tf not in TIMEFRAMES]
-    if bad:
-        raise InvalidInputError(
-            f"unknown timeframe {', '.join(map(repr, bad))}; allowed: {' '.join(TIMEFRAMES)}",
-            invalid=bad, allowed=list(TIMEFRAMES),
-        )
-    return list(dict.fromkeys(timeframes))
-
-
 def collection_outcome(result: CollectionResult) -> TaskOutcome:
     """Completed only if every series was collected; otherwise failed, with each series' fate in the result.
 
@@ -196,44 +182,46 @@ class CollectionJobs:
     def __init__(
         self,
         pool: Pool,
-        client: ExchangeClient,
+        venues: VenueSet,
         registry: TaskRegistry,
-        collector: Collector,
+        collectors: Mapping[str, Collector],
         *,
         clock: Callable[[], float] = time.time,
         recheck_gaps_after_seconds: float = 24 * 3600,
     ) -> None:
         self._recheck_gaps_after_ms = int(recheck_gaps_after_seconds * 1000)
         self._pool = pool
-        self._client = client
+        self._venues = venues
         self._registry = registry
-        self._collector = collector
+        self._collectors = collectors
         self._clock = clock
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     @property
-    def exchange(self) -> str:
-        return self._client.name
+    def venues(self) -> VenueSet:
+        return self._venues
+
+    @property
+    def default_exchange(self) -> str:
+        """The venue a request that names none means."""
+        return self._venues.default
 
     def check_exchange(self, exchange: str) -> None:
-        """InvalidInputError unless `exchange` is the one this service collects from."""
-        if exchange != self.exchange:
-            raise InvalidInputError(
-                f"unknown exchange {exchange!r}; supported: {self.exchange}", supported=[self.exchange]
-            )
+        """InvalidInputError unless `exchange` is a venue this deployment collects from."""
+        self._venues.client(exchange)
 
-    async def refresh_symbols(self) -> int:
-        """Reload the exchange's listing (and its weight limit) into the symbols table, and pause the
-        configs whose symbol stopped trading (resume those trading again) in the same transaction."""
-        symbols = await self._client.fetch_symbols()
+    async def refresh_symbols(self, exchange: str) -> int:
+        """Reload the venue's listing (and its limits) into the symbols table, and pause the configs
+        whose symbol stopped trading (resume those trading again) in the same transaction."""
+        symbols = await self._venues.client(exchange).fetch_symbols()
         async with connection(self._pool) as conn, conn.transaction():
-            count = await symbols_db.replace_symbols(conn, self.exchange, symbols)
-            paused, resumed = await configs_db.sync_listing_pauses(conn, self.exchange, self._now())
+            count = await symbols_db.replace_symbols(conn, exchange, symbols)
+            paused, resumed = await configs_db.sync_listing_pauses(conn, exchange, self._now())
             if paused or resumed:  # every process's scheduler re-reads its schedule (sent at commit)
                 await tasks_db.notify(conn, "configs", "changed")
-        log.info("symbols_refreshed", exchange=self.exchange, count=count)
+        log.info("symbols_refreshed", exchange=exchange, count=count)
         for row in paused:
             log.warning("config_paused", config_id=row["id"], symbol=row["symbol"], status=row["status"],
                         reason=row["reason"])
@@ -241,8 +229,9 @@ class CollectionJobs:
             log.info("config_resumed", config_id=row["id"], symbol=row["symbol"], status=row["status"])
         return count
 
-    async def resolve_symbols(self, names: Sequence[str]) -> list[str]:
-        """Exchange symbols for 'BTCUSDT' / 'BTC/USDT' names, de-duplicated, resolved in one query.
+    async def resolve_symbols(self, exchange: str, names: Sequence[str]) -> list[str]:
+        """The venue's symbols for names in any spelling ('BTCUSDT', 'BTC/USDT', Kraken's 'XBTUSD'),
+        de-duplicated, resolved in one query.
 
         InvalidInputError (422) for unknown names: the first _UNKNOWN_SHOWN of them and how many
         there are, so that a long list of typos gives a short answer.
@@ -251,27 +240,27 @@ class CollectionJobs:
             raise InvalidInputError("symbols must not be empty")
         distinct = list(dict.fromkeys(names))
         async with connection(self._pool) as conn:
-            resolved = await symbols_db.resolve_symbols(conn, self.exchange, distinct)
+            resolved = await symbols_db.resolve_symbols(conn, exchange, distinct)
             # Unknown names, and no symbols at all: the start-up refresh has not run (or failed).
-            load = None in resolved.values() and await symbols_db.count_symbols(conn, self.exchange) == 0
+            load = None in resolved.values() and await symbols_db.count_symbols(conn, exchange) == 0
         if load:
             try:
-                await self.refresh_symbols()
+                await self.refresh_symbols(exchange)
             except ExchangeError as exc:
                 raise InvalidInputError(
-                    f"the symbols of {self.exchange} are not known yet and could not be loaded: {exc}"
+                    f"the symbols of {exchange} are not known yet and could not be loaded: {exc}"
                 ) from None
             async with connection(self._pool) as conn:
-                resolved = await symbols_db.resolve_symbols(conn, self.exchange, distinct)
+                resolved = await symbols_db.resolve_symbols(conn, exchange, distinct)
         unknown = [name for name, symbol in resolved.items() if symbol is None]
         if unknown:
             shown = unknown[:_UNKNOWN_SHOWN]
             listed = ", ".join(map(repr, shown))
             if len(unknown) == 1:
-                detail = f"unknown symbol {listed} on {self.exchange}"
+                detail = f"unknown symbol {listed} on {exchange}"
             else:
                 more = f" and {len(unknown) - len(shown)} more" if len(unknown) > len(shown) else ""
-                detail = f"{len(unknown)} unknown symbols on {self.exchange}: {listed}{more}"
+                detail = f"{len(unknown)} unknown symbols on {exchange}: {listed}{more}"
             raise InvalidInputError(detail, unknown_symbols=shown, unknown_count=len(unknown))
         return list(dict.fromkeys(symbol for symbol in resolved.values() if symbol is not None))
 
@@ -280,6 +269,7 @@ class CollectionJobs:
         symbols: Sequence[str],
         timeframes: Sequence[str],
         *,
+        exchange: str | None = None,
         task_type: str = DATA_COLLECTION,
         start: str | None = None,
         end: str | None = None,
@@ -289,18 +279,19 @@ class CollectionJobs:
         transaction: the `collect` command submits and claims its task at once).
 
         `start` ("listing" or ISO 8601) and `end` (ISO 8601, exclusive) bound the history collected;
-        without `start`, each series resumes where it ends."""
-        frames = validate_timeframes(timeframes)
+        without `start`, each series resumes where it ends. `exchange`: the default venue if None."""
+        venue = exchange or self.default_exchange
+        frames = self._venues.timeframes(venue, timeframes)
         request = self.history_request(start, end)
-        names = await self.resolve_symbols(symbols)
+        names = await self.resolve_symbols(venue, symbols)
         return await self._registry.submit(
             task_type,
             params=TaskParams(
-                exchange=self.exchange, symbols=names, timeframes=frames,
+                exchange=venue, symbols=names, timeframes=frames,
                 start=format_start(request.start) or msgspec.UNSET,
                 end=format_start(request.end) or msgspec.UNSET,
             ),
-            series=[Pair(symbol=s, timeframe=tf).key(self.exchange) for s in names for tf in frames],
+            series=[Pair(symbol=s, timeframe=tf).key(venue) for s in names for tf in frames],
             conn=conn,
         )
 
@@ -319,20 +310,30 @@ class CollectionJobs:
         return HistoryRequest(start=first, end=last)
 
     async def plan(
-        self, symbols: Sequence[str], timeframes: Sequence[str], *, start: str | None = None, end: str | None = None
+        self,
+        symbols: Sequence[str],
+        timeframes: Sequence[str],
+        *,
+        exchange: str | None = None,
+        start: str | None = None,
+        end: str | None = None,
     ) -> CollectionPlan:
         """What a collection of these series would fetch now (validated like a start; fetches no candles)."""
-        frames = validate_timeframes(timeframes)
+        venue = exchange or self.default_exchange
+        frames = self._venues.timeframes(venue, timeframes)
         request = self.history_request(start, end)
-        names = await self.resolve_symbols(symbols)
-        plans = await self._collector.plan([Pair(symbol=s, timeframe=tf) for s in names for tf in frames], request)
+        names = await self.resolve_symbols(venue, symbols)
+        plans = await self._collectors[venue].plan(
+            [Pair(symbol=s, timeframe=tf) for s in names for tf in frames], request
+        )
         async with connection(self._pool) as conn:
             stored = [
                 0 if p.start_ms is None else await klines_db.count_stored(conn, p.series_id, p.start_ms, p.end_ms)
                 for p in plans
             ]
-        weight = self._client.klines_weight
-        limiter = self._client.limiter_state()
+        client = self._venues[venue]
+        weight = client.klines_weight
+        limiter = client.limiter_state()
         return CollectionPlan(
             series=[
                 PlannedSeries(
@@ -359,15 +360,16 @@ class CollectionJobs:
                 config_id=config.id, job_name=config.job_name,
                 start=format_start(config.history_start) or msgspec.UNSET,
             ),
-            series=[Pair(symbol=config.symbol, timeframe=tf).key(self.exchange) for tf in config.timeframes],
+            series=[Pair(symbol=config.symbol, timeframe=tf).key(config.exchange) for tf in config.timeframes],
             conn=conn,
         )
 
     def body_for(self, task: TaskView) -> TaskBody:
         """What runs a task, rebuilt from its row alone: any process can run (or resume) any task."""
-        if task.task_type == SYMBOL_REFRESH:
-            return self._symbol_refresh_body()
         params = task.params
+        exchange = params.exchange if isinstance(params.exchange, str) else self.default_exchange
+        if task.task_type == SYMBOL_REFRESH:
+            return self._symbol_refresh_body(exchange)
         symbols = [] if isinstance(params.symbols, msgspec.UnsetType) else params.symbols
         frames = [] if isinstance(params.timeframes, msgspec.UnsetType) else params.timeframes
         pairs = [Pair(symbol=s, timeframe=tf) for s in symbols for tf in frames]
@@ -384,10 +386,10 @@ class CollectionJobs:
                 start=None if isinstance(params.start, msgspec.UnsetType) else parse_start(params.start),
                 end=None if isinstance(params.end, msgspec.UnsetType) else parse_end(params.end),
             )
-        return self._collection_body(pairs, task.task_type, job_names, request)
+        return self._collection_body(exchange, pairs, task.task_type, job_names, request)
 
     def _collection_body(
-        self, pairs: list[Pair], job_type: str, job_names: dict[str, str], request: HistoryRequest
+        self, exchange: str, pairs: list[Pair], job_type: str, job_names: dict[str, str], request: HistoryRequest
     ) -> TaskBody:
         """A collection task that writes one execution log per symbol: running at start, then its outcome."""
 
@@ -398,7 +400,7 @@ class CollectionJobs:
             async def open_logs(conn: Connection) -> dict[str, int]:
                 # One statement: all rows or none, so a retry cannot double them.
                 return await logs_db.start_logs(
-                    conn, job_names=job_names, job_type=job_type, exchange=self.exchange,
+                    conn, job_names=job_names, job_type=job_type, exchange=exchange,
                     metadata={s: _timeframes_only(frames_of[s]) for s in job_names}, task_id=handle.task_id,
                     started_at=started_at,
                 )
@@ -406,7 +408,10 @@ class CollectionJobs:
             log_ids = await retrying(self._pool, open_logs, give_up_after=_LOG_RETRY_SECONDS)
             handle.series = [SeriesProgress(symbol=p.symbol, timeframe=p.timeframe) for p in pairs]
             try:
-                result = await self._collector.collect(
+                collector = self._collectors.get(exchange)
+                if collector is None:  # a task for a venue this deployment no longer collects from
+                    raise InvalidInputError(f"exchange {exchange!r} is not enabled here (EXCHANGES)")
+                result = await collector.collect(
                     pairs, handle, series=handle.series, request=request, task_id=handle.task_id
                 )
             except BaseException as exc:
@@ -415,7 +420,7 @@ class CollectionJobs:
                 elif isinstance(exc, asyncio.CancelledError):
                     error_type, message = "Cancelled", "the task was cancelled"
                     # The candles written before the cancel are kept: the task's result says how many.
-                    handle.result_so_far = result_so_far(self.exchange, handle.series)
+                    handle.result_so_far = result_so_far(exchange, handle.series)
                 else:
                     error_type, message = exc.__class__.__name__, str(exc)
                 await self._close_logs_on_error(log_ids, frames_of, error_type, message)
@@ -460,62 +465,71 @@ class CollectionJobs:
         except DatabaseUnavailableError:
             log.exception("execution_log_not_closed")  # closed as Interrupted at the next start
 
-    async def start_repair(self, symbol: str, timeframes: Sequence[str] | None) -> TaskView:
+    async def start_repair(
+        self, symbol: str, timeframes: Sequence[str] | None, *, exchange: str | None = None
+    ) -> TaskView:
         """Submit a gap repair of one symbol's series (its config's timeframes if none are given);
         ConflictError if one of them is being collected."""
-        names = await self.resolve_symbols([symbol])
+        venue = exchange or self.default_exchange
+        self.check_exchange(venue)
+        names = await self.resolve_symbols(venue, [symbol])
         if timeframes:
-            frames = validate_timeframes(timeframes)
+            frames = self._venues.timeframes(venue, timeframes)
         else:
             async with connection(self._pool) as conn:
-                config = await configs_db.find_by_pair(conn, self.exchange, names[0])
+                config = await configs_db.find_by_pair(conn, venue, names[0])
             if config is None:
                 raise InvalidInputError(
                     f"{names[0]} has no collection config: name the timeframes to repair", field="timeframes"
                 )
             frames = list(config["timeframes"])
-        return await self._submit_repair(names[0], frames)
+        return await self._submit_repair(venue, names[0], frames)
 
-    async def _submit_repair(self, symbol: str, frames: list[str], conn: Connection | None = None) -> TaskView:
+    async def _submit_repair(
+        self, exchange: str, symbol: str, frames: list[str], conn: Connection | None = None
+    ) -> TaskView:
         return await self._registry.submit(
             GAP_REPAIR,
-            params=TaskParams(exchange=self.exchange, symbols=[symbol], timeframes=frames, job_name=GAP_REPAIR),
-            series=[Pair(symbol=symbol, timeframe=tf).key(self.exchange) for tf in frames],
+            params=TaskParams(exchange=exchange, symbols=[symbol], timeframes=frames, job_name=GAP_REPAIR),
+            series=[Pair(symbol=symbol, timeframe=tf).key(exchange) for tf in frames],
             message="Waiting for a free slot to repair gaps",
             conn=conn,
         )
 
-    async def start_repairs(self) -> tuple[list[TaskView], dict[str, str]]:
-        """A gap repair of every enabled, trading config's series: one task per config. A config
-        whose series are being collected is skipped (the next repair takes it): returns the tasks
-        and, per skipped symbol, why."""
-        async with connection(self._pool) as conn:
-            configs = await configs_db.repairable_configs(conn, self.exchange)
+    async def start_repairs(self, exchange: str | None = None) -> tuple[list[TaskView], dict[str, str]]:
+        """A gap repair of every enabled, trading config's series (of one venue, or of every venue):
+        one task per config. A config whose series are being collected is skipped (the next repair
+        takes it): returns the tasks and, per skipped symbol, why."""
+        if exchange is not None:
+            self.check_exchange(exchange)
         submitted: list[TaskView] = []
         skipped: dict[str, str] = {}
-        for config in configs:
-            try:
-                submitted.append(await self._submit_repair(config["symbol"], list(config["timeframes"])))
-            except ConflictError as exc:
-                skipped[config["symbol"]] = exc.detail
+        for venue in [exchange] if exchange is not None else list(self._venues):
+            async with connection(self._pool) as conn:
+                configs = await configs_db.repairable_configs(conn, venue)
+            for config in configs:
+                try:
+                    submitted.append(await self._submit_repair(venue, config["symbol"], list(config["timeframes"])))
+                except ConflictError as exc:
+                    skipped[config["symbol"]] = exc.detail
         return submitted, skipped
 
-    async def start_symbol_refresh(self, *, conn: Connection | None = None) -> TaskView:
-        """Submit a symbol refresh as a task (one at a time)."""
+    async def start_symbol_refresh(self, exchange: str, *, conn: Connection | None = None) -> TaskView:
+        """Submit a refresh of one venue's symbols as a task (one at a time per venue)."""
         return await self._registry.submit(
-            SYMBOL_REFRESH, params=TaskParams(exchange=self.exchange), series=[f"{self.exchange}:symbols"], conn=conn,
+            SYMBOL_REFRESH, params=TaskParams(exchange=exchange), series=[f"{exchange}:symbols"], conn=conn,
         )
 
-    def _symbol_refresh_body(self) -> TaskBody:
+    def _symbol_refresh_body(self, exchange: str) -> TaskBody:
         async def body(handle: TaskHandle) -> TaskOutcome:
-            await handle.report(10, f"Loading the symbol list of {self.exchange}")
+            await handle.report(10, f"Loading the symbol list of {exchange}")
             async with connection(self._pool) as conn:
                 log_id = await logs_db.start_log(
-                    conn, job_name=SYMBOL_REFRESH, job_type=SYMBOL_REFRESH, symbol=None, exchange=self.exchange,
+                    conn, job_name=SYMBOL_REFRESH, job_type=SYMBOL_REFRESH, symbol=None, exchange=exchange,
                     timeframe=None, metadata={}, task_id=handle.task_id, started_at=self._now(),
                 )
             try:
-                count = await self.refresh_symbols()
+                count = await self.refresh_symbols(exchange)
             except BaseException as exc:
                 async with connection(self._pool) as conn:
                     await logs_db.finish_log(
@@ -530,7 +544,7 @@ class CollectionJobs:
                 )
             return TaskOutcome(
                 status="completed", message=f"Refreshed {count} symbols",
-                result=SymbolRefreshResult(exchange=self.exchange, symbols=count),
+                result=SymbolRefreshResult(exchange=exchange, symbols=count),
             )
 
         return body

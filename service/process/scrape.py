@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import hmac
 
-from service.collection.runtime import Runtime
 from service.db import metrics as metrics_db
 from service.db.pool import connection
 from service.errors import DatabaseUnavailableError
 from service.logging import get_logger
 from service.metrics import DatabaseCounts, PoolUsage, ScrapeState, SeriesFreshness
+from service.process.runtime import Runtime
 
 __all__ = ["bearer_matches", "scrape"]
 

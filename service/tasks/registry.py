@@ -2,7 +2,7 @@
 
 The database is the record: every task is a row from submission on (type and params: all it needs to
 run, in any process), overlap between active tasks is checked there under an advisory lock, and a
-task's end is written there. A `TaskRunner` (service/collection/runner.py) claims pending rows and
+task's end is written there. A `TaskRunner` (service/tasks/runner.py) claims pending rows and
 hands them to `run()`; memory holds the tasks this process runs (their asyncio task and live
 progress) and finished ones for TASK_CLEANUP_DELAY. Every write of a running task is fenced by this
 process's worker id, so a process whose tasks were taken back (it was presumed dead) cannot overwrite
@@ -23,12 +23,12 @@ import msgspec
 import structlog
 
 from service.collection.collector import SeriesProgress
-from service.collection.task_records import TaskParams, TaskResult, task_params_from_json, task_result_from_json
 from service.db import execution_logs as logs_db
 from service.db import tasks as tasks_db
 from service.db.pool import Connection, Pool, Row, connection, retrying
 from service.errors import ConflictError, DatabaseUnavailableError, NotFoundError
 from service.logging import get_logger
+from service.tasks.records import TaskParams, TaskResult, task_params_from_json, task_result_from_json
 
 __all__ = ["TaskBody", "TaskHandle", "TaskOutcome", "TaskRegistry", "TaskView"]
 

@@ -23,7 +23,6 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from service.collection.registry import TaskBody, TaskRegistry, TaskView
 from service.db import execution_logs as logs_db
 from service.db import tasks as tasks_db
 from service.db import workers as workers_db
@@ -31,6 +30,7 @@ from service.db.listener import Listener
 from service.db.pool import Connection, Pool, connection, retrying
 from service.errors import DatabaseUnavailableError
 from service.logging import get_logger
+from service.tasks.registry import TaskBody, TaskRegistry, TaskView
 
 __all__ = ["HANDED_BACK_MESSAGE", "TaskRunner", "join_workers", "leave_workers"]
 

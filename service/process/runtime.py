@@ -6,37 +6,38 @@ import asyncio
 import gc
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from service.auth.accounts import Accounts
+from service.auth.accounts import HOW_TO_GET_AN_ADMIN, Accounts
 from service.auth.limiter import LoginLimiter
 from service.auth.passwords import PasswordHasher
 from service.collection.collector import Collector
-from service.collection.configs import Configs
-from service.collection.events import EVENTS_CHANNEL, EventHub
-from service.collection.jobs import CollectionJobs
-from service.collection.registry import TaskRegistry
-from service.collection.runner import TaskRunner
-from service.collection.scheduler import Scheduler
-from service.collection.startup import DatabaseStart
-from service.collection.weight_budget import build_weight_limiter
 from service.cpu_turns import CpuTurns
 from service.db.health import HealthProbe
 from service.db.listener import Listener
 from service.db.migrate import migrate_if_behind
 from service.db.pool import Pool, create_pool
 from service.db.recent import Recent
-from service.exchanges.base import ExchangeClient
-from service.exchanges.binance import BinanceClient
+from service.exchanges.clients import make_client
+from service.exchanges.venue_set import VenueSet
+from service.exchanges.venues import VENUES
 from service.logging import get_logger
-from service.loop_monitor import LoopMonitor
 from service.metrics import Metrics
+from service.process.events import EVENTS_CHANNEL, EventHub
+from service.process.loop_monitor import LoopMonitor
+from service.process.startup import DatabaseStart
+from service.process.weight_budget import shared_budget
 from service.settings import Settings
+from service.tasks.configs import Configs
+from service.tasks.jobs import CollectionJobs
+from service.tasks.registry import TaskRegistry
+from service.tasks.runner import TaskRunner
+from service.tasks.scheduler import Scheduler
 
 __all__ = ["Runtime", "open_runtime"]
 
@@ -53,10 +54,10 @@ _SHUTDOWN_RESERVE_SECONDS = 5.0
 class Runtime:
     settings: Settings
     pool: Pool
-    exchanges: Mapping[str, ExchangeClient]
-    """Exchange name → its client; everything above exchanges/ speaks to them through the protocol."""
+    exchanges: VenueSet
+    """Venue id → its client, for the enabled venues; everything above exchanges/ speaks to them
+    through the protocol."""
     registry: TaskRegistry
-    collector: Collector
     jobs: CollectionJobs
     scheduler: Scheduler
     clock: Callable[[], float]
@@ -107,34 +108,35 @@ async def open_runtime(
     try:
         # One session for the app's life; the limiter, not the connector, bounds concurrency.
         async with aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=settings.binance_max_concurrency),
+            connector=aiohttp.TCPConnector(limit=sum(v.max_concurrency for v in settings.venues.values())),
             headers={"User-Agent": "kline-collector"},
         ) as session:
             cpu = CpuTurns()
             metrics = Metrics()
-            # WEIGHT_BUDGET_SCOPE=shared: one budget for every process on this database (one egress IP).
-            limiter = build_weight_limiter(settings, pool, exchange=BinanceClient.name, clock=clock, sleep=sleep)
-            client = BinanceClient(
-                session, limiter,
-                base_url=settings.binance_api_url,
-                timeout=settings.binance_timeout,
-                retry_attempts=settings.binance_retry_attempts,
-                retry_wait_initial=settings.binance_retry_wait,
-                weight_limit_override=settings.binance_weight_limit,
-                cpu=cpu,
-                observer=metrics,
-            )
+            # WEIGHT_BUDGET_SCOPE=shared: one budget per venue for every process on this database (one egress IP).
+            venues = VenueSet({
+                venue: make_client(
+                    VENUES[venue], session, venue_settings, cpu=cpu, observer=metrics,
+                    shared=shared_budget(settings, pool, exchange=venue), clock=clock, sleep=sleep,
+                )
+                for venue, venue_settings in settings.venues.items()
+            })
             registry = TaskRegistry(pool, worker_id=uuid.uuid4(), cleanup_delay=settings.task_cleanup_delay)
-            collector = Collector(
-                pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
-                max_connections=settings.db_write_connections,
-                cpu=cpu,
-                db_retry_seconds=settings.db_retry_seconds,
-                clock=clock,
-                metrics=metrics,
-            )
+            write_slots = asyncio.Semaphore(settings.db_write_connections)  # shared by every venue's collector
+            collectors = {
+                venue: Collector(
+                    pool, client, history_candles=settings.default_history_candles, pages_ahead=settings.pages_ahead,
+                    max_connections=settings.db_write_connections,
+                    cpu=cpu,
+                    db_retry_seconds=settings.db_retry_seconds,
+                    clock=clock,
+                    metrics=metrics,
+                    connections=write_slots,
+                )
+                for venue, client in venues.items()
+            }
             jobs = CollectionJobs(
-                pool, client, registry, collector, clock=clock,
+                pool, venues, registry, collectors, clock=clock,
                 recheck_gaps_after_seconds=settings.exchange_gap_recheck_after,
             )
             scheduler = Scheduler(
@@ -172,12 +174,15 @@ async def open_runtime(
                     if settings.scheduler_enabled and not scheduler.is_running:
                         refreshing = await scheduler.start()
                     if not refreshing:  # the symbol refresh teaches the weight limit; else learn it here
-                        client.refresh_limits_soon()
+                        for client in venues.values():
+                            client.refresh_limits_soon()
                 if settings.admin_email is not None and settings.admin_password is not None:
                     accounts.start_bootstrap(settings.admin_email, settings.admin_password)
+                elif not await accounts.admin_exists():  # a first run: say how to get in, where one looks
+                    log.warning("no_admin_account", how=HOW_TO_GET_AN_ADMIN)
 
             runtime = Runtime(
-                settings, pool, {client.name: client}, registry, collector, jobs, scheduler, clock, loop_monitor,
+                settings, pool, venues, registry, jobs, scheduler, clock, loop_monitor,
                 health,
                 accounts=accounts,
                 configs=Configs(
@@ -211,7 +216,8 @@ async def open_runtime(
                 if runner is not None:
                     await runner.stop(grace=max(settings.shutdown_grace_seconds - _SHUTDOWN_RESERVE_SECONDS, 1.0))
                 await listener.stop()
-                await client.aclose()  # a limit refresh in flight must not outlive the session
+                for client in venues.values():
+                    await client.aclose()  # a limit refresh in flight must not outlive the session
     finally:
         await health.close()
         await asyncio.wait_for(pool.close(), timeout=5)

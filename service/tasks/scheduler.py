@@ -20,8 +20,6 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from service.collection.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, CollectionJobs, ConfigRun
-from service.collection.registry import TaskView
 from service.db import configs as configs_db
 from service.db import execution_logs as logs_db
 from service.db import periodic as periodic_db
@@ -31,6 +29,8 @@ from service.errors import ConflictError, DatabaseUnavailableError, NotFoundErro
 from service.logging import get_logger
 from service.metrics import Metrics
 from service.settings import Settings
+from service.tasks.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, CollectionJobs, ConfigRun
+from service.tasks.registry import TaskView
 
 __all__ = ["Scheduler", "SchedulerState"]
 
@@ -209,12 +209,16 @@ class Scheduler:
                     log.info("scheduled_run_skipped", job_name=config.job_name, reason=exc.detail)
 
     async def _refresh_symbols(self) -> bool:
-        try:
-            await self._jobs.start_symbol_refresh()
-        except ConflictError:
-            log.info("symbol_refresh_skipped", reason="a refresh is already running")
-            return False
-        return True
+        """A symbol refresh task per venue (each venue's own: one that does not answer leaves the
+        others working); True if one was submitted."""
+        submitted = False
+        for exchange in self._jobs.venues:
+            try:
+                await self._jobs.start_symbol_refresh(exchange)
+                submitted = True
+            except ConflictError:
+                log.info("symbol_refresh_skipped", exchange=exchange, reason="a refresh is already running")
+        return submitted
 
     async def _repair_gaps(self) -> None:
         tasks, skipped = await self._jobs.start_repairs()

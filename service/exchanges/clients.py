@@ -1,0 +1,85 @@
+"""One client per enabled venue, made from its row of the venue table and its settings.
+
+The family named in the row picks the client class; every class but Binance's takes the same
+arguments and builds its own limiter from the venue's documented limits. Binance's limiter can
+share its budget with the other processes on the database (`shared`, WEIGHT_BUDGET_SCOPE).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import aiohttp
+
+from service.cpu_turns import CpuTurns
+from service.exchanges.base import ExchangeClient, RequestObserver
+from service.exchanges.binance import BinanceClient, fallback_weight_limit
+from service.exchanges.bybit import BybitClient
+from service.exchanges.coinbase import CoinbaseClient
+from service.exchanges.kraken import KrakenClient
+from service.exchanges.limiter import SharedWeightBudget, WeightLimiter
+from service.exchanges.okx import OkxClient
+from service.exchanges.venues import VenueSpec
+from service.settings import VenueSettings
+
+__all__ = ["make_client"]
+
+
+class _VenueClient(Protocol):
+    """How every client but Binance's is made."""
+
+    def __call__(
+        self,
+        spec: VenueSpec,
+        session: aiohttp.ClientSession,
+        settings: VenueSettings,
+        *,
+        cpu: CpuTurns,
+        observer: RequestObserver | None,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> ExchangeClient: ...
+
+
+_FAMILIES: dict[str, _VenueClient] = {
+    "bybit": BybitClient, "coinbase": CoinbaseClient, "kraken": KrakenClient, "okx": OkxClient,
+}
+
+
+def make_client(
+    spec: VenueSpec,
+    session: aiohttp.ClientSession,
+    settings: VenueSettings,
+    *,
+    cpu: CpuTurns,
+    observer: RequestObserver | None = None,
+    shared: SharedWeightBudget | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> ExchangeClient:
+    """The client of `spec`'s venue. Until the venue tells its limit, `<VENUE>_WEIGHT_LIMIT`, else
+    `<VENUE>_WEIGHT_FALLBACK`, else the venue's documented one applies."""
+    if spec.family == "binance":
+        limiter = WeightLimiter(
+            limit=settings.weight_limit or settings.weight_fallback or fallback_weight_limit(spec),
+            margin=settings.weight_margin,
+            max_concurrency=settings.max_concurrency,
+            clock=clock,
+            sleep=sleep,
+            shared=shared,
+        )
+        return BinanceClient(
+            session, limiter,
+            base_url=settings.api_url,
+            timeout=settings.timeout,
+            retry_attempts=settings.retry_attempts,
+            retry_wait_initial=settings.retry_wait,
+            weight_limit_override=settings.weight_limit,
+            cpu=cpu,
+            observer=observer,
+            spec=spec,
+        )
+    return _FAMILIES[spec.family](spec, session, settings, cpu=cpu, observer=observer, clock=clock, sleep=sleep)
