@@ -113,7 +113,9 @@ class BudgetGrant(msgspec.Struct, frozen=True):
     paused_reason: str | None
 
 
-RangeKind = Literal["verified", "exchange_gap", "failed"]
+#: A ledger range's kind. `unavailable` is never stored: a report shows it where the venue no longer
+#: serves the history (Kraken's 720 most recent candles), so that part is neither a hole nor fetched.
+RangeKind = Literal["verified", "exchange_gap", "failed", "unavailable"]
 
 
 class LedgerRange(msgspec.Struct, frozen=True):

@@ -92,6 +92,10 @@ class SeriesPlanOut(Schema):
     requests: int
     """Requests to the exchange (plus one per exchange gap found, to confirm it)."""
     request_weight: int
+    unavailable_until: datetime | None = None
+    """The range asked for reaches further back than the venue serves (Kraken: its 720 most recent
+    candles): the candles before this time cannot be fetched, are not planned, and show as
+    `unavailable` in /coverage (null: the whole range is reachable)."""
 
 
 class PlanReply(Schema):
@@ -101,11 +105,14 @@ class PlanReply(Schema):
     requests: int
     request_weight: int
     weight_budget_per_minute: int | None
-    """The weight this service spends per minute on the exchange (null: not learnt yet)."""
+    """The weight this service spends per minute on the venue (null: not learnt yet)."""
     estimated_seconds: float | None
-    """How long the weight budget makes the run take: what is left of this minute is spent at once,
-    then one budget per minute (null: budget unknown; 0: this minute's budget covers it, and the
-    exchange's latency sets the pace). Running tasks report `eta_seconds` from their measured throughput."""
+    """How long the venue's limit makes the run take: what is left of this window is spent at once,
+    then one budget per window (null: budget unknown; 0: this window's budget covers it, and the
+    venue's latency sets the pace). Running tasks report `eta_seconds` from their measured throughput."""
+    window_seconds: float = 60.0
+    """The window the venue counts its limit in (Binance a minute, Bybit 5 s, OKX 2 s, Coinbase and
+    Kraken 1 s)."""
 
 
 class TaskReply(Schema):
@@ -279,6 +286,7 @@ class DataCollectorController(Controller):
                 listing_start=None if p.listing_start is None else ms_to_datetime(p.listing_start),
                 candles_stored=p.candles_stored, candles_to_fetch=p.candles_to_fetch, requests=p.requests,
                 request_weight=p.request_weight,
+                unavailable_until=None if p.unavailable_until is None else ms_to_datetime(p.unavailable_until),
             )
             for p in plan.series
         ]
@@ -287,6 +295,7 @@ class DataCollectorController(Controller):
             candles_to_fetch=sum(p.candles_to_fetch for p in plan.series),
             requests=sum(p.requests for p in plan.series), request_weight=plan.request_weight,
             weight_budget_per_minute=plan.weight_budget_per_minute, estimated_seconds=plan.estimated_seconds(),
+            window_seconds=plan.window_seconds,
         )
 
     @post(

@@ -29,7 +29,9 @@ class CoverageRangeOut(Schema):
     """Open time just past its last candle (exclusive)."""
     kind: RangeKind
     """verified: every candle stored and closed; exchange_gap: the exchange has no candles there
-    (confirmed by a second fetch); failed: fetching failed after every retry (a hole)."""
+    (confirmed by a second fetch, or buckets without trades a venue leaves out); failed: fetching
+    failed after every retry (a hole); unavailable: older than the venue still serves (Kraken's 720
+    most recent candles): not a hole, never fetched."""
     candles: int
     """Candle slots of the range inside the window."""
     checks: int
@@ -65,8 +67,11 @@ class CoverageOut(Schema):
     candles_exchange_gap: int
     candles_missing: int
     """Slots in holes."""
+    candles_unavailable: int
+    """Slots older than the venue still serves (0 on venues that serve all their history)."""
     completeness_percent: float
-    """(verified + exchange_gap) / expected × 100, rounded down to 2 decimals; 100 when expected is 0."""
+    """(verified + exchange_gap + unavailable) / expected × 100, rounded down to 2 decimals; 100 when
+    expected is 0."""
     freshness_lag_seconds: float | None
     """Now minus the end of the series' newest verified range; null when nothing is verified."""
     complete: bool
@@ -103,6 +108,7 @@ def coverage_out(found: SeriesCoverage) -> CoverageOut:
         window_start=ms_to_datetime(report.window_start), window_end=ms_to_datetime(report.window_end),
         candles_expected=report.candles_expected, candles_verified=report.candles_verified,
         candles_exchange_gap=report.candles_exchange_gap, candles_missing=report.candles_missing,
+        candles_unavailable=report.candles_unavailable,
         completeness_percent=report.completeness_percent, freshness_lag_seconds=report.freshness_lag_seconds,
         complete=report.complete,
         ranges=[

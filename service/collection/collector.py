@@ -135,6 +135,9 @@ class SeriesPlan(msgspec.Struct, kw_only=True):
     requests: int = 0
     """Requests the windows take: one each, and one more for an open-ended last window that fills a
     page (it ends in the open candle, which is read again)."""
+    unavailable_until: int | None = None
+    """The range asked for starts before the venue's reach (Kraken's 720 most recent candles): the
+    candles before this open time cannot be fetched and are not planned."""
 
 
 def result_so_far(exchange: str, series: Sequence[SeriesProgress]) -> CollectionResult:
@@ -354,10 +357,13 @@ class Collector:
             symbol=pair.symbol, timeframe=tf, series_id=series_id, windows=[], start_ms=None, end_ms=None,
             listing_start=listing_known, candles_to_fetch=0,
         )
+        reach = self._client.reach_start(tf, now)
         if request.start is None and not request.repair:
             start = resume_start(stored.resume_at, grid, now, self._history_candles)
             if listing_known is not None:
                 start = max(start, grid.align_up(listing_known))
+            if reach is not None and start < reach:
+                plan.unavailable_until, start = reach, reach
             elif stored.newest is None:
                 # A new series whose listing is not known: no candles before the first one answered
                 # count as an exchange gap (they may predate the listing). Costs no extra request.
@@ -368,14 +374,16 @@ class Collector:
             plan.listing_start = await self._listing(series_id, pair, listing_known, on_wait)
             if plan.listing_start is None:
                 return plan
-            await self._plan_range(plan, request, now, current_open)
+            await self._plan_range(plan, request, now, current_open, reach)
         slots = [_slots(grid, w, current_open) for w in plan.windows]
         plan.candles_to_fetch = sum(slots)
         rereads_open_candle = bool(plan.windows) and plan.windows[-1].end_ms is None and slots[-1] >= page
         plan.requests = len(slots) + rereads_open_candle
         return plan
 
-    async def _plan_range(self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int) -> None:
+    async def _plan_range(
+        self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int, reach: int | None
+    ) -> None:
         grid, page = self._client.grid(plan.timeframe), self._client.max_page
         listing = plan.listing_start
         assert listing is not None
@@ -397,6 +405,9 @@ class Collector:
             if request.end is not None:
                 end = min(end, grid.align_up(request.end))
             open_ended = request.end is None or request.end > current_open
+        if reach is not None and start < reach:
+            # Older than the venue still serves: said in the plan and in coverage, never fetched.
+            plan.unavailable_until, start = min(reach, end), max(start, reach)
         if start >= end and not open_ended:
             return
 

@@ -6,6 +6,7 @@ A series' ledger is a sorted list of non-overlapping half-open ranges of candle 
 - `exchange_gap`: the exchange has no candles there, and a second fetch confirmed it;
 - `failed`: fetching it failed after every retry.
 A hole is any part of a window that is neither verified nor an exchange gap (failed ranges are holes).
+A report also shows `unavailable`: what lies before the venue's reach (never stored, never a hole).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Final
 
 from service.records import LedgerRange, RangeKind
 
-__all__ = ["EXCHANGE_GAP", "FAILED", "KINDS", "VERIFIED", "LedgerRange", "RangeKind", "holes"]
+__all__ = ["EXCHANGE_GAP", "FAILED", "KINDS", "UNAVAILABLE", "VERIFIED", "LedgerRange", "RangeKind", "holes"]
 
 VERIFIED: Final = "verified"
 EXCHANGE_GAP: Final = "exchange_gap"
 FAILED: Final = "failed"
-KINDS: tuple[RangeKind, ...] = ("verified", "exchange_gap", "failed")
+UNAVAILABLE: Final = "unavailable"
+KINDS: tuple[RangeKind, ...] = ("verified", "exchange_gap", "failed", "unavailable")
 # Kinds that need no fetch: a window is complete where these cover it.
 _SETTLED = frozenset({VERIFIED, EXCHANGE_GAP})
 

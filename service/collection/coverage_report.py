@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from service.collection.coverage import EXCHANGE_GAP, FAILED, VERIFIED, LedgerRange, holes
+from service.collection.coverage import EXCHANGE_GAP, FAILED, UNAVAILABLE, VERIFIED, LedgerRange, holes
 from service.collection.ranges import LISTING, HistoryStart, parse_end, parse_start
 from service.db import coverage as coverage_db
 from service.db import ledger as ledger_db
@@ -44,6 +44,7 @@ class CoverageReport(msgspec.Struct, frozen=True):
     candles_exchange_gap: int
     candles_missing: int
     completeness_percent: float
+    candles_unavailable: int
     freshness_lag_seconds: float | None
     ranges: list[ReportedRange]
     holes: list[tuple[int, int, int]]
@@ -62,12 +63,14 @@ def coverage_report(
     *,
     now_ms: int,
     newest_verified_end: int | None,
+    reach_start: int | None = None,
 ) -> CoverageReport:
     """The report of [window_start, window_end) (aligned open times) from the series' sorted ledger
     `ranges`; `newest_verified_end` is the end of the series' newest verified range anywhere (not
-    only in the window), for the freshness lag."""
+    only in the window), for the freshness lag. `reach_start`: the oldest open time the venue still
+    serves (None: all of it); the holes before it are reported `unavailable`, not as holes."""
     clipped: list[ReportedRange] = []
-    counted = {VERIFIED: 0, EXCHANGE_GAP: 0, FAILED: 0}
+    counted = {VERIFIED: 0, EXCHANGE_GAP: 0, FAILED: 0, UNAVAILABLE: 0}
     for r in ranges:
         start, end = max(r.start, window_start), min(r.end, window_end)
         if end <= start:
@@ -75,9 +78,20 @@ def coverage_report(
         candles = grid.slots_between(start, end)
         counted[r.kind] += candles
         clipped.append(ReportedRange(msgspec.structs.replace(r, start=start, end=end), candles))
-    found = [(s, e, grid.slots_between(s, e)) for s, e in holes(ranges, window_start, window_end)]
+    found = []
+    for s, e in holes(ranges, window_start, window_end):
+        if reach_start is not None and s < reach_start:
+            # Out of the venue's reach: said plainly, never a hole a repair would chase forever.
+            cut = min(e, reach_start)
+            candles = grid.slots_between(s, cut)
+            counted[UNAVAILABLE] += candles
+            clipped.append(ReportedRange(LedgerRange(s, cut, UNAVAILABLE), candles))
+            s = cut
+        if s < e:
+            found.append((s, e, grid.slots_between(s, e)))
+    clipped.sort(key=lambda r: r.range.start)
     expected = grid.slots_between(window_start, window_end)
-    settled = counted[VERIFIED] + counted[EXCHANGE_GAP]
+    settled = counted[VERIFIED] + counted[EXCHANGE_GAP] + counted[UNAVAILABLE]
     # Rounded down: 100 means complete, never "99.996 % rounded up".
     percent = 100.0 if expected == 0 else min(settled * 10_000 // expected, 10_000) / 100
     lag = None if newest_verified_end is None else max(now_ms - newest_verified_end, 0) / 1000
@@ -85,6 +99,7 @@ def coverage_report(
         window_start=window_start, window_end=window_end, candles_expected=expected,
         candles_verified=counted[VERIFIED], candles_exchange_gap=counted[EXCHANGE_GAP],
         candles_missing=sum(c for *_, c in found), completeness_percent=percent,
+        candles_unavailable=counted[UNAVAILABLE],
         freshness_lag_seconds=lag, ranges=clipped, holes=found,
     )
 
@@ -177,6 +192,7 @@ class CoverageReports:
         report = coverage_report(
             grid, ranges, window_start, window_end,
             now_ms=now_ms, newest_verified_end=series["newest_verified_end"],
+            reach_start=self._venues[exchange].reach_start(timeframe, now_ms),
         )
         return SeriesCoverage(exchange, name, timeframe, series["listing_start"], report)
 
@@ -196,6 +212,7 @@ class CoverageReports:
                 report = coverage_report(
                     grid, ledgers.get(row["series_id"], []), min(row["earliest_start"], window_end), window_end,
                     now_ms=now_ms, newest_verified_end=row["newest_verified_end"],
+                    reach_start=self._venues[row["exchange"]].reach_start(row["timeframe"], now_ms),
                 )
             summary.append(
                 ConfiguredCoverage(row["config_id"], row["exchange"], row["symbol"], row["timeframe"], report)

@@ -103,34 +103,44 @@ class PlannedSeries(msgspec.Struct, kw_only=True):
     candles_to_fetch: int
     requests: int
     request_weight: int
+    unavailable_until: int | None = None
+    """Candles opening before this are older than the venue serves (None: none of the range)."""
 
 
 class CollectionPlan(msgspec.Struct, kw_only=True):
     series: list[PlannedSeries]
-    weight_budget_per_minute: int | None
-    weight_left_this_minute: int
-    seconds_to_next_minute: float
+    weight_budget: int | None
+    """What this service spends per window of the venue's limit (None: not known)."""
+    window_seconds: float
+    """The window the venue counts its limit in: Binance's minute, Bybit's 5 s…"""
+    weight_left_in_window: int
+    seconds_to_next_window: float
 
     @property
     def request_weight(self) -> int:
         return sum(s.request_weight for s in self.series)
 
-    def estimated_seconds(self) -> float | None:
-        """How long the weight budget makes the run take (None while the budget is not known).
+    @property
+    def weight_budget_per_minute(self) -> int | None:
+        budget = self.weight_budget
+        return None if budget is None else round(budget * 60 / self.window_seconds)
 
-        The exchange counts weight per minute: what is left of this minute is spent at once, then a
-        whole budget at the start of each next minute, so the run ends early in the minute that
-        spends its last weight. 0: this minute's budget covers it (then the exchange's latency, not
-        the budget, sets the pace; running tasks report `eta_seconds` from what they measure).
+    def estimated_seconds(self) -> float | None:
+        """How long the venue's limit makes the run take (None while the budget is not known).
+
+        What is left of this window is spent at once, then a whole budget each next window, so the
+        run ends early in the window that spends its last weight. 0: this window's budget covers it
+        (then the venue's latency, not the budget, sets the pace; running tasks report `eta_seconds`
+        from what they measure).
         """
-        budget = self.weight_budget_per_minute
+        budget = self.weight_budget
         if not budget:
             return None
-        beyond = self.request_weight - self.weight_left_this_minute
+        beyond = self.request_weight - self.weight_left_in_window
         if beyond <= 0:
             return 0.0
-        minutes_after_this = -(-beyond // budget)  # ceil
-        return round(self.seconds_to_next_minute + 60.0 * (minutes_after_this - 1), 1)
+        windows_after_this = -(-beyond // budget)  # ceil
+        return round(self.seconds_to_next_window + self.window_seconds * (windows_after_this - 1), 1)
 
 
 def collection_outcome(result: CollectionResult) -> TaskOutcome:
@@ -339,13 +349,16 @@ class CollectionJobs:
                 PlannedSeries(
                     symbol=p.symbol, timeframe=p.timeframe, start_ms=p.start_ms, end_ms=p.end_ms,
                     listing_start=p.listing_start, candles_stored=count, candles_to_fetch=p.candles_to_fetch,
-                    requests=p.requests, request_weight=p.requests * weight,
+                    requests=p.requests, request_weight=p.requests * weight, unavailable_until=p.unavailable_until,
                 )
                 for p, count in zip(plans, stored, strict=True)
             ],
-            weight_budget_per_minute=limiter.budget,
-            weight_left_this_minute=max((limiter.budget or 0) - limiter.used_in_window, 0),
-            seconds_to_next_minute=60.0 - self._clock() % 60.0,
+            weight_budget=limiter.budget,
+            window_seconds=limiter.window_seconds,
+            weight_left_in_window=max((limiter.budget or 0) - limiter.used_in_window, 0),
+            # A fixed window (Binance's minute) turns at the clock's window boundary; a sliding one
+            # frees its budget as the requests in it age, a whole window at most.
+            seconds_to_next_window=limiter.window_seconds - self._clock() % limiter.window_seconds,
         )
 
     async def start_config_run(self, config: ConfigRun, *, task_type: str, conn: Connection | None = None) -> TaskView:

@@ -376,12 +376,28 @@ def test_a_plan_beyond_this_minutes_budget_takes_whole_minutes_of_it() -> None:
             candles_to_fetch=weight * 500, requests=weight // 2, request_weight=weight,
         )
         return CollectionPlan(
-            series=[series], weight_budget_per_minute=300, weight_left_this_minute=left, seconds_to_next_minute=20.0
+            series=[series], weight_budget=300, window_seconds=60.0, weight_left_in_window=left,
+            seconds_to_next_window=20.0,
         )
 
     assert plan(100, left=100).estimated_seconds() == 0.0
     assert plan(101, left=100).estimated_seconds() == 20.0
     assert plan(400, left=100).estimated_seconds() == 20.0
     assert plan(1000, left=100).estimated_seconds() == 140.0  # 900 beyond: three more minutes, the last at +140 s
-    no_budget = msgspec.structs.replace(plan(10, left=0), weight_budget_per_minute=None)
+    assert plan(10, left=0).weight_budget_per_minute == 300
+    no_budget = msgspec.structs.replace(plan(10, left=0), weight_budget=None)
     assert no_budget.estimated_seconds() is None
+
+
+def test_a_plan_on_a_sliding_window_takes_whole_windows_of_it() -> None:
+    """A venue counting requests in 5 s windows (Bybit): 1,164 requests over a budget of 582 with
+    none left now take two more windows after the current one turns."""
+    series = PlannedSeries(
+        symbol="BTCUSDT", timeframe="1m", start_ms=0, end_ms=None, listing_start=0, candles_stored=0,
+        candles_to_fetch=1_164_000, requests=1164, request_weight=1164,
+    )
+    plan = CollectionPlan(
+        series=[series], weight_budget=582, window_seconds=5.0, weight_left_in_window=0, seconds_to_next_window=5.0
+    )
+    assert plan.estimated_seconds() == 10.0
+    assert plan.weight_budget_per_minute == 6984

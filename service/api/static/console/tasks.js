@@ -4,6 +4,7 @@ import { api, ApiError } from "./api.js";
 import { h, when, statusCell } from "./dom.js";
 import { onEvent } from "./events.js";
 import { clearErrors, showError } from "./forms.js";
+import { timeframeChips, venueSelect } from "./venues.js";
 
 const ACTIVE = new Set(["pending", "running"]);
 
@@ -12,6 +13,9 @@ function describe(task) {
   if (task.task_type === "symbol_refresh") return "symbol refresh";
   return `${(p.symbols || []).join(", ")} · ${(p.timeframes || []).join(", ")}`;
 }
+
+// The venue a task collects from or refreshes (older tasks name none: the default one).
+const venueOf = (task) => (task.params && task.params.exchange) || "";
 
 // "42% · 1m 05s left": the ETA a running collection measures from its own throughput.
 function progressText(progress, etaSeconds) {
@@ -36,6 +40,7 @@ export function tasksPage(main, session) {
   const rowOf = (task) => h("tr", { dataset: { taskId: task.task_id } },
     h("td", { title: task.task_id }, task.task_id.slice(0, 8)),
     h("td", {}, task.task_type),
+    h("td", {}, venueOf(task)),
     h("td", {}, describe(task)),
     h("td", { class: "status" }, statusCell(task.status)),
     progressCell(task),
@@ -58,9 +63,10 @@ export function tasksPage(main, session) {
         api("/api/v1/data-collector/tasks/active"), api("/api/v1/data-collector/tasks?limit=20"),
       ]);
       activeBody.replaceChildren(...active.tasks.map(rowOf));
-      if (!active.tasks.length) activeBody.append(h("tr", {}, h("td", { colspan: 7, class: "notice" }, "No active task")));
+      if (!active.tasks.length) activeBody.append(h("tr", {}, h("td", { colspan: 8, class: "notice" }, "No active task")));
       recentBody.replaceChildren(...recent.tasks.filter((t) => !ACTIVE.has(t.status)).map((task) => h("tr", {},
-        h("td", { title: task.task_id }, task.task_id.slice(0, 8)), h("td", {}, task.task_type), h("td", {}, describe(task)),
+        h("td", { title: task.task_id }, task.task_id.slice(0, 8)), h("td", {}, task.task_type),
+        h("td", {}, venueOf(task)), h("td", {}, describe(task)),
         h("td", {}, statusCell(task.status)), h("td", {}, `${task.progress}%`), h("td", {}, task.message || ""),
         h("td", {}, when(task.completed_at)))));
       notice.textContent = "";
@@ -94,12 +100,12 @@ export function tasksPage(main, session) {
     notice,
     h("section", {}, h("h2", {}, "Active"),
       h("table", { id: "active-tasks" },
-        h("thead", {}, h("tr", {}, ["Task", "Type", "What", "Status", "Progress", "Message", ""].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Task", "Type", "Exchange", "What", "Status", "Progress", "Message", ""].map((t) => h("th", {}, t)))),
         activeBody)),
     admin ? startForm(load) : "",
     h("section", {}, h("h2", {}, "Recent"),
       h("table", { id: "recent-tasks" },
-        h("thead", {}, h("tr", {}, ["Task", "Type", "What", "Status", "Progress", "Message", "Ended"].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Task", "Type", "Exchange", "What", "Status", "Progress", "Message", "Ended"].map((t) => h("th", {}, t)))),
         recentBody)),
   );
   load();
@@ -107,10 +113,13 @@ export function tasksPage(main, session) {
 }
 
 function startForm(load) {
+  const timeframes = h("input", { name: "timeframes", placeholder: "1m, 1h", required: true });
+  const chips = timeframeChips(timeframes);
   const form = h("form", { class: "grid", id: "start-form" },
+    h("label", {}, "Exchange", venueSelect((venue) => chips.show(venue.timeframes))),
     h("label", {}, "Symbols (comma separated)", h("input", { name: "symbols", placeholder: "BTCUSDT, ETH/USDT", required: true }),
       h("span", { class: "error", dataset: { errorFor: "symbols" } })),
-    h("label", {}, "Timeframes (comma separated)", h("input", { name: "timeframes", placeholder: "1m, 1h", required: true }),
+    h("label", {}, "Timeframes (comma separated)", timeframes, chips,
       h("span", { class: "error", dataset: { errorFor: "timeframes" } })),
     h("div", {}, h("button", { type: "submit", class: "primary" }, "Start collection"),
       h("p", { class: "error", dataset: { errorFor: "form" } })));
@@ -120,11 +129,14 @@ function startForm(load) {
     const data = new FormData(form);
     const list = (name) => String(data.get(name)).split(/[\s,]+/).filter(Boolean);
     try {
-      await api("/api/v1/data-collector/start", { method: "POST", body: { symbols: list("symbols"), timeframes: list("timeframes") } });
-      form.reset();
+      const body = { exchange: String(data.get("exchange")), symbols: list("symbols"), timeframes: list("timeframes") };
+      await api("/api/v1/data-collector/start", { method: "POST", body });
+      form.elements.symbols.value = "";
+      timeframes.value = "";
+      chips.mark();
       await load();
     } catch (error) {
-      showError(form, error, ["symbols", "timeframes"]);
+      showError(form, error, ["exchange", "symbols", "timeframes"]);
     }
   });
   return h("section", {}, h("h2", {}, "Start a collection"), form);
