@@ -25,7 +25,7 @@ from service.errors import InvalidInputError
 from service.exchanges.grid import Timeframe, TimeframeName
 from service.exchanges.venues import DEFAULT_VENUE
 from service.process.loop_monitor import LoopLag
-from service.tasks.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH
+from service.tasks.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH, CollectionJobs
 from service.tasks.records import TaskParams, TaskResult
 from service.tasks.registry import TaskView
 
@@ -40,11 +40,10 @@ class StartCollection(Schema):
     symbols: Annotated[list[SymbolName], msgspec.Meta(max_length=MAX_START_SYMBOLS)]
     """Symbols in any spelling: as the venue names them (BTCUSDT, BTC-USDT, XBTUSD) or unified as
     BASE/QUOTE (BTC/USDT; perpetuals BTC/USDT:USDT); repeats count once."""
-    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=len(Timeframe))] = msgspec.field(
-        default_factory=lambda: list(DEFAULT_TIMEFRAMES)
-    )
+    timeframes: Annotated[list[TimeframeText], msgspec.Meta(max_length=len(Timeframe))] | None = None
     """Unified timeframe names the venue serves (GET /api/v1/exchanges lists each venue's set; Binance
-    spot: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M)."""
+    spot: 1s 1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M). Absent: those of 1m 5m 15m 1h 4h 1d
+    the venue serves."""
     exchange: ExchangeChoice = DEFAULT_VENUE
     """The venue to collect from."""
     start: Annotated[str, msgspec.Meta(max_length=64)] | None = None
@@ -231,6 +230,13 @@ class LatestPrices(Schema):
     count: int
 
 
+def _timeframes(data: StartCollection, jobs: CollectionJobs) -> list[str]:
+    """The timeframes a start names, or the defaults its venue serves."""
+    if data.timeframes is not None:
+        return data.timeframes
+    return [tf for tf in DEFAULT_TIMEFRAMES if tf in jobs.venues.client(data.exchange).timeframes]
+
+
 def _task_out(view: TaskView) -> TaskOut:
     return TaskOut(
         task_id=view.task_id, task_type=view.task_type, status=view.status, progress=view.progress,
@@ -258,7 +264,7 @@ class DataCollectorController(Controller):
     )
     async def start(self, data: JSONBody[StartCollection], jobs: JobsDep) -> TaskReply:
         view = await jobs.start_collection(
-            data.symbols, data.timeframes, exchange=data.exchange, task_type=DATA_COLLECTION, start=data.start,
+            data.symbols, _timeframes(data, jobs), exchange=data.exchange, task_type=DATA_COLLECTION, start=data.start,
             end=data.end,
         )
         return TaskReply(
@@ -277,7 +283,9 @@ class DataCollectorController(Controller):
         responses=error_responses(400, 401, 403, 413, 415, 422),
     )
     async def plan(self, data: JSONBody[StartCollection], jobs: JobsDep) -> PlanReply:
-        plan = await jobs.plan(data.symbols, data.timeframes, exchange=data.exchange, start=data.start, end=data.end)
+        plan = await jobs.plan(
+            data.symbols, _timeframes(data, jobs), exchange=data.exchange, start=data.start, end=data.end
+        )
         series = [
             SeriesPlanOut(
                 symbol=p.symbol, timeframe=p.timeframe,

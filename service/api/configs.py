@@ -33,7 +33,8 @@ from service.api.schemas import (
 )
 from service.auth.accounts import User
 from service.auth.guards import BEARER_SECURITY, requires_admin
-from service.exchanges.grid import TimeframeName
+from service.exchanges.grid import Timeframe, TimeframeName
+from service.exchanges.venues import DEFAULT_VENUE
 from service.tasks.configs import CollectionConfig, ConfigChanges
 
 __all__ = ["Config", "ConfigsController", "CreateConfig", "UpdateConfig"]
@@ -41,7 +42,10 @@ __all__ = ["Config", "ConfigsController", "CreateConfig", "UpdateConfig"]
 # At most a week; the minimum (MIN_INTERVAL_MINUTES, a setting) is checked with a 422.
 IntervalMinutes = Annotated[int, msgspec.Meta(le=10_080, description="Minutes between runs (at most 10080, a week)")]
 Timeframes = Annotated[
-    list[TimeframeText], msgspec.Meta(max_length=16, description="Binance intervals, e.g. 1m 5m 1h 1d")
+    list[TimeframeText],
+    msgspec.Meta(
+        max_length=len(Timeframe), description="Timeframes the venue serves (GET /api/v1/exchanges), e.g. 1m 1h 1d"
+    ),
 ]
 # An int4 column: a larger id is a 400 naming config_id, not a driver error.
 ConfigId = Annotated[int, id_path(INT4_MAX, "Id of the collection config")]
@@ -91,7 +95,7 @@ class CreateConfig(Schema):
     symbol: SymbolName
     timeframes: Timeframes
     interval_minutes: IntervalMinutes
-    exchange: ExchangeName = "binance"
+    exchange: ExchangeName = DEFAULT_VENUE
     enabled: bool = True
     description: Description | None = None
     history_start: HistoryStartText | None = None

@@ -62,10 +62,14 @@ def text_query(*, max_length: int, description: str | None = None) -> ParameterK
 
 #: The series a read names, as query parameters (/klines, /coverage).
 SymbolQuery = Annotated[
-    str, QueryParameter(description="BTCUSDT or BTC/USDT", min_length=1, max_length=40, pattern=NO_NUL_PATTERN)
+    str,
+    QueryParameter(
+        description="Any spelling: the venue's own (BTCUSDT, BTC-USDT, XBTUSD) or BTC/USDT",
+        min_length=1, max_length=40, pattern=NO_NUL_PATTERN,
+    ),
 ]
 TimeframeQuery = Annotated[
-    TimeframeName, text_query(max_length=8, description="One of Binance's 16 intervals, e.g. 1m, 1h, 1d")
+    TimeframeName, text_query(max_length=8, description="One the venue serves (GET /api/v1/exchanges), e.g. 1m, 1h, 1d")
 ]
 ExchangeQuery = Annotated[ExchangeChoice, text_query(max_length=40, description="The venue (default binance)")]
 

@@ -5,25 +5,35 @@ import { api, ApiError } from "./api.js";
 import { h, when } from "./dom.js";
 import { newChart, seconds } from "./charts.js";
 import { drawCoverage } from "./coverage.js";
-
-const TIMEFRAMES = ["1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "3d", "1w", "1M"];
+import { venueSelect } from "./venues.js";
 
 export function candlesPage(main) {
   const notice = h("p", { class: "notice", id: "candles-notice" });
   const holder = h("div", { id: "candle-chart", class: "chart tall" });
   const coverageNotice = h("p", { class: "notice", id: "coverage-notice" });
   const holeList = h("ul", { class: "holes", id: "coverage-holes" });
+  const title = h("h2", { id: "candles-title", hidden: true });
+  // The timeframes follow the venue's own set; the one chosen stays when the new venue serves it.
+  const timeframe = h("select", { name: "timeframe" }, h("option", { value: "1m" }, "1m"));
+  const follow = (venue) => {
+    const keep = venue.timeframes.includes(timeframe.value) ? timeframe.value : "1m";
+    timeframe.replaceChildren(...venue.timeframes.map((tf) => h("option", { value: tf }, tf)));
+    timeframe.value = venue.timeframes.includes(keep) ? keep : venue.timeframes[0];
+  };
   const form = h("form", { class: "grid", id: "candles-form" },
+    h("label", {}, "Exchange", venueSelect(follow)),
     h("label", {}, "Symbol", h("input", { name: "symbol", value: "BTCUSDT", required: true })),
-    h("label", {}, "Timeframe", h("select", { name: "timeframe" },
-      TIMEFRAMES.map((tf) => h("option", { value: tf, selected: tf === "1m" }, tf)))),
+    h("label", {}, "Timeframe", timeframe),
     h("label", {}, "Candles (newest)", h("input", { name: "limit", type: "number", min: 1, max: 5000, value: 500 })),
     h("div", {}, h("button", { type: "submit", class: "primary" }, "Show")));
   let chart = null;
 
   async function show() {
     const data = new FormData(form);
-    const params = new URLSearchParams({ symbol: String(data.get("symbol")).trim(), timeframe: String(data.get("timeframe")), limit: String(data.get("limit")) });
+    const params = new URLSearchParams({
+      exchange: String(data.get("exchange")), symbol: String(data.get("symbol")).trim(),
+      timeframe: String(data.get("timeframe")), limit: String(data.get("limit")),
+    });
     try {
       const body = await api(`/api/v1/klines?${params}`);
       if (chart) chart.remove();
@@ -33,6 +43,8 @@ export function candlesPage(main) {
         time: seconds(k.open_time), open: Number(k.open), high: Number(k.high), low: Number(k.low), close: Number(k.close),
       })));
       holder.dataset.candles = String(body.count);
+      title.textContent = `${body.symbol} ${body.timeframe} on ${body.exchange}`;
+      title.hidden = false;
       await showCoverage(body);
       chart.timeScale().fitContent();
       notice.textContent = body.count
@@ -50,7 +62,9 @@ export function candlesPage(main) {
     delete holder.dataset.holes;
     delete holder.dataset.holeBars;
     if (!candles.count) return;
-    const params = new URLSearchParams({ symbol: candles.symbol, timeframe: candles.timeframe, start: candles.klines[0].open_time });
+    const params = new URLSearchParams({
+      exchange: candles.exchange, symbol: candles.symbol, timeframe: candles.timeframe, start: candles.klines[0].open_time,
+    });
     let coverage;
     try {
       coverage = await api(`/api/v1/coverage?${params}`);
@@ -75,7 +89,7 @@ export function candlesPage(main) {
   });
   main.append(
     h("h1", {}, "Candles"),
-    h("section", {}, form, notice, holder, coverageNotice, holeList,
+    h("section", {}, form, title, notice, holder, coverageNotice, holeList,
       h("p", { class: "notice" }, "Charts by TradingView Lightweight Charts™, ",
         h("a", { href: "https://www.tradingview.com/", rel: "noopener" }, "tradingview.com"))),
   );

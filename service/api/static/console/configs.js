@@ -5,9 +5,10 @@ import { api, ApiError } from "./api.js";
 import { h, when } from "./dom.js";
 import { onEvent } from "./events.js";
 import { clearErrors, showError } from "./forms.js";
+import { timeframeChips, venueSelect } from "./venues.js";
 
 const BASE = "/api/v1/admin/data-collection/configs";
-const FIELDS = ["symbol", "timeframes", "interval_minutes", "history_start", "description"];
+const FIELDS = ["symbol", "timeframes", "interval_minutes", "history_start", "description", "exchange"];
 
 export function configsPage(main, session) {
   const body = h("tbody");
@@ -23,14 +24,14 @@ export function configsPage(main, session) {
     await load();
   };
 
-  const rowOf = (config) => h("tr", { dataset: { configId: config.id } },
-    h("td", {}, h("input", { type: "checkbox", class: "pick", value: config.id, "aria-label": `select ${config.symbol}` })),
-    h("td", {}, config.symbol),
+  const rowOf = (config) => h("tr", { dataset: { configId: config.id, exchange: config.exchange } },
+    h("td", {}, h("input", { type: "checkbox", class: "pick", value: config.id, "aria-label": `select ${config.exchange} ${config.symbol}` })),
     h("td", {}, config.exchange),
+    h("td", {}, config.symbol),
     h("td", {}, config.timeframes.join(", ")),
     h("td", {}, `${config.interval_minutes} min`),
     h("td", {}, h("input", {
-      type: "checkbox", checked: config.enabled, "aria-label": `enabled ${config.symbol}`,
+      type: "checkbox", checked: config.enabled, "aria-label": `enabled ${config.exchange} ${config.symbol}`,
       onchange: (event) => act(() => api(`${BASE}/${config.id}/${event.target.checked ? "enable" : "disable"}`, { method: "POST" })),
     }),
     // Paused by the symbol refresh while the symbol does not trade; enabled or not, it is not scheduled.
@@ -44,7 +45,7 @@ export function configsPage(main, session) {
       " ",
       h("button", {
         type: "button", class: "danger",
-        onclick: () => confirm(`Delete the configuration of ${config.symbol}? Its execution logs stay.`)
+        onclick: () => confirm(`Delete the configuration of ${config.symbol} on ${config.exchange}? Its execution logs stay.`)
           && act(() => api(`${BASE}/${config.id}`, { method: "DELETE" })),
       }, "Delete")));
 
@@ -62,10 +63,14 @@ export function configsPage(main, session) {
     }
   }
 
+  const timeframes = h("input", { name: "timeframes", placeholder: "1m, 1h", required: true });
+  const chips = timeframeChips(timeframes);
+  const venue = venueSelect((chosen) => chips.show(chosen.timeframes));
   const form = h("form", { class: "grid", id: "config-form" },
+    h("label", {}, "Exchange", venue, h("span", { class: "error", dataset: { errorFor: "exchange" } })),
     h("label", {}, "Symbol", h("input", { name: "symbol", placeholder: "BTCUSDT or BTC/USDT", required: true }),
       h("span", { class: "error", dataset: { errorFor: "symbol" } })),
-    h("label", {}, "Timeframes (comma separated)", h("input", { name: "timeframes", placeholder: "1m, 1h", required: true }),
+    h("label", {}, "Timeframes (comma separated)", timeframes, chips,
       h("span", { class: "error", dataset: { errorFor: "timeframes" } })),
     h("label", {}, "Every (minutes)", h("input", { name: "interval_minutes", type: "number", value: 60, required: true }),
       h("span", { class: "error", dataset: { errorFor: "interval_minutes" } })),
@@ -84,19 +89,22 @@ export function configsPage(main, session) {
     editing = config.id;
     clearErrors(form);
     form.elements.symbol.value = config.symbol;
-    form.elements.timeframes.value = config.timeframes.join(", ");
+    timeframes.value = config.timeframes.join(", ");
+    venue.choose(config.exchange);
     form.elements.interval_minutes.value = config.interval_minutes;
     form.elements.history_start.value = config.history_start || "";
     form.elements.description.value = config.description || "";
     form.elements.enabled.checked = config.enabled;
-    formTitle.textContent = `Edit ${config.symbol} (id ${config.id})`;
+    formTitle.textContent = `Edit ${config.symbol} on ${config.exchange} (id ${config.id})`;
     form.querySelector("button[type=submit]").textContent = "Save";
     cancelEdit.hidden = false;
   }
 
   function stopEditing() {
     editing = null;
+    const chosen = venue.value; // the next config is likely on the same venue
     form.reset();
+    venue.choose(chosen);
     clearErrors(form);
     formTitle.textContent = "New configuration";
     form.querySelector("button[type=submit]").textContent = "Create";
@@ -108,6 +116,7 @@ export function configsPage(main, session) {
     clearErrors(form);
     const data = new FormData(form);
     const payload = {
+      exchange: String(data.get("exchange")),
       symbol: String(data.get("symbol")).trim(),
       timeframes: String(data.get("timeframes")).split(/[\s,]+/).filter(Boolean),
       interval_minutes: Number(data.get("interval_minutes")),
@@ -162,7 +171,7 @@ export function configsPage(main, session) {
     h("section", {},
       h("div", { class: "actions bulk" }, bulk("enable", "Enable"), bulk("disable", "Disable"), bulk("trigger", "Run")),
       h("table", { id: "configs" },
-        h("thead", {}, h("tr", {}, ["", "Symbol", "Exchange", "Timeframes", "Interval", "Enabled", "Next run", "Last run", ""]
+        h("thead", {}, h("tr", {}, ["", "Exchange", "Symbol", "Timeframes", "Interval", "Enabled", "Next run", "Last run", ""]
           .map((t) => h("th", {}, t)))),
         body)),
   );

@@ -5,7 +5,7 @@ import { seconds } from "./charts.js";
 
 const STEP_SECONDS = {
   "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600, "2h": 7200, "4h": 14400,
-  "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800,
+  "6h": 21600, "8h": 28800, "12h": 43200, "1d": 86400, "3d": 259200, "1w": 604800, "15d": 1296000,
 };
 // The chart holds at most 5,000 candles; a larger hole is drawn over its first slots only.
 const MAX_BARS = 5000;

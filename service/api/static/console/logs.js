@@ -47,11 +47,12 @@ export function logsPage(main, session) {
     try {
       const logs = await api(`${BASE}?${query({ skip, limit: PAGE })}`);
       body.replaceChildren(...logs.map((log) => h("tr", { dataset: { logId: log.id }, class: "clickable", onclick: () => show(log.id) },
-        h("td", {}, log.id), h("td", {}, log.job_name), h("td", {}, log.job_type), h("td", {}, log.symbol || ""),
+        h("td", {}, log.id), h("td", {}, log.job_name), h("td", {}, log.job_type),
+        h("td", {}, log.exchange || ""), h("td", {}, log.symbol || ""),
         h("td", {}, statusCell(log.status)), h("td", {}, log.records_collected),
         h("td", {}, log.duration_seconds === null ? "" : `${log.duration_seconds.toFixed(1)} s`),
         h("td", {}, when(log.started_at)), h("td", {}, log.error_message || ""))));
-      if (!logs.length) body.append(h("tr", {}, h("td", { colspan: 9, class: "notice" }, "No execution log matches")));
+      if (!logs.length) body.append(h("tr", {}, h("td", { colspan: 10, class: "notice" }, "No execution log matches")));
       pageLabel.textContent = `rows ${skip + 1}–${skip + logs.length}`;
       nextButton.disabled = logs.length < PAGE;
       prevButton.disabled = skip === 0;
@@ -107,7 +108,7 @@ export function logsPage(main, session) {
     h("section", {}, filters),
     h("section", {},
       h("table", { id: "logs" },
-        h("thead", {}, h("tr", {}, ["Id", "Job", "Type", "Symbol", "Status", "Candles", "Duration", "Started", "Error"]
+        h("thead", {}, h("tr", {}, ["Id", "Job", "Type", "Exchange", "Symbol", "Status", "Candles", "Duration", "Started", "Error"]
           .map((t) => h("th", {}, t)))),
         body),
       h("div", { class: "actions pager" }, prevButton, pageLabel, nextButton)),

@@ -4,7 +4,7 @@ import { api, ApiError } from "./api.js";
 import { h, when, statusCell } from "./dom.js";
 import { onEvent } from "./events.js";
 import { clearErrors, showError } from "./forms.js";
-import { timeframeChips, venueSelect } from "./venues.js";
+import { DEFAULT_VENUE, timeframeChips, venueSelect } from "./venues.js";
 
 const ACTIVE = new Set(["pending", "running"]);
 
@@ -14,8 +14,8 @@ function describe(task) {
   return `${(p.symbols || []).join(", ")} · ${(p.timeframes || []).join(", ")}`;
 }
 
-// The venue a task collects from or refreshes (older tasks name none: the default one).
-const venueOf = (task) => (task.params && task.params.exchange) || "";
+// The venue a task collects from or refreshes (tasks from before there were several name none: Binance's).
+const venueOf = (task) => (task.params && task.params.exchange) || DEFAULT_VENUE;
 
 // "42% · 1m 05s left": the ETA a running collection measures from its own throughput.
 function progressText(progress, etaSeconds) {
@@ -116,7 +116,8 @@ function startForm(load) {
   const timeframes = h("input", { name: "timeframes", placeholder: "1m, 1h", required: true });
   const chips = timeframeChips(timeframes);
   const form = h("form", { class: "grid", id: "start-form" },
-    h("label", {}, "Exchange", venueSelect((venue) => chips.show(venue.timeframes))),
+    h("label", {}, "Exchange", venueSelect((venue) => chips.show(venue.timeframes)),
+      h("span", { class: "error", dataset: { errorFor: "exchange" } })),
     h("label", {}, "Symbols (comma separated)", h("input", { name: "symbols", placeholder: "BTCUSDT, ETH/USDT", required: true }),
       h("span", { class: "error", dataset: { errorFor: "symbols" } })),
     h("label", {}, "Timeframes (comma separated)", timeframes, chips,
@@ -136,7 +137,7 @@ function startForm(load) {
       chips.mark();
       await load();
     } catch (error) {
-      showError(form, error, ["exchange", "symbols", "timeframes"]);
+      showError(form, error, ["symbols", "timeframes", "exchange"]);
     }
   });
   return h("section", {}, h("h2", {}, "Start a collection"), form);
