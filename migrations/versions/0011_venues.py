@@ -1,4 +1,5 @@
-"""Every venue's symbols: a neutral listing state, the venue's other spellings, the settle asset.
+"""Every venue's symbols: a neutral listing state, the venue's other spellings, the settle asset;
+and where a series' candles open, learnt where the venue does not document it.
 
 Revision ID: 0011
 Revises: 0010
@@ -30,11 +31,16 @@ def upgrade() -> None:
                                            ELSE 'paused' END;
     -- Kraken's XBTUSD for the pair XXBTZUSD: any spelling finds the stored id.
     CREATE INDEX symbols_by_alias ON symbols USING gin (aliases);
+
+    -- Open times of the series are grid_offset_ms + k * step: learnt from the venue's answers where
+    -- it does not document its grid (Kraken's weeks); NULL where the venue's documented grid holds.
+    ALTER TABLE series ADD COLUMN grid_offset_ms bigint;
     """)
 
 
 def downgrade() -> None:
     execute_script("""
+    ALTER TABLE series DROP COLUMN grid_offset_ms;
     DROP INDEX symbols_by_alias;
     ALTER TABLE symbols DROP COLUMN settle_asset, DROP COLUMN aliases, DROP COLUMN state;
     """)

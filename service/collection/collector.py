@@ -122,6 +122,8 @@ class SeriesPlan(msgspec.Struct, kw_only=True):
     symbol: str
     timeframe: str
     series_id: int
+    grid: Grid
+    """Where the series' candles open (the venue's grid, or the one the series learnt)."""
     windows: list[Window]
     start_ms: int | None
     """First open time the run covers (None: nothing to fetch, e.g. no candles on the exchange)."""
@@ -324,7 +326,7 @@ class Collector:
         for pair in pairs:
             series = start.series[pair.symbol, pair.timeframe]
             plans.append(
-                await self._plan_pair(pair, series.series_id, series.stored, series.listing_start, request, None)
+                await self._plan_pair(pair, series, request, None)
             )
         return plans
 
@@ -340,21 +342,43 @@ class Collector:
             await self._db(remember)
         return listing
 
+    async def _series_grid(self, pair: Pair, series: klines_db.RunSeries, on_wait: WaitCallback | None) -> Grid:
+        """The series' grid: the venue's where it documents it; else where the series learnt its
+        candles open, learnt now from the venue's newest candle if never (one request, once a series)."""
+        grid = self._client.grid(pair.timeframe)
+        if grid.anchored or series.grid_offset_ms is not None:
+            return grid.with_learnt(series.grid_offset_ms)
+        now = self._now_ms()
+        newest = await self._client.fetch_klines(
+            pair.symbol, pair.timeframe, start_ms=max(grid.shift(grid.align_open(now), -2), 0), end_ms=None,
+            limit=3, on_wait=on_wait,
+        )
+        if not newest.klines:
+            return grid  # nothing to learn from yet: the first guess, learnt at a later run
+        learnt = grid.anchored_at(newest.klines[-1].open_time)
+
+        async def remember(conn: Connection) -> None:
+            await klines_db.set_grid_offset(conn, series.series_id, learnt.offset_ms)
+
+        await self._db(remember)
+        if learnt.offset_ms != grid.offset_ms:
+            log.info("grid_anchor_learnt", symbol=pair.symbol, timeframe=pair.timeframe, offset_ms=learnt.offset_ms)
+        return learnt
+
     async def _plan_pair(
         self,
         pair: Pair,
-        series_id: int,
-        stored: klines_db.StoredEnd,
-        listing_known: int | None,
+        series: klines_db.RunSeries,
         request: HistoryRequest,
         on_wait: WaitCallback | None,
     ) -> SeriesPlan:
+        series_id, stored, listing_known = series.series_id, series.stored, series.listing_start
         tf, page = pair.timeframe, self._client.max_page
-        grid = self._client.grid(tf)
+        grid = await self._series_grid(pair, series, on_wait)
         now = self._now_ms()
         current_open = grid.align_open(now)
         plan = SeriesPlan(
-            symbol=pair.symbol, timeframe=tf, series_id=series_id, windows=[], start_ms=None, end_ms=None,
+            symbol=pair.symbol, timeframe=tf, series_id=series_id, grid=grid, windows=[], start_ms=None, end_ms=None,
             listing_start=listing_known, candles_to_fetch=0,
         )
         reach = self._client.reach_start(tf, now)
@@ -384,7 +408,7 @@ class Collector:
     async def _plan_range(
         self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int, reach: int | None
     ) -> None:
-        grid, page = self._client.grid(plan.timeframe), self._client.max_page
+        grid, page = plan.grid, self._client.max_page
         listing = plan.listing_start
         assert listing is not None
         open_ended = False
@@ -493,9 +517,9 @@ class Collector:
     ) -> PairResult:
         result = PairResult(symbol=pair.symbol, timeframe=pair.timeframe)
         state = _PairState()
-        series_id, stored, listing = start.series_id, start.stored, start.listing_start
+        series_id, stored = start.series_id, start.stored
         try:
-            plan = await self._plan_pair(pair, series_id, stored, listing, run.request, run.on_wait)
+            plan = await self._plan_pair(pair, start, run.request, run.on_wait)
             state.plan = plan
             await self._collect_pair(index, pair, plan, stored, result, run, live, state)
         except ExchangeError as exc:
@@ -519,7 +543,7 @@ class Collector:
         plan = state.plan
         if plan is None or state.next_window >= len(plan.windows):
             return
-        now_open = self._client.grid(pair.timeframe).align_open(self._now_ms())
+        now_open = plan.grid.align_open(self._now_ms())
         spans: list[tuple[int, int]] = []
         for window in plan.windows[state.next_window:]:
             end = now_open if window.end_ms is None else window.end_ms + 1
@@ -566,9 +590,10 @@ class Collector:
         run.progress.planned(index, len(windows))
         stored_until = stored.newest
         done = 0
-        async with aclosing(self._fetch_in_order(pair, windows, run.on_wait, plan.listing_unknown)) as fetched:
+        fetching = self._fetch_in_order(pair, plan.grid, windows, run.on_wait, plan.listing_unknown)
+        async with aclosing(fetching) as fetched:
             async for window_pages in fetched:
-                last = await self._write_window(pair, plan.series_id, window_pages, stored_until, result, run)
+                last = await self._write_window(pair, plan, window_pages, stored_until, result, run)
                 if last is not None:
                     stored_until = last if stored_until is None else max(stored_until, last)
                 done += 1
@@ -586,7 +611,7 @@ class Collector:
     async def _write_window(
         self,
         pair: Pair,
-        series_id: int,
+        plan: SeriesPlan,
         fetched: _Fetched,
         stored_until: int | None,
         result: PairResult,
@@ -594,13 +619,13 @@ class Collector:
     ) -> int | None:
         """Check, encode and store one window's candles with the ledger ranges they prove; returns
         the open time of the newest candle written (None: none)."""
-        tf = pair.timeframe
+        tf, series_id = pair.timeframe, plan.series_id
         if not fetched.gaps and not any(page.klines for page in fetched.pages):
             return None  # an empty window (before the listing, say): nothing to check or record
         async with self._cpu.turn():
             began = time.perf_counter()
             checked = self._checked_page(
-                self._client.grid(tf), series_id, fetched, stored_until, prices_by_database=run.prices_by_database
+                plan.grid, series_id, fetched, stored_until, prices_by_database=run.prices_by_database
             )
             if self._metrics is not None:
                 self._metrics.ingest_phase("check_encode", time.perf_counter() - began)
@@ -613,9 +638,7 @@ class Collector:
             # reasons, and write the page without the refused ones.
             log.info("page_checked_again", symbol=pair.symbol, timeframe=tf, refused=exc.detail)
             async with self._cpu.turn():
-                checked = self._checked_page(
-                    self._client.grid(tf), series_id, fetched, stored_until, prices_by_database=False
-                )
+                checked = self._checked_page(plan.grid, series_id, fetched, stored_until, prices_by_database=False)
             written = await self._store(checked, run)
         if written is None:
             return None
@@ -663,13 +686,15 @@ class Collector:
         return await run.writer.write(write, candles)
 
     async def _fetch_in_order(
-        self, pair: Pair, windows: list[Window], on_wait: WaitCallback, listing_unknown: bool
+        self, pair: Pair, grid: Grid, windows: list[Window], on_wait: WaitCallback, listing_unknown: bool
     ) -> AsyncGenerator[_Fetched, None]:
         """Fetch up to `pages_ahead` windows concurrently; yield them in window order."""
         in_flight: deque[asyncio.Task[_Fetched]] = deque()
         try:
             for window in windows:
-                in_flight.append(asyncio.create_task(self._fetch_window(pair, window, on_wait, listing_unknown)))
+                in_flight.append(
+                    asyncio.create_task(self._fetch_window(pair, grid, window, on_wait, listing_unknown))
+                )
                 if len(in_flight) >= self._pages_ahead:
                     yield await in_flight.popleft()
             while in_flight:
@@ -680,7 +705,7 @@ class Collector:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
     async def _fetch_window(
-        self, pair: Pair, window: Window, on_wait: WaitCallback, listing_unknown: bool = False
+        self, pair: Pair, grid: Grid, window: Window, on_wait: WaitCallback, listing_unknown: bool = False
     ) -> _Fetched:
         """All answers for one window, oldest first, without repeated candles, and its exchange gaps.
 
@@ -705,11 +730,17 @@ class Collector:
             last = page.klines[-1].open_time
             # Re-read an open last candle (unless it is all this page moved on by).
             start = last if page.last_is_open() and last > start else last + 1
-        gaps = await self._confirm_gaps(pair, window, pages, on_wait, listing_unknown)
+        gaps = await self._confirm_gaps(pair, grid, window, pages, on_wait, listing_unknown)
         return _Fetched(window=window, pages=pages, gaps=gaps)
 
     async def _confirm_gaps(
-        self, pair: Pair, window: Window, pages: list[KlinePage], on_wait: WaitCallback, listing_unknown: bool
+        self,
+        pair: Pair,
+        grid: Grid,
+        window: Window,
+        pages: list[KlinePage],
+        on_wait: WaitCallback,
+        listing_unknown: bool,
     ) -> list[LedgerRange]:
         """Runs of closed candle slots the answers skipped, each confirmed empty by a second fetch.
 
@@ -718,8 +749,6 @@ class Collector:
         none in it). A run after the last candle of an open-ended window is no gap: the exchange
         may not have published those candles yet.
         """
-        tf = pair.timeframe
-        grid = self._client.grid(tf)
         limit = _closed_limit(grid, window, pages)
         first = grid.align_up(window.start_ms)
         present = _present_runs(grid, pages)

@@ -172,7 +172,6 @@ class CoverageReports:
     ) -> SeriesCoverage:
         """The report of one series; InvalidInputError for a bad start or end, NotFoundError if the
         series was never collected."""
-        grid = self._venues.grid(exchange, timeframe)
         start_at = None if start is None else parse_start(start)
         end_at = None if end is None else parse_end(end)
         now_ms = int(self._clock() * 1000)
@@ -184,6 +183,7 @@ class CoverageReports:
                     f"{symbol} {timeframe} on {exchange} was never collected: no coverage to report",
                     symbol=symbol, timeframe=timeframe,
                 )
+            grid = self._venues.grid(exchange, timeframe).with_learnt(series["grid_offset_ms"])
             window_start, window_end = report_window(
                 grid, start=start_at, end=end_at, now_ms=now_ms,
                 listing_start=series["listing_start"], earliest_start=series["earliest_start"],
@@ -207,7 +207,7 @@ class CoverageReports:
         for row in configured:
             report = None
             if row["earliest_start"] is not None and row["exchange"] in self._venues:
-                grid = self._venues.grid(row["exchange"], row["timeframe"])
+                grid = self._venues.grid(row["exchange"], row["timeframe"]).with_learnt(row["grid_offset_ms"])
                 window_end = grid.align_open(now_ms)
                 report = coverage_report(
                     grid, ledgers.get(row["series_id"], []), min(row["earliest_start"], window_end), window_end,

@@ -23,7 +23,7 @@ async def find_series(conn: Connection, exchange: str, symbol: str, timeframe: s
     (both None while its ledger is empty); None if the series was never collected."""
     row: Row | None = await conn.fetchrow(
         f"""
-        SELECT s.id, s.listing_start, ends.earliest_start, ends.newest_verified_end
+        SELECT s.id, s.listing_start, s.grid_offset_ms, ends.earliest_start, ends.newest_verified_end
           FROM series s CROSS JOIN LATERAL ({_LEDGER_ENDS}) ends
          WHERE s.exchange = $1 AND s.symbol = $2 AND s.timeframe = $3
         """,
@@ -38,7 +38,7 @@ async def configured_series(conn: Connection) -> list[Row]:
     rows: list[Row] = await conn.fetch(
         f"""
         SELECT c.id AS config_id, c.exchange, c.symbol, t.timeframe, s.id AS series_id, s.listing_start,
-               ends.earliest_start, ends.newest_verified_end
+               s.grid_offset_ms, ends.earliest_start, ends.newest_verified_end
           FROM data_collection_configs c
          CROSS JOIN LATERAL unnest(c.timeframes) WITH ORDINALITY AS t(timeframe, position)
           LEFT JOIN series s ON s.exchange = c.exchange AND s.symbol = c.symbol AND s.timeframe = t.timeframe

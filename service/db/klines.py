@@ -38,6 +38,7 @@ __all__ = [
     "latest_prices",
     "run_start",
     "series_ids",
+    "set_grid_offset",
     "store_page",
     "store_pages",
     "stored_ends",
@@ -122,6 +123,8 @@ class RunSeries(msgspec.Struct, frozen=True):
     series_id: int
     listing_start: int | None
     stored: StoredEnd
+    grid_offset_ms: int | None = None
+    """Where the series' candles open, as learnt from the venue (None: its documented grid, or not learnt)."""
 
 
 class RunStart(msgspec.Struct, frozen=True):
@@ -139,19 +142,20 @@ WITH wanted AS (
     INSERT INTO series (exchange, symbol, timeframe)
     SELECT $1, symbol, timeframe FROM wanted
     ON CONFLICT (exchange, symbol, timeframe) DO NOTHING
-    RETURNING id, symbol, timeframe, listing_start
+    RETURNING id, symbol, timeframe, listing_start, grid_offset_ms
 )
-SELECT a.id, a.symbol, a.timeframe, a.listing_start, NULL::bigint AS newest, NULL::bigint AS oldest_open
+SELECT a.id, a.symbol, a.timeframe, a.listing_start, a.grid_offset_ms, NULL::bigint AS newest,
+       NULL::bigint AS oldest_open
   FROM added a
  UNION ALL
-SELECT s.id, s.symbol, s.timeframe, s.listing_start,
+SELECT s.id, s.symbol, s.timeframe, s.listing_start, s.grid_offset_ms,
        (SELECT k.open_time FROM klines k WHERE k.series_id = s.id ORDER BY k.open_time DESC LIMIT 1),
        -- served by the partial index klines_open (open candles only): no scan of history
        (SELECT k.open_time FROM klines k WHERE k.series_id = s.id AND NOT k.is_closed ORDER BY k.open_time LIMIT 1)
   FROM series s JOIN wanted w ON s.symbol = w.symbol AND s.timeframe = w.timeframe
  WHERE s.exchange = $1
  UNION ALL
-SELECT NULL, NULL, NULL, NULL, NULL,
+SELECT NULL, NULL, NULL, NULL, NULL, NULL,
        (SELECT count(*) FROM pg_constraint WHERE conrelid = 'klines'::regclass AND conname = $4)
 """
 
@@ -164,7 +168,8 @@ async def run_start(conn: Connection, exchange: str, pairs: Sequence[tuple[str, 
     )
     found = {
         (r["symbol"], r["timeframe"]): RunSeries(
-            r["id"], r["listing_start"], StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"])
+            r["id"], r["listing_start"], StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"]),
+            r["grid_offset_ms"],
         )
         for r in rows if r["id"] is not None
     }
@@ -192,6 +197,11 @@ class StoredEnd(msgspec.Struct, frozen=True):
     def resume_at(self) -> int | None:
         """Where the next run must start re-reading: no candle stored as open is ever left behind."""
         return self.oldest_open if self.oldest_open is not None else self.newest
+
+
+async def set_grid_offset(conn: Connection, series_id: int, offset_ms: int) -> None:
+    """Remember where the series' candles open (learnt from the venue's answers)."""
+    await conn.execute("UPDATE series SET grid_offset_ms = $2 WHERE id = $1", series_id, offset_ms)
 
 
 async def stored_ends(conn: Connection, ids: Sequence[int]) -> dict[int, StoredEnd]:

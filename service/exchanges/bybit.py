@@ -169,7 +169,10 @@ class BybitClient:
         self._spec = spec
         self._category = spec.product
         self._clock = clock
-        self._grids = {tf: Grid.of(tf, offset_ms=_WEEK_OFFSET_MS if tf == "1w" else 0) for tf in INTERVALS}
+        # Bybit does not document where its weeks open: each series learns it from the answers.
+        self._grids = {
+            tf: Grid.of(tf, offset_ms=_WEEK_OFFSET_MS if tf == "1w" else 0, anchored=tf != "1w") for tf in INTERVALS
+        }
         self._limiter = WindowLimiter(
             limit=settings.weight_limit or REQUEST_LIMIT,
             window_seconds=WINDOW_SECONDS,

@@ -79,11 +79,14 @@ class Grid(msgspec.Struct, frozen=True):
     offset_ms: int = 0
     """Open times are offset + k * step: 0 where candles open on multiples of their length since the
     epoch (a Thursday), 4 days for weeks opening on Monday. In [0, step)."""
+    anchored: bool = True
+    """False where the venue does not document its grid (Kraken's weeks and 15 days): the offset is
+    a first guess, and each series learns its own from the venue's answers (`anchored_at`)."""
 
     @classmethod
-    def of(cls, timeframe: str, *, offset_ms: int = 0) -> Grid:
+    def of(cls, timeframe: str, *, offset_ms: int = 0, anchored: bool = True) -> Grid:
         step = STEP_MS.get(timeframe)
-        return cls(timeframe, offset_ms % step if step else 0)
+        return cls(timeframe, offset_ms % step if step else 0, anchored or not step)
 
     @property
     def months(self) -> bool:
@@ -97,7 +100,12 @@ class Grid(msgspec.Struct, frozen=True):
 
     def anchored_at(self, open_ms: int) -> Grid:
         """This grid moved so that a candle opens at `open_ms` (an anchor learnt from the venue's answer)."""
-        return self if self.months else Grid.of(self.timeframe, offset_ms=open_ms)
+        return Grid(self.timeframe) if self.months else Grid.of(self.timeframe, offset_ms=open_ms)
+
+    def with_learnt(self, offset_ms: int | None) -> Grid:
+        """The grid a series uses: this one, or where the series learnt its candles open (`offset_ms`,
+        kept for grids the venue does not document)."""
+        return self if self.anchored or offset_ms is None else self.anchored_at(offset_ms)
 
     def is_open_time(self, ms: int) -> bool:
         return self.align_open(ms) == ms

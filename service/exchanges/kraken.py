@@ -207,7 +207,8 @@ class KrakenClient:
         self._clock = clock
         # Weeks and 15-day candles: Kraken documents no anchor; the epoch grid (a Thursday) until the
         # collector learns the anchor from an answer. The shorter ones open on multiples of their length.
-        self._grids = {tf: Grid.of(tf) for tf in _INTERVALS}
+        # Kraken documents no grid for its weeks and 15 days: each series learns where they open.
+        self._grids = {tf: Grid.of(tf, anchored=tf not in ("1w", "15d")) for tf in _INTERVALS}
         # The margin cannot cut a limit of one request, so it stretches the window instead: the same
         # rate, limit × (1 − margin) per window.
         self._limiter = WindowLimiter(

@@ -105,7 +105,8 @@ async def test_the_report_counts_verified_gap_failed_and_unfetched_ranges(admin:
     assert body == {
         "exchange": "binance", "symbol": "BTCUSDT", "timeframe": "1h", "listing_start": iso(LISTING),
         "window_start": iso(at(6)), "window_end": "2026-11-24T12:00:00Z",
-        "candles_expected": 30, "candles_verified": 23, "candles_exchange_gap": 2, "candles_missing": 5, "candles_unavailable": 0,
+        "candles_expected": 30, "candles_verified": 23, "candles_exchange_gap": 2, "candles_missing": 5,
+        "candles_unavailable": 0,
         "completeness_percent": 83.33, "complete": False,
         "ranges": [
             {"start": iso(at(6)), "end": iso(at(12)), "kind": "verified", "candles": 6, "checks": 1, "detail": None},

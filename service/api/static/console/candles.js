@@ -12,7 +12,7 @@ export function candlesPage(main) {
   const holder = h("div", { id: "candle-chart", class: "chart tall" });
   const coverageNotice = h("p", { class: "notice", id: "coverage-notice" });
   const holeList = h("ul", { class: "holes", id: "coverage-holes" });
-  const title = h("h2", { id: "candles-title", hidden: true });
+  const title = h("h2", { id: "candles-title", class: "series", hidden: true });
   // The timeframes follow the venue's own set; the one chosen stays when the new venue serves it.
   const timeframe = h("select", { name: "timeframe" }, h("option", { value: "1m" }, "1m"));
   const follow = (venue) => {
@@ -48,8 +48,8 @@ export function candlesPage(main) {
       await showCoverage(body);
       chart.timeScale().fitContent();
       notice.textContent = body.count
-        ? `${body.count} candles of ${body.symbol} ${body.timeframe}${body.klines.length && !body.klines.at(-1).is_closed ? " (the last one still open)" : ""}`
-        : `No candles stored for ${body.symbol} ${body.timeframe}`;
+        ? `${body.count} candles${body.klines.length && !body.klines.at(-1).is_closed ? " (the last one still open)" : ""}`
+        : "No candles stored";
     } catch (error) {
       notice.textContent = error instanceof ApiError ? error.detail : error.message;
     }

@@ -70,7 +70,7 @@ export function configsPage(main, session) {
     h("label", {}, "Exchange", venue, h("span", { class: "error", dataset: { errorFor: "exchange" } })),
     h("label", {}, "Symbol", h("input", { name: "symbol", placeholder: "BTCUSDT or BTC/USDT", required: true }),
       h("span", { class: "error", dataset: { errorFor: "symbol" } })),
-    h("label", {}, "Timeframes (comma separated)", timeframes, chips,
+    h("label", { class: "wide" }, "Timeframes (comma separated)", timeframes, chips,
       h("span", { class: "error", dataset: { errorFor: "timeframes" } })),
     h("label", {}, "Every (minutes)", h("input", { name: "interval_minutes", type: "number", value: 60, required: true }),
       h("span", { class: "error", dataset: { errorFor: "interval_minutes" } })),

@@ -120,7 +120,7 @@ function startForm(load) {
       h("span", { class: "error", dataset: { errorFor: "exchange" } })),
     h("label", {}, "Symbols (comma separated)", h("input", { name: "symbols", placeholder: "BTCUSDT, ETH/USDT", required: true }),
       h("span", { class: "error", dataset: { errorFor: "symbols" } })),
-    h("label", {}, "Timeframes (comma separated)", timeframes, chips,
+    h("label", { class: "wide" }, "Timeframes (comma separated)", timeframes, chips,
       h("span", { class: "error", dataset: { errorFor: "timeframes" } })),
     h("div", {}, h("button", { type: "submit", class: "primary" }, "Start collection"),
       h("p", { class: "error", dataset: { errorFor: "form" } })));
