@@ -1,4 +1,4 @@
-# kline-collector: the API, the scheduler and collection in one process (README: "Running in a container").
+# kline-collector: the API, the scheduler and collection in one process (docs/deployment.md: "In a container").
 # Give it DATABASE_URL (and SECRET_KEY) for a real PostgreSQL; without it an embedded PostgreSQL keeps its
 # data, and the generated token key, in the /data volume.
 

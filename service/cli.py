@@ -109,7 +109,7 @@ def _database(settings: Settings) -> Iterator[tuple[str, EmbeddedPostgres | None
 @click.group()
 @click.version_option(package_name="kline-collector", prog_name="kline-collector")
 def main() -> None:
-    """kline-collector: exchange candles into PostgreSQL. Configured by environment variables (see README)."""
+    """kline-collector: exchange candles into PostgreSQL. Configured by environment variables (docs/settings.md)."""
 
 
 @main.command()

@@ -20,7 +20,7 @@ from service.cli import main as cli
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-#: What the user puts in .env, as README's compose section says.
+#: What the user puts in .env, as the compose section of docs/deployment.md says.
 USER_VARIABLES = {
     "POSTGRES_PASSWORD": "url-safe-password",
     "SECRET_KEY": "k" * 48,
