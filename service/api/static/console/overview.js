@@ -18,7 +18,7 @@ function healthItem(name, ok, text, dataset = { health: name }) {
   return h("span", { class: `health ${ok ? "ok" : "bad"}`, dataset }, `${name}: ${text}`);
 }
 
-// A venue against its limit: paused by a 429/418 (or the venue's own words for it), or its learnt limit.
+// A venue against its limit: paused (it answered a rate limit or a ban) until when, or its limit per window.
 function venueHealth(venue) {
   const { limit } = venue;
   const paused = limit.paused_until && new Date(limit.paused_until) > new Date();
