@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import random
 import re
 from collections.abc import Callable
 from itertools import repeat
@@ -19,12 +18,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
-import stamina
 
 from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
     CLOCK_SKEW_ALLOWANCE_MS,
-    ExchangeError,
     InvalidRequestError,
     LimiterState,
     RequestObserver,
@@ -33,6 +30,7 @@ from service.exchanges.base import (
 )
 from service.exchanges.grid import Grid
 from service.exchanges.limiter import WINDOW_SECONDS, WeightLimiter
+from service.exchanges.requests import Answer, Resend, VenueRequests, Verdict, Wait, http_verdict
 from service.exchanges.venues import VENUES, Exchange, VenueSpec
 from service.logging import get_logger
 from service.records import Kline, KlinePage, ListingState, SymbolInfo, TickerPrice
@@ -52,8 +50,6 @@ _MONDAY_OFFSET_MS = 4 * 86_400_000
 EXCHANGE_INFO_WEIGHT = 20
 TICKER_PRICE_WEIGHT_ONE = 2
 TICKER_PRICE_WEIGHT_ALL = 4
-# Consecutive 429s on one request before it is given up as an error.
-_MAX_RATE_LIMITED = 10
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,})")
 # The -1003 message of a 429 for request weight, e.g. "current limit is 6000 request weight per 1 MINUTE".
 _CURRENT_WEIGHT_LIMIT = re.compile(r"current limit is (\d+) request weight per 1 MINUTE")
@@ -177,13 +173,11 @@ class BinanceClient:
         self._spec = spec
         self._product = _PRODUCTS[spec.product]
         self._grids = {tf: grid(tf) for tf in self._product.timeframes}
-        self._session = session
-        self._cpu = cpu
         self._limiter = limiter
-        self._base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._retry_attempts = retry_attempts
-        self._retry_wait_initial = retry_wait_initial
+        self._requests = VenueRequests(
+            spec.id, session, limiter, base_url=base_url, timeout=timeout, retry_attempts=retry_attempts,
+            retry_wait_initial=retry_wait_initial, cpu=cpu, judge=self._judge, observer=observer,
+        )
         self._weight_limit_override = weight_limit_override
         self._observer = observer
         # Whether a limit came from the exchange yet; before, the limiter runs on the fallback guess.
@@ -387,80 +381,21 @@ class BinanceClient:
         on_wait: WaitCallback | None,
         parse: Callable[[bytes, float], T],
     ) -> T:
-        """Send, and parse inside the retry: a garbled body is retried like a dropped connection.
+        """Send through the shared request loop (limiter, retries, parse inside the retry); `parse`
+        gets the body and the epoch time at which its request was sent."""
+        return await self._requests.get(path, params, weight, on_wait, parse)
 
-        `parse` gets the body and the epoch time at which its request was sent.
-        """
-        # The first attempt outside the retry machinery (stamina costs tens of microseconds per
-        # request to enter): it is the one nearly every request makes.
-        try:
-            body, sent_at = await self._get_once(path, params, weight, on_wait)
-            async with self._cpu.turn():
-                return parse(body, sent_at)
-        except TransientExchangeError:
-            if self._retry_attempts <= 1:
-                raise
-        await asyncio.sleep(self._retry_wait_initial * (1 + random.random()))  # noqa: S311 - jitter, not secrets
-        async for attempt in stamina.retry_context(
-            on=TransientExchangeError,
-            attempts=self._retry_attempts - 1,
-            timeout=None,
-            wait_initial=self._retry_wait_initial,
-            wait_max=30 * self._retry_wait_initial,
-            wait_jitter=self._retry_wait_initial,
-        ):
-            with attempt:
-                body, sent_at = await self._get_once(path, params, weight, on_wait)
-                async with self._cpu.turn():
-                    return parse(body, sent_at)
-        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
-
-    async def _get_once(
-        self, path: str, params: dict[str, str], weight: int, on_wait: WaitCallback | None
-    ) -> tuple[bytes, float]:
-        """The body of the first answer that is not an order to wait, and when its request was sent."""
-        url = self._base_url + path
-        rate_limited = 0
-        while True:
-            async with self._limiter.slot(weight, on_wait):
-                # Taken before sending: the exchange produced its answer after this moment.
-                sent_at = self._limiter.clock()
-                try:
-                    async with self._session.get(url, params=params, timeout=self._timeout) as resp:
-                        used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
-                        if used is not None and used.isdigit():
-                            self._limiter.observe_used(int(used), sent_at=sent_at)
-                        status, retry_after = resp.status, resp.headers.get("Retry-After")
-                        body = await resp.read()
-                except TimeoutError:
-                    self._observe(path, "timeout")
-                    raise TransientExchangeError(f"{path}: no answer within {self._timeout.total} s") from None
-                except aiohttp.ClientError as exc:
-                    self._observe(path, "error")
-                    what = f"{exc.__class__.__name__}: {exc}"
-                    raise TransientExchangeError(f"{path}: connection failed ({what})") from None
-            self._observe(path, str(status))
-            if status == 429:
-                self._rate_limited(retry_after, body)
-                rate_limited += 1
-                if rate_limited > _MAX_RATE_LIMITED:
-                    raise ExchangeError(f"{path}: rate limited {rate_limited} times in a row")
-                continue
-            if status == 418:
-                ban_seconds = self._ban_seconds(retry_after, body)
-                if self._observer is not None:
-                    self._observer.paused(self.name, "418", ban_seconds)
-                self._limiter.pause(ban_seconds, "banned")
-                continue
-            if status >= 500:
-                raise TransientExchangeError(f"{path}: HTTP {status} from the exchange")
-            if status >= 400:
-                raise _invalid_request(path, status, body)
-            return body, sent_at
-
-    def _observe(self, path: str, status: str) -> None:
-        if self._observer is not None:
-            self._observer.request_done(self.name, path, status)
+    def _judge(self, answer: Answer) -> Verdict:
+        """Binance's answers: the weight it counts, its 429 (which states the new limit) and 418."""
+        used = answer.headers.get("X-MBX-USED-WEIGHT-1M")
+        if used is not None and used.isdigit():
+            self._limiter.observe_used(int(used), sent_at=answer.sent_at)
+        if answer.status == 429:
+            self._rate_limited(answer.headers.get("Retry-After"), answer.body)
+            return Resend("429")
+        if answer.status == 418:
+            return Wait(self._ban_seconds(answer.headers.get("Retry-After"), answer.body), "banned", "418")
+        return http_verdict(answer, lambda refused: _invalid_request(refused.path, refused.status, refused.body))
 
     def _seconds_to_next_window(self) -> float:
         # The limiter's clock, so tests that drive time drive this too.

@@ -28,7 +28,7 @@ from service.exchanges.base import (
     WaitCallback,
 )
 
-__all__ = ["Answer", "RequestLimiter", "VenueRequests", "Verdict", "Wait", "http_verdict"]
+__all__ = ["Answer", "RequestLimiter", "Resend", "VenueRequests", "Verdict", "Wait", "http_verdict"]
 
 T = TypeVar("T")
 
@@ -75,9 +75,18 @@ class Wait(msgspec.Struct, frozen=True):
     """What the venue answered, for the metrics: an HTTP status or the venue's code."""
 
 
-#: What a judge says of an answer: None for data to parse; a Wait; or an error to raise
-#: (InvalidRequestError is never retried, TransientExchangeError is).
-Verdict = Wait | ExchangeError | None
+class Resend(msgspec.Struct, frozen=True):
+    """The venue ordered a pause and the judge has set the limiter itself (Binance's 429 also
+    states its new limit): send this request again once the limiter lets it."""
+
+    status: str
+
+
+#: What a judge says of an answer: None for data to parse; a Wait or Resend; or an error to raise
+#: (InvalidRequestError is never retried, TransientExchangeError is). The judge runs as soon as the
+#: answer is read, before any other request is let through: what it teaches the limiter counts
+#: for the very next one.
+Verdict = Wait | Resend | ExchangeError | None
 
 
 class VenueRequests:
@@ -152,6 +161,7 @@ class VenueRequests:
         waits = 0
         while True:
             async with limiter.slot(cost, on_wait):
+                # Taken before sending: the venue produced its answer after this moment.
                 sent_at = limiter.clock()
                 try:
                     async with self._session.get(url, params=params, timeout=self._timeout) as resp:
@@ -164,12 +174,13 @@ class VenueRequests:
                     raise TransientExchangeError(
                         f"{path}: connection failed ({exc.__class__.__name__}: {exc})"
                     ) from None
-            verdict = self._judge(answer)
-            if isinstance(verdict, Wait):
+                verdict = self._judge(answer)
+            if isinstance(verdict, Wait | Resend):
                 self._observe(path, verdict.status)
-                if self._observer is not None:
-                    self._observer.paused(self.name, verdict.status, verdict.seconds)
-                limiter.pause(verdict.seconds, verdict.reason)
+                if isinstance(verdict, Wait):
+                    if self._observer is not None:
+                        self._observer.paused(self.name, verdict.status, verdict.seconds)
+                    limiter.pause(verdict.seconds, verdict.reason)
                 waits += 1
                 if waits > _MAX_WAITS:
                     raise ExchangeError(f"{path}: told to wait {waits} times in a row")
