@@ -65,6 +65,12 @@ class KlinePage(msgspec.Struct, frozen=True):
             n -= 1
         return n
 
+    @property
+    def venue_says_last_is_open(self) -> bool:
+        """The venue itself marks the page's last candle as its open one (OKX's confirm, Kraken's
+        uncommitted row): nothing newer exists there yet, so a full page needs no next request."""
+        return self.closed is not None and self.closed < len(self.klines)
+
     def last_is_open(self) -> bool:
         """Whether the page ends in a candle that was still open when the exchange answered."""
         return bool(self.klines) and self.closed_count() < len(self.klines)

@@ -24,6 +24,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "6": ("runs_s", "median_s"),
     "7": ("routes", "requests", "status_5xx", "backfill_candles"),
     "8": ("overview", "tasks", "configs", "logs", "candles"),  # needs a Chromium, as the browser tests do
+    "9": ("venues", "limit_errors", "series_failed", "wall_s", "service_cpu_s"),
 }
 
 

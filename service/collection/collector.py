@@ -725,7 +725,7 @@ class Collector:
             if pages and page.klines and pages[-1].klines[-1].open_time == page.klines[0].open_time:
                 pages.append(pages.pop().without_last())
             pages.append(page)
-            if len(page.klines) < page_size or window.end_ms is not None:
+            if len(page.klines) < page_size or window.end_ms is not None or page.venue_says_last_is_open:
                 break
             last = page.klines[-1].open_time
             # Re-read an open last candle (unless it is all this page moved on by).

@@ -1,10 +1,13 @@
 """A limiter for venues that count requests in a sliding window (Bybit 600 per 5 s, OKX 40 per 2 s
 per endpoint, Coinbase 10 per second, Kraken about one per second).
 
-A request may be sent once the requests sent in the last `window_seconds` (the venue's own window,
-sliding: a burst and a refill inside one window break the limit) plus its cost stay within the
-budget: the limit less a margin for clock skew and answers in flight. A venue's order to wait
-pauses every request of the limiter.
+A request may be sent once the requests counted in the last `window_seconds` (the venue's own
+window, sliding: a burst and a refill inside one window break the limit) plus its cost stay within
+the budget: the limit less a margin. A request counts from when it is sent until one window after
+its answer came: the venue counts it when it arrives, somewhere in between, so a slot is never
+freed before the venue has freed it too (counting from the send alone let the next burst arrive
+inside the venue's window by the network's latency). A venue's order to wait pauses every request
+of the limiter.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ class WindowLimiter:
         self._clock = clock
         self._sleep = sleep
         self._in_flight = asyncio.Semaphore(max_concurrency)
-        # (sent at, cost) of the requests sent in the current window, oldest first.
-        self._sent: deque[tuple[float, int]] = deque()
+        # [counted until - window, cost] of the requests in the window, roughly oldest first: the
+        # first item is the send time, moved to the answer's time when it comes.
+        self._sent: deque[list[float]] = deque()
         self._used = 0
         self._paused_until = 0.0
         self._paused_reason: str | None = None
@@ -61,8 +65,10 @@ class WindowLimiter:
         return max(1, int(self._limit * (1.0 - self._margin)))
 
     def _expire(self, now: float) -> None:
+        # Answers come back out of order now and then: an entry behind a slower one waits for it,
+        # which frees its slot a little later, never sooner.
         while self._sent and self._sent[0][0] <= now - self._window:
-            self._used -= self._sent.popleft()[1]
+            self._used -= int(self._sent.popleft()[1])
 
     @property
     def state(self) -> LimiterState:
@@ -78,10 +84,13 @@ class WindowLimiter:
     @asynccontextmanager
     async def slot(self, cost: int, on_wait: WaitCallback | None = None) -> AsyncIterator[None]:
         async with self._in_flight:
-            await self._reserve(cost, on_wait)
-            yield
+            entry = await self._reserve(cost, on_wait)
+            try:
+                yield
+            finally:
+                entry[0] = max(entry[0], self._clock())  # counted until one window after the answer
 
-    async def _reserve(self, cost: int, on_wait: WaitCallback | None) -> None:
+    async def _reserve(self, cost: int, on_wait: WaitCallback | None) -> list[float]:
         cost = min(cost, self._budget())  # a request costlier than the budget goes out alone
         async with self._turn:
             while True:
@@ -93,14 +102,15 @@ class WindowLimiter:
                     continue
                 self._expire(now)
                 if self._used + cost <= self._budget():
-                    self._sent.append((now, cost))
+                    entry = [now, float(cost)]
+                    self._sent.append(entry)
                     self._used += cost
-                    return
+                    return entry
                 # Until enough of the oldest requests leave the window.
                 freed, until = 0, now
-                for sent_at, spent in self._sent:
-                    freed += spent
-                    until = sent_at + self._window
+                for counted_from, spent in self._sent:
+                    freed += int(spent)
+                    until = max(until, counted_from + self._window)
                     if self._used - freed + cost <= self._budget():
                         break
                 await self._sleep(max(until - now, 0.0) + 0.001)

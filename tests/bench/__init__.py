@@ -17,5 +17,10 @@ Scenarios (numbers as in the issue; `--quick` shrinks every size so the whole co
 5. peak RSS during scenario 2, and again with the backfill doubled;
 6. start-up: process start to the first `/health` 200 on an existing database;
 7. readers during a backfill: 40 closed-loop clients of /health, /status and /klines (100 and 1000
-   candles of a stored series) while the other bulk symbols are backfilled; latency and 5xx per route.
+   candles of a stored series) while the other bulk symbols are backfilled; latency and 5xx per route;
+8. the console in headless Chromium: first paint, data on screen and bytes per page;
+9. every venue at once (Binance spot, Bybit, OKX, Coinbase, Kraken; not Binance USD-M, which the fake
+   Binance does not serve): each venue's own fake with its real limit and 50 ms latency, one /start
+   per venue of 10 symbols x 3 timeframes; per venue the limit errors its fake answered (target 0) and
+   the share of its limit used while collecting (target >= 80% where the run is limit-bound).
 """

@@ -36,10 +36,11 @@ from tests.bench.scenarios import (
     reference,
     say,
     startup,
+    venues_at_once,
 )
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8)
-# Which fake exchange each scenario talks to.
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+# Which fake exchange each scenario talks to (9 starts one per venue itself, just before it runs).
 _FAKE_OF = {1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup", 7: "bulk", 8: "startup"}
 
 
@@ -51,7 +52,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes: every scenario in seconds")
     parser.add_argument(
         "--scenario", type=int, nargs="+", action="extend", choices=SCENARIOS, metavar="N",
-        help="run only these scenarios (1-8; 3 and 5 run the backfill of 2); default: all",
+        help="run only these scenarios (1-9; 3 and 5 run the backfill of 2); default: all",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database, logs)")
@@ -83,7 +84,10 @@ async def _run(
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     bench = Bench(pg=pg, log_dir=log_dir, sizes=sizes, fakes={}, prefix=prefix, double_backfill=5 in scenarios)
     args = bench.fake_args()
-    fakes = {name: FakeExchange(name, args[name], log_dir) for name in sorted({_FAKE_OF[n] for n in scenarios})}
+    fakes = {
+        name: FakeExchange(name, args[name], log_dir)
+        for name in sorted({_FAKE_OF[n] for n in scenarios if n in _FAKE_OF})
+    }
     bench.fakes = fakes
     outcomes: list[Outcome] = []
     try:
@@ -121,6 +125,9 @@ async def _run(
         if 8 in scenarios:
             checks["before 8"] = cpu_check_ms()
             outcomes.append(await console(bench))
+        if 9 in scenarios:
+            checks["before 9"] = cpu_check_ms()
+            outcomes.append(await venues_at_once(bench))
         if 4 in scenarios:
             checks["before 4"] = cpu_check_ms()
             outcomes.append(await pacing(bench))

@@ -157,11 +157,13 @@ class Postgres:
 
 
 class FakeExchange:
-    """`python -m tests.fakes.binance` with its candles built before it prints its URL."""
+    """`python -m tests.fakes.binance` (or another venue's fake, `module`) with its candles built
+    before it prints its URL."""
 
-    def __init__(self, name: str, args: Sequence[str], log_dir: Path) -> None:
+    def __init__(self, name: str, args: Sequence[str], log_dir: Path, module: str = "tests.fakes.binance") -> None:
         self.name = name
         self.args = list(args)
+        self.module = module
         self.log_path = log_dir / f"fake-{name}.log"
         self.url = ""
         self.final_cpu_seconds: float | None = None
@@ -171,7 +173,7 @@ class FakeExchange:
     async def start(self, timeout: float = 600.0) -> None:
         with self.log_path.open("wb") as log:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.fakes.binance", "--port", "0", "--no-record", *self.args,
+                sys.executable, "-m", self.module, "--port", "0", "--no-record", *self.args,
                 cwd=ROOT, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=log,
                 preexec_fn=_die_with_parent,
             )
@@ -408,8 +410,10 @@ class Service:
             answer: dict[str, Any] = await response.json()
             return answer
 
-    async def start_collection(self, symbols: list[str], timeframes: list[str]) -> str:
-        body = {"symbols": symbols, "timeframes": timeframes}
+    async def start_collection(self, symbols: list[str], timeframes: list[str], exchange: str | None = None) -> str:
+        body: dict[str, Any] = {"symbols": symbols, "timeframes": timeframes}
+        if exchange is not None:
+            body["exchange"] = exchange
         task_id: str = (await self._admin_post("/api/v1/data-collector/start", body, 202))["task_id"]
         return task_id
 

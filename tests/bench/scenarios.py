@@ -1,12 +1,13 @@
-"""The seven scenarios of the benchmark, and the sizes of a full and a --quick run."""
+"""The scenarios of the benchmark, and the sizes of a full and a --quick run."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,10 @@ from tests.bench.report import (
     percentile,
     secs,
 )
+from tests.fakes import bybit as fake_bybit
+from tests.fakes import coinbase as fake_coinbase
+from tests.fakes import kraken as fake_kraken
+from tests.fakes import okx as fake_okx
 from tests.fakes.binance import bench_symbols
 
 STATUS = "/api/v1/data-collector/status"
@@ -63,6 +68,15 @@ class Sizes:
     readers_max_s: float = 120.0  # scenario 7's readers stop here at the latest, backfill or not
     readers_max_requests: int = 200_000
     console_runs: int = 3  # cold loads of each console page (scenario 8)
+    # Scenario 9, every venue at once: each venue's series, and candles back (DEFAULT_HISTORY_CANDLES).
+    # 3,000 candles are 10 pages a series at OKX and Coinbase (300 a page), 330 requests a venue with
+    # the open candle's re-read: 34 s at Coinbase's 10/s; Kraken serves 720 back, one full page a series
+    # and its open candle re-read: 60 requests, a minute at 1/s. Binance's and Bybit's limits hold a
+    # whole run in one window (120 requests each): there the fakes only check that no limit is broken.
+    venue_symbols: int = 10
+    venue_timeframes: tuple[str, ...] = ("1m", "5m", "1h")
+    venue_history: int = 3000
+    venue_latency_ms: float = 50.0
 
     @property
     def ref_target_s(self) -> float:
@@ -76,6 +90,7 @@ QUICK = Sizes(
     quick=True, ref_symbols=10, ref_runs=1, bulk_symbols=4, bulk_candles=25_000, pace_symbols=20,
     pace_timeframes=("1m", "5m", "15m", "1h", "4h"), startup_runs=2, readers_max_s=15.0,
     readers_max_requests=20_000, console_runs=1,
+    venue_symbols=2, venue_timeframes=("1m", "1h"), venue_history=600,
 )
 
 
@@ -983,3 +998,324 @@ async def console(b: Bench) -> Outcome:
         out.add(f"  {page_name}: bytes transferred", f"{weight / 1024:.0f} KB", "<= 300 KB",
                 at_most(weight, 300 * 1024, lambda v: f"{v / 1024:.0f} KB"))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. Every venue at once, each paced at its own limit
+# ---------------------------------------------------------------------------------------------
+
+#: A venue's run is limit-bound when it needs at least this many windows' worth of its limit: less
+#: fits in a burst or two, and the last, partial window weighs too much in the average (at five, a
+#: perfect pacer spending the service's 97% still averages >= 81%).
+LIMIT_BOUND_WINDOWS = 5.0
+#: The average share of the limit a limit-bound venue must use while it collects.
+VENUE_SHARE_TARGET = 0.8
+
+
+@dataclass(frozen=True)
+class VenueLimit:
+    """One limit a venue's fake enforces: `limit` requests (Binance: weight) in any `window_s`
+    (sliding), or in each calendar window (`sliding` False: Binance's minutes)."""
+
+    label: str
+    limit: int
+    window_s: float
+    sliding: bool = True
+    path: str | None = None
+    """Only this endpoint's requests count (OKX limits each endpoint apart)."""
+
+
+@dataclass(frozen=True)
+class VenueFake:
+    """A venue of the service, its fake (`module`, run with the venue's real limit) and how to read
+    that fake's counters."""
+
+    venue: str
+    module: str
+    flags: tuple[str, ...]
+    """The venue's real limit, stated to the fake (OKX's fake enforces its limits without flags)."""
+    limits: tuple[VenueLimit, ...]
+    names: Callable[[int], list[str]]
+    """The symbols the fake lists for `--symbols n`, as the venue spells them."""
+    errors: Callable[[dict[str, Any]], int]
+    """Limit errors the fake has answered so far, from its /__stats."""
+    errors_what: str
+    reach: int | None = None
+    """Most candles back the venue serves (Kraken: 720)."""
+    future_candles: bool = True
+    """The fake takes --future-candles (Bybit's does not)."""
+
+
+def _statuses(stats: dict[str, Any], *codes: int) -> int:
+    return sum(int(stats["status_counts"].get(str(code), 0)) for code in codes)
+
+
+VENUE_FAKES: tuple[VenueFake, ...] = (
+    VenueFake(
+        "binance", "tests.fakes.binance", ("--weight-limit", "6000"),
+        (VenueLimit("weight per minute", 6000, 60.0, sliding=False),),
+        bench_symbols, lambda st: _statuses(st, 429, 418), "HTTP 429/418",
+    ),
+    VenueFake(
+        "bybit", "tests.fakes.bybit", ("--rate-limit", str(fake_bybit.REQUEST_LIMIT)),
+        (VenueLimit("requests per 5 s", fake_bybit.REQUEST_LIMIT, fake_bybit.WINDOW_MS / 1000),),
+        bench_symbols, lambda st: int(st["refused"]), "HTTP 403 + 10-min ban", future_candles=False,
+    ),
+    VenueFake(
+        "okx", "tests.fakes.okx", (),
+        tuple(
+            VenueLimit(f"{path.rsplit('/', 1)[-1]} requests per 2 s", fake_okx.RATE_LIMITS[path],
+                       fake_okx.RATE_WINDOW_MS / 1000, path=path)
+            for path in (fake_okx.CANDLES, fake_okx.HISTORY_CANDLES)
+        ),
+        fake_okx.bench_symbols, lambda st: _statuses(st, 429), "HTTP 429 / 50011",
+    ),
+    VenueFake(
+        "coinbase", "tests.fakes.coinbase", ("--rate-limit", str(fake_coinbase.RATE_LIMIT)),
+        (VenueLimit("requests per second", fake_coinbase.RATE_LIMIT, fake_coinbase.WINDOW_MS / 1000),),
+        fake_coinbase.bench_symbols, lambda st: _statuses(st, 429), "HTTP 429",
+    ),
+    VenueFake(
+        "kraken", "tests.fakes.kraken", ("--rate-limit", "1", "--rate-window-ms", "1000"),
+        (VenueLimit("requests per second", 1, 1.0),),
+        lambda n: [key for key, _, _ in fake_kraken.bench_pairs(n)],
+        lambda st: int(st["error_counts"].get(fake_kraken.ERR_RATE_LIMIT, 0)), "EAPI:Rate limit exceeded",
+        reach=720,
+    ),
+)
+#: Venues of the service the scenario cannot run, and why.
+VENUES_LEFT_OUT = {"binance_usdm": "FakeBinance serves spot (/api/v3) only, no USD-M /fapi/v1"}
+
+
+def _venue_fake_args(v: VenueFake, s: Sizes) -> list[str]:
+    candles = s.venue_history if v.reach is None else min(s.venue_history, v.reach)
+    args = [
+        *v.flags, "--latency-ms", str(s.venue_latency_ms), "--symbols", str(s.venue_symbols),
+        "--timeframes", ",".join(s.venue_timeframes), "--candles", str(candles),
+    ]
+    return [*args, "--future-candles", "60"] if v.future_candles else args
+
+
+def _accepted(v: VenueFake, lim: VenueLimit, stats: dict[str, Any]) -> int:
+    """What the fake has let through against `lim` so far: requests (OKX: of its endpoint), Binance's
+    weight; requests the limit refused do not count."""
+    if not lim.sliding:
+        return sum(int(w) for w in stats["weight_by_minute"].values())
+    if lim.path is not None:
+        return int(stats["requests_by_path"].get(lim.path, 0)) - int(stats["refused_by_path"].get(lim.path, 0))
+    return int(stats["requests"]) - v.errors(stats)
+
+
+def _most_possible(lim: VenueLimit, began: float, ended: float) -> int:
+    """The most `lim` lets through from `began` to `ended` (epoch seconds): `limit` per calendar window
+    touched; sliding, `limit` x (floor(seconds / window) + 1): a burst at the start and one each window after."""
+    if not lim.sliding:
+        return lim.limit * (int(ended // lim.window_s) - int(began // lim.window_s) + 1)
+    return lim.limit * (math.floor(max(ended - began, 0.0) / lim.window_s) + 1)
+
+
+def _limit_share(
+    v: VenueFake,
+    lim: VenueLimit,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    samples: list[tuple[float, dict[str, dict[str, Any]]]],
+    began: float,
+    ended: float,
+) -> dict[str, Any]:
+    """What a venue spent against one limit while collecting (`began`..`ended`, epoch seconds), as its
+    fake counted: the busiest window; the average share of the most the limit lets through over the
+    collecting time; and the same over the time the limit was in use, from the fake's counters polled
+    (`samples`: OKX's endpoints take turns, older windows from one, the newest from the other)."""
+    busiest: int | None
+    if not lim.sliding:
+        old = {int(m): int(w) for m, w in before["weight_by_minute"].items()}
+        busiest = max((int(w) - old.get(int(m), 0) for m, w in after["weight_by_minute"].items()), default=0)
+    elif lim.path is not None:
+        busiest = after["max_in_window"].get(lim.path)
+    else:
+        busiest = after.get("max_in_window")
+    used = _accepted(v, lim, after) - _accepted(v, lim, before)
+    counts = [(t, _accepted(v, lim, stats[v.venue])) for t, stats in samples if v.venue in stats]
+    rises = [i for i in range(1, len(counts)) if counts[i][1] > counts[i - 1][1]]
+    in_use = (max(counts[rises[0] - 1][0], began), min(counts[rises[-1]][0], ended)) if rises else None
+    possible = _most_possible(lim, began, ended)
+    return {
+        "label": lim.label, "limit": lim.limit, "window_s": lim.window_s, "sliding": lim.sliding,
+        "used": used, "busiest_window": busiest,
+        "busiest_share": None if busiest is None else busiest / lim.limit,
+        "most_possible": possible, "average_share": used / possible, "windows_needed": used / lim.limit,
+        "in_use_s": None if in_use is None else [in_use[0] - began, in_use[1] - began],
+        "average_share_in_use": None if in_use is None else used / _most_possible(lim, *in_use),
+    }
+
+
+async def _poll_stats(
+    fakes: dict[str, FakeExchange], stop: asyncio.Event, every: float = 0.25
+) -> list[tuple[float, dict[str, dict[str, Any]]]]:
+    """Every fake's /__stats, every `every` seconds until `stop` (and once more then)."""
+    samples: list[tuple[float, dict[str, dict[str, Any]]]] = []
+    while True:
+        now = time.time()
+        answers = await asyncio.gather(*(f.stats() for f in fakes.values()), return_exceptions=True)
+        samples.append((now, {k: a for k, a in zip(fakes, answers, strict=True) if isinstance(a, dict)}))
+        if stop.is_set():
+            return samples
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+
+
+def _metric_sum(before: dict[str, float], after: dict[str, float], name: str, venue: str) -> float:
+    """A counter's increase over every label set of `venue`."""
+    label = f'exchange="{venue}"'
+    keys = {k for k in (*before, *after) if k.startswith(name + "{") and label in k}
+    return sum(after.get(k, 0.0) - before.get(k, 0.0) for k in keys)
+
+
+def _error_times(v: VenueFake, samples: list[tuple[float, dict[str, dict[str, Any]]]], began: float) -> list[float]:
+    """Seconds after `began` of the polls that saw the venue's limit errors grow (one entry per poll)."""
+    seen = [(t, v.errors(stats[v.venue])) for t, stats in samples if v.venue in stats]
+    return [round(t - began, 2) for (t, n), (_, m) in zip(seen[1:], seen, strict=False) if n > m]
+
+
+async def venues_at_once(b: Bench) -> Outcome:
+    """One service with every venue enabled, each at its own fake with the venue's real limit and
+    latency; one POST /start per venue, all at once; each venue's requests, limit errors and share
+    of its limit as its fake counted them."""
+    s = b.sizes
+    venues = VENUE_FAKES
+    timeframes = list(s.venue_timeframes)
+    pairs = s.venue_symbols * len(timeframes)
+    # Started here rather than with the other fakes: their candles end when they start (Bybit's
+    # fake serves none after that), and this scenario may run minutes into the benchmark.
+    fakes = {
+        v.venue: FakeExchange(f"venue-{v.venue}", _venue_fake_args(v, s), b.log_dir, v.module) for v in venues
+    }
+    name, dsn = await b.pg.clone("venues")
+    try:
+        say(f"scenario 9: starting the fakes of {', '.join(fakes)}")
+        await asyncio.gather(*(f.start() for f in fakes.values()))
+        env = {
+            "EXCHANGES": ",".join(v.venue for v in venues),
+            **{f"{v.venue.upper()}_API_URL": fakes[v.venue].url for v in venues},
+            "DEFAULT_HISTORY_CANDLES": str(s.venue_history),
+            "MAX_CONCURRENT_TASKS": str(len(venues)),  # one task per venue, none left pending
+        }
+        svc = await b.service("venues", dsn, fakes["binance"], env)
+        try:
+            service_limits = {v["id"]: v["limit"] for v in await svc.get("/api/v1/exchanges")}
+            learnt = service_limits["binance"]["limit"]
+            if learnt != venues[0].limits[0].limit:
+                raise BenchError(f"the service runs Binance with weight limit {learnt}, not the fake's 6000")
+            say(f"scenario 9: {len(venues)} venues x {pairs} series x {s.venue_history:,} candles back, at once"
+                + ("" if s.quick else " (about a minute: Kraken's 1/s sets the pace)"))
+            before = dict(zip(fakes, await asyncio.gather(*(f.stats() for f in fakes.values())), strict=True))
+            metrics0 = await svc.metric_values()
+            cpu0, pg0 = svc.cpu_seconds(), b.pg.cpu_seconds()
+            stop = asyncio.Event()
+            poller = asyncio.create_task(_poll_stats(fakes, stop))
+            try:
+                t0, wall0 = time.perf_counter(), time.time()
+                task_ids = await asyncio.gather(
+                    *(svc.start_collection(v.names(s.venue_symbols), timeframes, exchange=v.venue) for v in venues)
+                )
+                done = await asyncio.gather(*(svc.wait_task(t, poll=0.25, timeout=900) for t in task_ids))
+                t1 = max(seen for _, seen in done)
+                cpu1, pg1 = svc.cpu_seconds(), b.pg.cpu_seconds()
+            finally:
+                stop.set()
+                samples = await poller
+            after = dict(zip(fakes, await asyncio.gather(*(f.stats() for f in fakes.values())), strict=True))
+            metrics1 = await svc.metric_values()
+        finally:
+            await b.stop(svc)
+    finally:
+        await asyncio.gather(*(f.stop() for f in fakes.values()), return_exceptions=True)
+        await b.pg.drop(name)
+
+    per_venue: dict[str, dict[str, Any]] = {}
+    for v, (task, _) in zip(venues, done, strict=True):
+        result = task.get("result") or {}
+        created, started, completed = (_parse_time(task.get(k)) for k in ("created_at", "started_at", "completed_at"))
+        if created is None or started is None or completed is None:
+            raise BenchError(f"task of {v.venue} lacks its times: {task}")
+        st0, st1 = before[v.venue], after[v.venue]
+        per_venue[v.venue] = {
+            "symbols": v.names(s.venue_symbols), "series": pairs,
+            "series_failed": int(result.get("pairs_failed") or 0),
+            "candles_written": int(result.get("candles_written") or 0),
+            "requests": int(st1["requests"]) - int(st0["requests"]),
+            "limit_errors": v.errors(st1) - v.errors(st0), "limit_errors_what": v.errors_what,
+            "wall_s": completed - created, "collecting_s": completed - started,
+            "limits": [_limit_share(v, lim, st0, st1, samples, started, completed) for lim in v.limits],
+            "limit_error_times_s": _error_times(v, samples, wall0),
+            "service_limit": service_limits.get(v.venue),
+            "service_requests": _metric_sum(metrics0, metrics1, "kline_exchange_requests_total", v.venue),
+            "service_pauses": _metric_sum(metrics0, metrics1, "kline_exchange_pauses_total", v.venue),
+            "fake_cpu_s": float(st1["cpu_seconds"]) - float(st0["cpu_seconds"]),
+            "fake_total_cpu_s": fakes[v.venue].final_cpu_seconds,
+        }
+    candles = sum(r["candles_written"] for r in per_venue.values())
+    requests = sum(r["requests"] for r in per_venue.values())
+    errors = sum(r["limit_errors"] for r in per_venue.values())
+    failed = sum(r["series_failed"] for r in per_venue.values())
+    fake_cpu = sum(r["fake_cpu_s"] for r in per_venue.values())
+    out = Outcome(9, "venues at once", raw={
+        "venues": per_venue, "left_out": VENUES_LEFT_OUT, "timeframes": timeframes,
+        "symbols_per_venue": s.venue_symbols, "history_candles": s.venue_history, "latency_ms": s.venue_latency_ms,
+        "wall_s": t1 - t0, "candles_written": candles, "requests": requests, "limit_errors": errors,
+        "series_failed": failed, "service_cpu_s": cpu1 - cpu0, "fake_cpu_s": fake_cpu,
+        "postgres_cpu_s": None if pg0 is None or pg1 is None else pg1 - pg0,
+        "share_target": VENUE_SHARE_TARGET, "limit_bound_windows": LIMIT_BOUND_WINDOWS,
+    })
+    _venue_rows(out, s)
+    return out
+
+
+def _venue_rows(out: Outcome, s: Sizes) -> None:
+    raw = out.raw
+    per_venue: dict[str, dict[str, Any]] = raw["venues"]
+    what = (f"{len(per_venue)} venues at once, {s.venue_symbols} symbols x {'/'.join(raw['timeframes'])} each,"
+            f" {s.venue_history:,} candles back, {s.venue_latency_ms:g} ms latency: POST x{len(per_venue)}"
+            " -> last completed")
+    out.add(what, secs(raw["wall_s"]))
+    out.add("  candles written / requests, all venues", f"{raw['candles_written']:,} / {raw['requests']:,}")
+    out.add("  limit errors the fakes answered / series failed, all venues",
+            f"{raw['limit_errors']} / {raw['series_failed']}", "0 / 0",
+            "PASS" if raw["limit_errors"] == 0 and raw["series_failed"] == 0 else "MISS")
+    pg = raw["postgres_cpu_s"]
+    out.add("  CPU: service / fakes / postgres",
+            f"{raw['service_cpu_s']:.2f} / {raw['fake_cpu_s']:.2f} / {'n/a' if pg is None else f'{pg:.2f}'} s")
+    for venue, reason in raw["left_out"].items():
+        out.add(f"  {venue}", "left out", "", reason)
+    out.add("  budget share: busiest window / average over the collecting time (requests, Binance weight)", "",
+            f">= {VENUE_SHARE_TARGET:.0%} avg",
+            f"where the run needs >= {LIMIT_BOUND_WINDOWS:g} windows' limit (less fits a burst or two);"
+            " the service aims at 97% (3% margin)")
+    for venue, r in per_venue.items():
+        errors = r["limit_errors"]
+        failed = f"{r['series_failed']} of {r['series']} series failed"
+        out.add(f"{venue}: candles / requests / created -> completed ({failed})",
+                    f"{r['candles_written']:,} / {r['requests']:,} / {r['wall_s']:.1f} s", "",
+                "MISS: series failed" if r["series_failed"] else "")
+        pauses = f"the service counted {r['service_pauses']:.0f} rate-limit answers"
+        out.add(f"  {venue}: limit errors the fake answered ({r['limit_errors_what']})", f"{errors}", "0",
+                f"PASS; {pauses}" if errors == 0 else f"MISS; {pauses}")
+        binding = max(r["limits"], key=lambda lim: lim["windows_needed"])
+        for lim in r["limits"]:
+            busiest = "n/a" if lim["busiest_share"] is None else f"{lim['busiest_share']:.1%}"
+            value = f"{busiest} / {lim['average_share']:.1%}"
+            needs = f"needs {lim['windows_needed']:.1f} windows"
+            if lim["in_use_s"] is not None and len(r["limits"]) > 1:
+                first, last = lim["in_use_s"]
+                needs += f"; {lim['average_share_in_use']:.0%} while in use ({first:.1f}-{last:.1f} s)"
+            figure = f"  {venue}: share of {lim['limit']:,} {lim['label']}, busiest / average"
+            if lim is binding and lim["windows_needed"] >= LIMIT_BOUND_WINDOWS:
+                out.add(figure, value, f">= {VENUE_SHARE_TARGET:.0%} avg",
+                        f"{at_least(lim['average_share'], VENUE_SHARE_TARGET)}; {needs}")
+            elif s.quick:
+                out.add(figure, value, "", f"n/a (quick); {needs}")
+            elif lim is binding:
+                out.add(figure, value, "", f"n/a: {needs} (< {LIMIT_BOUND_WINDOWS:g}): not limit-bound")
+            else:
+                out.add(figure, value, "", f"n/a: {needs}; not the binding limit")

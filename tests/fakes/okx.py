@@ -286,6 +286,12 @@ class FakeOkx:
         self.status_counts: dict[int, int] = {}
         self.faults: list[Fault] = []
         self.request_count = 0
+        self.requests_by_path: dict[str, int] = {}
+        """Requests per endpoint, refused ones included."""
+        self.refused_by_path: dict[str, int] = {}
+        """Requests per endpoint its rate limit refused (50011)."""
+        self.max_in_window: dict[str, int] = {}
+        """Per endpoint, the most requests its limit let through in one sliding window."""
         self.in_flight = 0
         self.max_in_flight = 0
         #: Called with the query of every candles request once its body is built, before it is sent.
@@ -489,6 +495,9 @@ class FakeOkx:
             "cpu_seconds": cpu_seconds(),
             "requests": self.request_count,
             "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
+            "requests_by_path": dict(sorted(self.requests_by_path.items())),
+            "refused_by_path": dict(sorted(self.refused_by_path.items())),
+            "max_in_window": dict(sorted(self.max_in_window.items())),
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
         }
@@ -513,11 +522,13 @@ class FakeOkx:
             now = self.now_ms()
             params = dict(request.query)
             self.request_count += 1
+            self.requests_by_path[path] = self.requests_by_path.get(path, 0) + 1
             fault = next((f for f in self.faults if f.matches(path, params)), None)
             if fault is not None:
                 fault.remaining -= 1
                 return await self._fault(request, fault.kind, path, params, now)
             if self._over_limit(path):
+                self.refused_by_path[path] = self.refused_by_path.get(path, 0) + 1
                 return self._respond(path, params, now, 429, _TOO_MANY)
             status, body = self._routes[path](params, now)
             if path in (CANDLES, HISTORY_CANDLES) and self.after_candles is not None:
@@ -537,6 +548,7 @@ class FakeOkx:
         if len(sent) >= self.rate_limits[path]:
             return True
         sent.append(now)
+        self.max_in_window[path] = max(self.max_in_window.get(path, 0), len(sent))
         return False
 
     def _respond(
