@@ -383,7 +383,13 @@ class Collector:
         )
         reach = self._client.reach_start(tf, now)
         if request.start is None and not request.repair:
-            start = resume_start(stored.resume_at, grid, now, self._history_candles)
+            resume_at = stored.resume_at
+            if reach is not None and resume_at is not None and resume_at < reach:
+                # The oldest candle stored open is out of the venue's reach (an outage longer than
+                # Kraken's 720 candles): it can never be read again, so it no longer holds the
+                # resume point; it stays stored as open, which it was when last seen.
+                resume_at = stored.newest if stored.newest is not None and stored.newest >= reach else reach
+            start = resume_start(resume_at, grid, now, self._history_candles)
             if listing_known is not None:
                 start = max(start, grid.align_up(listing_known))
             if reach is not None and start < reach:

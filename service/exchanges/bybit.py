@@ -237,7 +237,9 @@ class BybitClient:
     ) -> KlinePage:
         grid = self._grids[timeframe]
         limit = max(1, min(limit, MAX_PAGE))
-        first = grid.align_up(start_ms)
+        # Where the grid is only a guess (weeks), start_ms is where the series' learnt grid opens a
+        # candle: aligning it to the guess would skip that candle.
+        first = grid.align_up(start_ms) if grid.anchored else start_ms
         # Exactly `limit` slots from the first: Bybit answers a wider window with its newest rows.
         last = grid.shift(first, limit) - 1
         if end_ms is not None:
@@ -270,7 +272,10 @@ class BybitClient:
         # Each level strictly coarser than the timeframe, then the timeframe itself.
         for level in [*(tf for tf in _SEARCH_LEVELS if STEP_MS[tf] > grid.step_ms), timeframe]:
             inner = self._grids[level]
-            found = await self._oldest_open(symbol, level, inner.align_open(oldest), outer.close_time(oldest), on_wait)
+            # The candle holding `oldest` opens where the grid says; where it is a guess (weeks), up to
+            # a step before: a week that began in the month before the first monthly candle.
+            start = inner.align_open(oldest) if inner.anchored else oldest - inner.step_ms + 1
+            found = await self._oldest_open(symbol, level, start, outer.close_time(oldest), on_wait)
             if found is None:
                 # The coarser candle promises one here; without it, start early rather than late.
                 return grid.align_open(oldest)

@@ -58,6 +58,8 @@ log = get_logger(__name__)
 MANUAL_JOB_NAME = "manual_data_collection"
 # Unknown symbols a 422 names (it also says how many there were in all).
 _UNKNOWN_SHOWN = 20
+# How long a request that needs a venue's symbols (none loaded yet) waits for the venue to list them.
+_INLINE_REFRESH_SECONDS = 10.0
 # How long opening a run's log rows, or closing them after a failure or cancel, waits for a lost
 # database; past it the run fails (opening) or the next start closes them as Interrupted (closing).
 _LOG_RETRY_SECONDS = 30.0
@@ -254,12 +256,7 @@ class CollectionJobs:
             # Unknown names, and no symbols at all: the start-up refresh has not run (or failed).
             load = None in resolved.values() and await symbols_db.count_symbols(conn, exchange) == 0
         if load:
-            try:
-                await self.refresh_symbols(exchange)
-            except ExchangeError as exc:
-                raise InvalidInputError(
-                    f"the symbols of {exchange} are not known yet and could not be loaded: {exc}"
-                ) from None
+            await self._load_symbols_now(exchange)
             async with connection(self._pool) as conn:
                 resolved = await symbols_db.resolve_symbols(conn, exchange, distinct)
         unknown = [name for name, symbol in resolved.items() if symbol is None]
@@ -273,6 +270,39 @@ class CollectionJobs:
                 detail = f"{len(unknown)} unknown symbols on {exchange}: {listed}{more}"
             raise InvalidInputError(detail, unknown_symbols=shown, unknown_count=len(unknown))
         return list(dict.fromkeys(symbol for symbol in resolved.values() if symbol is not None))
+
+    async def _load_symbols_now(self, exchange: str) -> None:
+        """Load a venue's symbols inside a request that needs them: at once, or a 422 saying why not
+        (the venue holds our requests, or does not list them within _INLINE_REFRESH_SECONDS); never
+        a request that waits out a ban."""
+        unknown = f"the symbols of {exchange} are not known yet"
+        client = self._venues.client(exchange)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _INLINE_REFRESH_SECONDS
+        refresh = asyncio.ensure_future(self.refresh_symbols(exchange))
+        try:
+            while not refresh.done():
+                paused = client.limiter_state()
+                if paused.paused_until is not None:
+                    until = datetime.fromtimestamp(paused.paused_until, UTC).isoformat().replace("+00:00", "Z")
+                    raise InvalidInputError(
+                        f"{unknown}, and {exchange} holds every request until {until} ({paused.paused_reason})",
+                        paused_until=until,
+                    )
+                if loop.time() >= deadline:
+                    raise InvalidInputError(
+                        f"{unknown} and {exchange} did not list them within {_INLINE_REFRESH_SECONDS:.0f} s; "
+                        "try again once a symbol refresh has loaded them"
+                    )
+                # Looked at every 50 ms: a pause the venue orders meanwhile answers this request at once.
+                await asyncio.wait([refresh], timeout=0.05)
+            refresh.result()
+        except ExchangeError as exc:
+            raise InvalidInputError(f"{unknown} and could not be loaded: {exc}") from None
+        finally:
+            if not refresh.done():
+                refresh.cancel()
+                await asyncio.wait([refresh])
 
     async def start_collection(
         self,
