@@ -255,6 +255,9 @@ class CollectionJobs:
             resolved = await symbols_db.resolve_symbols(conn, exchange, distinct)
             # Unknown names, and no symbols at all: the start-up refresh has not run (or failed).
             load = None in resolved.values() and await symbols_db.count_symbols(conn, exchange) == 0
+            if None in resolved.values() and not load:
+                # A refresh may have committed between the two reads: ask once more before refusing.
+                resolved = await symbols_db.resolve_symbols(conn, exchange, distinct)
         if load:
             await self._load_symbols_now(exchange)
             async with connection(self._pool) as conn:

@@ -93,8 +93,11 @@ async def insert_history(conn: Any, runs: list[Run] = HISTORY) -> dict[str, int]
 
 @pytest.fixture
 async def admin(make_settings: Callable[..., Settings], db: asyncpg.Connection[Any]) -> AsyncIterator[Api]:
-    """The app at NOW, scheduler off, with the start-up symbol refresh's own log removed."""
-    async with running_app(make_settings(scheduler_enabled=False), Clock(start=NOW.timestamp())) as api:
+    """The app at NOW, scheduler off, with the start-up symbol refresh's own log removed. The history
+    holds a `running` log of no running task, which the runner's periodic recovery would close as
+    Interrupted (as it must): the lease is long enough that no recovery pass comes during a test."""
+    settings = make_settings(scheduler_enabled=False, lease_seconds=3600)
+    async with running_app(settings, Clock(start=NOW.timestamp())) as api:
         await db.execute("DELETE FROM job_execution_logs")
         yield api
 

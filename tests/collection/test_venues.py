@@ -506,9 +506,18 @@ async def test_a_one_minute_config_on_the_venue_collects_each_new_candle_on_sche
             config = response.json()
             created = clock.ms()
             target = created - created % MINUTE + 3 * MINUTE  # opens minutes after the config's first run
-            newest = "SELECT max(k.open_time) FROM klines k JOIN series s ON s.id = k.series_id WHERE s.exchange = $1"
+            # Until a run has stored the target candle, and one (that run or the next: a run sent within
+            # the 1 s clock-skew allowance of a close still counts the candle before as open) has
+            # closed the candle before it.
+            newest_closed = """
+                SELECT max(k.open_time), max(k.open_time) FILTER (WHERE k.is_closed)
+                  FROM klines k JOIN series s ON s.id = k.series_id WHERE s.exchange = $1
+            """
             async with asyncio.timeout(20):
-                while (await db.fetchval(newest, venue) or 0) < target:
+                while True:
+                    newest, closed_until = await db.fetchrow(newest_closed, venue)
+                    if (newest or 0) >= target and (closed_until or 0) >= target - MINUTE:
+                        break
                     await asyncio.sleep(0.02)
             logs = await db.fetch(
                 "SELECT job_type, exchange, symbol, status, error_type FROM job_execution_logs WHERE job_name = $1",
