@@ -27,7 +27,7 @@ from service.logging import configure_logging, get_logger
 from service.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from service.auth.accounts import User
+    from service.auth.users import User
 
 __all__ = ["main"]
 

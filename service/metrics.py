@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.exchanges.base import LimiterState
-from service.process.loop_monitor import LoopLag
+from service.loop_monitor import LoopLag
 
 __all__ = ["CONTENT_TYPE", "DatabaseCounts", "Metrics", "PoolUsage", "ScrapeState", "SeriesFreshness"]
 

@@ -28,8 +28,8 @@ import pytest
 from litestar import Litestar
 
 from service.app import create_app
-from service.auth.accounts import User
 from service.auth.tokens import create_access_token
+from service.auth.users import User
 from service.db import users as users_db
 from service.db.embedded import start_embedded_postgres
 from service.settings import Settings

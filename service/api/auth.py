@@ -13,10 +13,11 @@ from litestar.security.jwt import Token
 from service.api.deps import AccountsDep, RuntimeDep
 from service.api.openapi import error_responses
 from service.api.schemas import NO_NUL_PATTERN, Schema
-from service.auth.accounts import HOW_TO_GET_AN_ADMIN, MAX_EMAIL_LENGTH, MAX_PASSWORD_LENGTH, User
+from service.auth.accounts import HOW_TO_GET_AN_ADMIN, MAX_EMAIL_LENGTH, MAX_PASSWORD_LENGTH
 from service.auth.addresses import client_address
 from service.auth.guards import BEARER_SECURITY, requires_user
 from service.auth.tokens import create_access_token
+from service.auth.users import User
 
 __all__ = ["AuthController"]
 

@@ -24,7 +24,7 @@ from service.db.pool import connection
 from service.errors import InvalidInputError
 from service.exchanges.grid import Timeframe, TimeframeName
 from service.exchanges.venues import DEFAULT_VENUE
-from service.process.loop_monitor import LoopLag
+from service.loop_monitor import LoopLag
 from service.tasks.jobs import DATA_COLLECTION, SCHEDULED_DATA_COLLECTION, SYMBOL_REFRESH, CollectionJobs
 from service.tasks.records import TaskParams, TaskResult
 from service.tasks.registry import TaskView

@@ -31,8 +31,8 @@ from service.api.schemas import (
     skip_query,
     text_query,
 )
-from service.auth.accounts import User
 from service.auth.guards import BEARER_SECURITY, requires_admin
+from service.auth.users import User
 from service.exchanges.grid import Timeframe, TimeframeName
 from service.exchanges.venues import DEFAULT_VENUE
 from service.tasks.configs import CollectionConfig, ConfigChanges

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import re
-from datetime import datetime
-
-import msgspec
 
 from service.auth.limiter import LoginLimiter
 from service.auth.passwords import PasswordHasher
+from service.auth.users import User
 from service.auth.users_cache import UsersCache
 from service.db import users as users_db
 from service.db.listener import Listener
@@ -23,7 +21,6 @@ __all__ = [
     "MAX_PASSWORD_LENGTH",
     "MIN_PASSWORD_LENGTH",
     "Accounts",
-    "User",
     "check_new_credentials",
     "save_user",
 ]
@@ -43,16 +40,6 @@ HOW_TO_GET_AN_ADMIN = (
     "`DATABASE_URL` or, for the embedded database, in the directory the service runs in; or set "
     "`ADMIN_EMAIL` and `ADMIN_PASSWORD`, which make that admin when the service starts."
 )
-
-
-class User(msgspec.Struct, frozen=True, kw_only=True):
-    """An account as the rest of the service sees it (never with its password hash)."""
-
-    id: int
-    email: str
-    is_admin: bool
-    is_active: bool
-    created_at: datetime
 
 
 def _user(row: Row) -> User:

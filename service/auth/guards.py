@@ -23,8 +23,8 @@ from litestar.handlers import BaseRouteHandler
 from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.openapi.spec import SecurityRequirement
 
-from service.auth.accounts import User
 from service.auth.tokens import BEARER_SCHEME
+from service.auth.users import User
 
 __all__ = ["BEARER_SECURITY", "document_read_access", "requires_admin", "requires_reader", "requires_user"]
 

@@ -20,7 +20,8 @@ from litestar.connection import ASGIConnection
 from litestar.middleware.authentication import AuthenticationResult
 from litestar.security.jwt import JWTAuth, JWTAuthenticationMiddleware, Token
 
-from service.auth.accounts import Accounts, User
+from service.auth.accounts import Accounts
+from service.auth.users import User
 
 __all__ = ["ALWAYS_PUBLIC_PATHS", "BEARER_SCHEME", "build_jwt_auth", "create_access_token"]
 

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from service.auth.users import User
 from service.logging import get_logger
-
-if TYPE_CHECKING:
-    from service.auth.accounts import User
 
 __all__ = ["USER_CACHE_SECONDS", "UsersCache"]
 

@@ -27,9 +27,9 @@ from service.exchanges.clients import make_client
 from service.exchanges.venue_set import VenueSet
 from service.exchanges.venues import VENUES
 from service.logging import get_logger
+from service.loop_monitor import LoopMonitor
 from service.metrics import Metrics
 from service.process.events import EVENTS_CHANNEL, EventHub
-from service.process.loop_monitor import LoopMonitor
 from service.process.startup import DatabaseStart
 from service.process.weight_budget import shared_budget
 from service.settings import Settings

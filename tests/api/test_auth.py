@@ -18,7 +18,7 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 
-from service.process.loop_monitor import LoopMonitor
+from service.loop_monitor import LoopMonitor
 from service.settings import Settings
 from tests.conftest import TEST_ADMIN_EMAIL, TEST_PASSWORD, TEST_SECRET_KEY, Api, bearer, running_app, serve_app
 

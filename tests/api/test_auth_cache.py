@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from service.auth.accounts import User
+from service.auth.users import User
 from service.auth.users_cache import USER_CACHE_SECONDS, UsersCache
 from tests.conftest import Api, bearer
 
