@@ -17,30 +17,24 @@ Bybit's quirks, and what the client does about them:
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-import aiohttp
 import msgspec
 
-from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
     CLOCK_SKEW_ALLOWANCE_MS,
     ExchangeError,
     InvalidRequestError,
-    LimiterState,
-    RequestObserver,
     TransientExchangeError,
     WaitCallback,
 )
 from service.exchanges.grid import STEP_MS, Grid
-from service.exchanges.requests import Answer, VenueRequests, Verdict, Wait, http_verdict
+from service.exchanges.requests import Answer, Verdict, Wait, http_verdict
 from service.exchanges.venues import VenueSpec
-from service.exchanges.windows import WindowLimiter
+from service.exchanges.windowed import WindowedClient
+from service.exchanges.windowed import decode as _decode
 from service.records import Kline, KlinePage, ListingState, SymbolInfo, TickerPrice
-from service.settings import VenueSettings
 
 __all__ = ["BAN_SECONDS", "INTERVALS", "MAX_PAGE", "REQUEST_LIMIT", "WINDOW_SECONDS", "BybitClient"]
 
@@ -150,78 +144,25 @@ def _listing_state(status: str) -> ListingState:
     return "trading" if status == "Trading" else "paused" if status in _PAUSED_STATUSES else "delisted"
 
 
-class BybitClient:
+class BybitClient(WindowedClient):
     """The Bybit v5 implementation of `ExchangeClient` for one category: spot, or linear perpetuals
     (the venue row's product; its `perpetual` flag keeps perpetual contracts and their settle coin)."""
 
-    def __init__(
-        self,
-        spec: VenueSpec,
-        session: aiohttp.ClientSession,
-        settings: VenueSettings,
-        *,
-        cpu: CpuTurns,
-        observer: RequestObserver | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.name = spec.id
-        self._spec = spec
+    _max_page = MAX_PAGE
+    _request_limit = REQUEST_LIMIT
+    _window_seconds = WINDOW_SECONDS
+
+    def _setup(self, spec: VenueSpec) -> None:
         self._category = spec.product
-        self._clock = clock
+
+    def _make_grids(self, spec: VenueSpec) -> dict[str, Grid]:
         # Bybit does not document where its weeks open: each series learns it from the answers.
-        self._grids = {
+        return {
             tf: Grid.of(tf, offset_ms=_WEEK_OFFSET_MS if tf == "1w" else 0, anchored=tf != "1w") for tf in INTERVALS
         }
-        self._limiter = WindowLimiter(
-            limit=settings.weight_limit or REQUEST_LIMIT,
-            window_seconds=WINDOW_SECONDS,
-            margin=settings.weight_margin,
-            max_concurrency=settings.max_concurrency,
-            clock=clock,
-            sleep=sleep,
-        )
-        self._requests = VenueRequests(
-            spec.id,
-            session,
-            self._limiter,
-            base_url=settings.api_url,
-            timeout=settings.timeout,
-            retry_attempts=settings.retry_attempts,
-            retry_wait_initial=settings.retry_wait,
-            cpu=cpu,
-            judge=_judge,
-            observer=observer,
-        )
 
-    # -- what the venue serves ----------------------------------------------------------------------
-
-    @property
-    def timeframes(self) -> tuple[str, ...]:
-        return tuple(INTERVALS)
-
-    def grid(self, timeframe: str) -> Grid:
-        return self._grids[timeframe]
-
-    def reach_start(self, timeframe: str, now_ms: int) -> int | None:
-        return None  # every candle since listing
-
-    @property
-    def max_page(self) -> int:
-        return MAX_PAGE
-
-    @property
-    def klines_weight(self) -> int:
-        return 1  # one request, whatever its limit
-
-    def limiter_state(self) -> LimiterState:
-        return self._limiter.state
-
-    def refresh_limits_soon(self) -> None:
-        """Nothing to learn: Bybit's IP limit is fixed and not announced."""
-
-    async def aclose(self) -> None:
-        """No background work to stop."""
+    def _judge(self, answer: Answer) -> Verdict:
+        return _judge(answer)
 
     # -- candles ------------------------------------------------------------------------------------
 
@@ -245,7 +186,7 @@ class BybitClient:
         if end_ms is not None:
             last = min(last, end_ms)
         if last < first:
-            return KlinePage(klines=[], as_of_ms=int(self._clock() * 1000) - CLOCK_SKEW_ALLOWANCE_MS)
+            return self._empty_page()
         what = f"klines {symbol} {timeframe}"
 
         def parse(rows: list[_Row], sent_at: float) -> KlinePage:
@@ -320,10 +261,7 @@ class BybitClient:
             answer: _KlineAnswer = _decode(_kline_decoder, body, what)
             return parse(answer.result.rows, sent_at)
 
-        try:
-            return await self._requests.get(_KLINE_PATH, params, 1, on_wait, decode)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(f"{what}: {exc}", code=exc.code, status=exc.status) from None
+        return await self._get(_KLINE_PATH, params, on_wait, decode, what)
 
     # -- symbols and prices ---------------------------------------------------------------------------
 
@@ -356,14 +294,10 @@ class BybitClient:
         params = {"category": self._category}
         if symbols is not None and len(symbols) == 1:
             params["symbol"] = symbols[0]
-        try:
-            tickers: list[_Ticker] = await self._requests.get(
-                _TICKERS_PATH, params, 1, None,
-                lambda body, _: _decode(_tickers_decoder, body, "tickers").result.tickers,
-            )  # fmt: skip
-        except InvalidRequestError as exc:
-            what = f"tickers {params['symbol']}" if "symbol" in params else "tickers"
-            raise InvalidRequestError(f"{what}: {exc}", code=exc.code, status=exc.status) from None
+        what = f"tickers {params['symbol']}" if "symbol" in params else "tickers"
+        tickers: list[_Ticker] = await self._get(
+            _TICKERS_PATH, params, None, lambda body, _: _decode(_tickers_decoder, body, "tickers").result.tickers, what
+        )
         wanted = None if symbols is None else set(symbols)
         return [TickerPrice(t.symbol, t.lastPrice) for t in tickers if wanted is None or t.symbol in wanted]
 
@@ -419,10 +353,3 @@ def _refused(answer: Answer) -> InvalidRequestError:
     return InvalidRequestError(
         f"{envelope.retMsg} (Bybit code {envelope.retCode})", code=envelope.retCode, status=answer.status
     )
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
-    try:
-        return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise TransientExchangeError(f"{what}: malformed response ({exc})") from None

@@ -30,28 +30,22 @@ from __future__ import annotations
 import asyncio
 import calendar
 import time
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any
 
-import aiohttp
 import msgspec
 
-from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
     CLOCK_SKEW_ALLOWANCE_MS,
     InvalidRequestError,
-    LimiterState,
-    RequestObserver,
-    TransientExchangeError,
     WaitCallback,
 )
 from service.exchanges.grid import STEP_MS, Grid
-from service.exchanges.requests import Answer, VenueRequests, Verdict, Wait, http_verdict
+from service.exchanges.requests import Answer, Verdict, Wait, http_verdict
 from service.exchanges.venues import VenueSpec
+from service.exchanges.windowed import WindowedClient
+from service.exchanges.windowed import decode as _decode
 from service.exchanges.windows import WindowLimiter
 from service.records import Kline, KlinePage, ListingState, SymbolInfo, TickerPrice
-from service.settings import VenueSettings
 
 __all__ = ["CANDLES_PER_REQUEST", "GRANULARITY", "HISTORY_FLOOR_MS", "RATE_LIMIT", "CoinbaseClient", "decimal_text"]
 
@@ -136,13 +130,6 @@ def _status(product: _Product) -> str:
     return ", ".join([product.status, *flags])
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
-    try:
-        return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise TransientExchangeError(f"{what}: malformed response ({exc})") from None
-
-
 def _refused(answer: Answer) -> InvalidRequestError:
     try:
         message = _message_decoder.decode(answer.body).message
@@ -162,78 +149,28 @@ def _judge(answer: Answer) -> Verdict:
     return http_verdict(answer, _refused)
 
 
-class CoinbaseClient:
+class CoinbaseClient(WindowedClient):
     """The Coinbase Exchange implementation of `ExchangeClient` (spot products)."""
 
-    def __init__(
-        self,
-        spec: VenueSpec,
-        session: aiohttp.ClientSession,
-        settings: VenueSettings,
-        *,
-        cpu: CpuTurns,
-        observer: RequestObserver | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    _max_page = CANDLES_PER_REQUEST
+    _request_limit = RATE_LIMIT
+    _window_seconds = _WINDOW_SECONDS
+
+    def _setup(self, spec: VenueSpec) -> None:
         if spec.product != "spot":
             raise ValueError(f"Coinbase Exchange serves spot products only, not {spec.product!r}")
-        self.name = spec.id
-        self._clock = clock
-        self._grids = {tf: Grid.of(tf) for tf in GRANULARITY}  # buckets open on epoch multiples of their length
-        self._limiter = WindowLimiter(
-            limit=settings.weight_limit or RATE_LIMIT,
-            window_seconds=_WINDOW_SECONDS,
-            margin=settings.weight_margin,
-            max_concurrency=settings.max_concurrency,
-            clock=clock,
-            sleep=sleep,
-        )
-        self._requests = VenueRequests(
-            spec.id,
-            session,
-            self._limiter,
-            base_url=settings.api_url,
-            timeout=settings.timeout,
-            retry_attempts=settings.retry_attempts,
-            retry_wait_initial=settings.retry_wait,
-            cpu=cpu,
-            judge=_judge,
-            observer=observer,
-        )
         # The open time of each product's first daily candle, once found (it never moves).
         self._first_day: dict[str, int] = {}
+
+    def _make_grids(self, spec: VenueSpec) -> dict[str, Grid]:
+        return {tf: Grid.of(tf) for tf in GRANULARITY}  # buckets open on epoch multiples of their length
+
+    def _judge(self, answer: Answer) -> Verdict:
+        return _judge(answer)
 
     @property
     def limiter(self) -> WindowLimiter:
         return self._limiter
-
-    @property
-    def timeframes(self) -> tuple[str, ...]:
-        return tuple(GRANULARITY)
-
-    def grid(self, timeframe: str) -> Grid:
-        return self._grids[timeframe]
-
-    def reach_start(self, timeframe: str, now_ms: int) -> int | None:
-        return None  # every candle since listing
-
-    @property
-    def max_page(self) -> int:
-        return CANDLES_PER_REQUEST
-
-    @property
-    def klines_weight(self) -> int:
-        return 1  # the limit counts requests
-
-    def limiter_state(self) -> LimiterState:
-        return self._limiter.state
-
-    def refresh_limits_soon(self) -> None:
-        """Nothing to learn: Coinbase's limits are fixed and stated in its documentation."""
-
-    async def aclose(self) -> None:
-        """No background work to stop."""
 
     async def fetch_klines(
         self,
@@ -254,7 +191,7 @@ class CoinbaseClient:
         if end_ms is not None:
             last = min(last, grid.align_open(end_ms))
         if last < first:
-            return KlinePage(klines=[], as_of_ms=int(self._clock() * 1000) - CLOCK_SKEW_ALLOWANCE_MS)
+            return self._empty_page()
         params = {"granularity": str(granularity), "start": _iso(first), "end": _iso(last)}
         what = f"candles {symbol} {timeframe}"
 

@@ -17,26 +17,21 @@ What sets Kraken apart:
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import aiohttp
 import msgspec
 
-from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
     CLOCK_SKEW_ALLOWANCE_MS,
     InvalidRequestError,
-    LimiterState,
-    RequestObserver,
     TransientExchangeError,
     WaitCallback,
 )
 from service.exchanges.grid import Grid
-from service.exchanges.requests import Answer, VenueRequests, Verdict, Wait, http_verdict
+from service.exchanges.requests import Answer, Verdict, Wait, http_verdict
 from service.exchanges.venues import VenueSpec
+from service.exchanges.windowed import WindowedClient
+from service.exchanges.windowed import decode as _decode
 from service.exchanges.windows import WindowLimiter
 from service.records import Kline, KlinePage, ListingState, SymbolInfo, TickerPrice
 from service.settings import VenueSettings
@@ -179,39 +174,30 @@ def _refused_by_http(answer: Answer) -> InvalidRequestError:
     return InvalidRequestError(f"{said} (Kraken {answer.path})", status=answer.status)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes, what: str) -> Any:
-    try:
-        return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise TransientExchangeError(f"{what}: malformed response ({exc})") from None
-
-
-class KrakenClient:
+class KrakenClient(WindowedClient):
     """The Kraken implementation of `ExchangeClient` (spot, public REST)."""
 
-    def __init__(
-        self,
-        spec: VenueSpec,
-        session: aiohttp.ClientSession,
-        settings: VenueSettings,
-        *,
-        cpu: CpuTurns,
-        observer: RequestObserver | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    _max_page = MAX_PAGE
+    _request_limit = PUBLIC_LIMIT
+    _window_seconds = PUBLIC_WINDOW_SECONDS
+
+    def _setup(self, spec: VenueSpec) -> None:
         if spec.product not in _PRODUCT_PARAMS:
             raise ValueError(f"Kraken has no product {spec.product!r}; one of {', '.join(_PRODUCT_PARAMS)}")
-        self.name = spec.id
         self._params = _PRODUCT_PARAMS[spec.product]
-        self._clock = clock
+
+    def _make_grids(self, spec: VenueSpec) -> dict[str, Grid]:
         # Weeks and 15-day candles: Kraken documents no anchor; the epoch grid (a Thursday) until the
         # collector learns the anchor from an answer. The shorter ones open on multiples of their length.
         # Kraken documents no grid for its weeks and 15 days: each series learns where they open.
-        self._grids = {tf: Grid.of(tf, anchored=tf not in ("1w", "15d")) for tf in _INTERVALS}
+        return {tf: Grid.of(tf, anchored=tf not in ("1w", "15d")) for tf in _INTERVALS}
+
+    def _make_limiter(
+        self, settings: VenueSettings, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+    ) -> WindowLimiter:
         # The margin cannot cut a limit of one request, so it stretches the window instead: the same
         # rate, limit × (1 − margin) per window.
-        self._limiter = WindowLimiter(
+        return WindowLimiter(
             limit=settings.weight_limit or PUBLIC_LIMIT,
             window_seconds=PUBLIC_WINDOW_SECONDS / (1.0 - settings.weight_margin),
             margin=0.0,
@@ -219,47 +205,14 @@ class KrakenClient:
             clock=clock,
             sleep=sleep,
         )
-        self._requests = VenueRequests(
-            spec.id,
-            session,
-            self._limiter,
-            base_url=settings.api_url,
-            timeout=settings.timeout,
-            retry_attempts=settings.retry_attempts,
-            retry_wait_initial=settings.retry_wait,
-            cpu=cpu,
-            judge=_judge,
-            observer=observer,
-        )
 
-    @property
-    def timeframes(self) -> tuple[str, ...]:
-        return tuple(_INTERVALS)
-
-    def grid(self, timeframe: str) -> Grid:
-        return self._grids[timeframe]
+    def _judge(self, answer: Answer) -> Verdict:
+        return _judge(answer)
 
     def reach_start(self, timeframe: str, now_ms: int) -> int | None:
         """The open time of the oldest of the 720 candles Kraken serves: 719 slots before the current one."""
         grid = self._grids[timeframe]
         return grid.shift(grid.align_open(now_ms), -(MAX_PAGE - 1))
-
-    @property
-    def max_page(self) -> int:
-        return MAX_PAGE
-
-    @property
-    def klines_weight(self) -> int:
-        return 1  # one request, whatever its size
-
-    def limiter_state(self) -> LimiterState:
-        return self._limiter.state
-
-    def refresh_limits_soon(self) -> None:
-        """Kraken's public limit is fixed and told nowhere: nothing to learn."""
-
-    async def aclose(self) -> None:
-        """No background work to stop."""
 
     async def fetch_klines(
         self,
@@ -298,10 +251,7 @@ class KrakenClient:
                 raise TransientExchangeError(f"{what}: malformed response ({len(rows)} candle lists)")
             return _page(rows[0], grid, start_ms, end_ms, limit, int(sent_at * 1000) - CLOCK_SKEW_ALLOWANCE_MS)
 
-        try:
-            return await self._requests.get(_OHLC, params, 1, on_wait, parse)
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(f"{what}: {exc}", code=exc.code, status=exc.status) from None
+        return await self._get(_OHLC, params, on_wait, parse, what)
 
     async def fetch_listing_start(
         self, symbol: str, timeframe: str, *, on_wait: WaitCallback | None = None

@@ -23,27 +23,23 @@ What OKX does its own way, and what this client does about it:
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from itertools import pairwise
 from typing import Any, Final, TypeVar
 
-import aiohttp
 import msgspec
 
-from service.cpu_turns import CpuTurns
 from service.exchanges.base import (
     CLOCK_SKEW_ALLOWANCE_MS,
     InvalidRequestError,
     LimiterState,
-    RequestObserver,
     TransientExchangeError,
     WaitCallback,
 )
 from service.exchanges.grid import Grid
-from service.exchanges.requests import Answer, VenueRequests, Verdict, Wait, http_verdict
+from service.exchanges.requests import Answer, Verdict, Wait, http_verdict
 from service.exchanges.venues import VenueSpec
+from service.exchanges.windowed import WindowedClient
 from service.exchanges.windows import WindowLimiter
 from service.records import Kline, KlinePage, ListingState, SymbolInfo, TickerPrice
 from service.settings import VenueSettings
@@ -148,25 +144,26 @@ _tickers_decoder = msgspec.json.Decoder(_Tickers)
 _OK_PREFIX: Final = b'{"code":"0",'
 
 
-class OkxClient:
+class OkxClient(WindowedClient):
     """The OKX v5 implementation of `ExchangeClient` for one instType (`spec.product`: SPOT, SWAP…)."""
 
-    def __init__(
-        self,
-        spec: VenueSpec,
-        session: aiohttp.ClientSession,
-        settings: VenueSettings,
-        *,
-        cpu: CpuTurns,
-        observer: RequestObserver | None = None,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.name = spec.id
-        self._spec = spec
-        self._clock = clock
-        self._grids = {tf: Grid.of(tf, offset_ms=_MONDAY_OFFSET_MS if tf == "1w" else 0) for tf in BARS}
+    _max_page = MAX_PAGE
+    _request_limit = _LIMITS[CANDLES]
+    _window_seconds = _WINDOW_SECONDS
+
+    def _setup(self, spec: VenueSpec) -> None:
         self._vol_in_base = spec.product in _VOL_IN_BASE
+        # Listing times (epoch ms) by instId, from the instrument list; None where the venue gives none.
+        self._list_times: dict[str, int | None] = {}
+
+    def _make_grids(self, spec: VenueSpec) -> dict[str, Grid]:
+        return {tf: Grid.of(tf, offset_ms=_MONDAY_OFFSET_MS if tf == "1w" else 0) for tf in BARS}
+
+    def _make_limiter(
+        self, settings: VenueSettings, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+    ) -> WindowLimiter:
+        """One limiter per endpoint, each at its documented limit scaled as the candles one is; requests
+        name theirs (`_get`), and the candles one is the default."""
         scale = settings.weight_limit / _LIMITS[CANDLES] if settings.weight_limit is not None else 1.0
         self._limiters = {
             path: WindowLimiter(
@@ -179,38 +176,13 @@ class OkxClient:
             )
             for path, documented in _LIMITS.items()
         }
-        self._requests = VenueRequests(
-            spec.id, session, self._limiters[CANDLES],
-            base_url=settings.api_url,
-            timeout=settings.timeout,
-            retry_attempts=settings.retry_attempts,
-            retry_wait_initial=settings.retry_wait,
-            cpu=cpu,
-            judge=_judge,
-            observer=observer,
-        )  # fmt: skip
-        # Listing times (epoch ms) by instId, from the instrument list; None where the venue gives none.
-        self._list_times: dict[str, int | None] = {}
+        return self._limiters[CANDLES]
 
-    # -- what the venue serves -------------------------------------------------------------------
-
-    @property
-    def timeframes(self) -> tuple[str, ...]:
-        return tuple(BARS)
-
-    def grid(self, timeframe: str) -> Grid:
-        return self._grids[timeframe]
+    def _judge(self, answer: Answer) -> Verdict:
+        return _judge(answer)
 
     def reach_start(self, timeframe: str, now_ms: int) -> int | None:
         return None  # history-candles serves what `candles` no longer reaches
-
-    @property
-    def max_page(self) -> int:
-        return MAX_PAGE
-
-    @property
-    def klines_weight(self) -> int:
-        return 1  # one request, on either candle endpoint's own limiter
 
     def limiter_state(self) -> LimiterState:
         """The endpoint that pauses longest, else the one nearest its limit (candles on a tie)."""
@@ -219,12 +191,6 @@ class OkxClient:
         if paused:
             return max(paused, key=lambda s: s.paused_until or 0.0)
         return max(states, key=lambda s: s.used_in_window / (s.budget or 1))
-
-    def refresh_limits_soon(self) -> None:
-        """OKX's limits are documented and fixed: nothing to learn."""
-
-    async def aclose(self) -> None:
-        """Nothing runs in the background."""
 
     # -- candles ----------------------------------------------------------------------------------
 
@@ -245,7 +211,7 @@ class OkxClient:
         if end_ms is not None:
             stop = min(stop, end_ms + 1)
         if limit < 1 or stop <= start_ms:
-            return KlinePage(klines=[], as_of_ms=int(self._clock() * 1000) - CLOCK_SKEW_ALLOWANCE_MS)
+            return self._empty_page()
         params = {"instId": symbol, "bar": BARS[timeframe], "after": str(stop), "limit": str(limit)}
         if start_ms > 0:
             params["before"] = str(start_ms - 1)
@@ -420,19 +386,8 @@ class OkxClient:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    async def _get(
-        self,
-        path: str,
-        params: Mapping[str, str],
-        on_wait: WaitCallback | None,
-        parse: Callable[[bytes, float], T],
-        what: str,
-    ) -> T:
-        """One request on its endpoint's limiter; a refusal names what was asked."""
-        try:
-            return await self._requests.get(path, params, 1, on_wait, parse, limiter=self._limiters[path])
-        except InvalidRequestError as exc:
-            raise InvalidRequestError(f"{what}: {exc}", code=exc.code, status=exc.status) from None
+    def _limiter_for(self, path: str) -> WindowLimiter:
+        return self._limiters[path]  # each endpoint is counted apart
 
 
 def _judge(answer: Answer) -> Verdict:

@@ -25,21 +25,18 @@ import bisect
 import json
 import math
 import random
-import signal
 import sys
-import time
 import zlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from aiohttp import web
 
-from tests.fakes.binance import RequestRecord, bench_symbols, cpu_seconds
+from tests.fakes.binance import RequestRecord, bench_symbols
+from tests.fakes.venue_server import SlidingWindow, VenueServer, base_parser, serve_until_signalled, take_fault
 
 __all__ = ["INTERVALS", "FakeBybit", "Fault", "interval_code", "interval_open", "interval_shift", "main"]
 
@@ -124,10 +121,6 @@ def _envelope(result: object, now: int, code: int = 0, msg: str = "OK") -> bytes
 
 def _error(code: int, msg: str, now: int) -> _Result:
     return 200, _envelope({}, now, code, msg)
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -217,7 +210,7 @@ def _check_row(row: Sequence[Any]) -> list[str]:
     return list(row)
 
 
-class FakeBybit:
+class FakeBybit(VenueServer[RequestRecord]):
     """Bybit v5 market REST on 127.0.0.1 with a controllable clock, the IP limit and its ban, and faults."""
 
     def __init__(
@@ -233,35 +226,26 @@ class FakeBybit:
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
+        super().__init__(
+            latency_ms=latency_ms, fault_timeout_s=fault_timeout_s, now_ms=now_ms, host=host, port=port,
+            record_requests=record_requests,
+        )  # fmt: skip
         self.rate_limit = rate_limit
         self.ban_seconds = ban_seconds
-        self.latency_ms = latency_ms
         self.week_offset_ms = week_offset_ms
-        self.fault_timeout_s = fault_timeout_s
-        self.now_ms: Callable[[], int] = now_ms or _wall_ms
-        self.host = host
-        self.port = port
-        self.record_requests = record_requests
 
         self.ban_until_ms: int | None = None
         self.faults: list[Fault] = []
-        self.requests: list[RequestRecord] = []
-        self.status_counts: dict[int, int] = {}
-        self.request_count = 0
         self.refused = 0
         """Requests answered 403 because of the limit or a ban (not scripted faults)."""
         self.max_in_window = 0
         """The most requests any 5 s window held."""
-        self.in_flight = 0
-        self.max_in_flight = 0
 
-        self._window: deque[int] = deque()
+        self._window = SlidingWindow()
         self._instruments: dict[str, dict[str, _Instrument]] = {c: {} for c in CATEGORIES}
         self._series: dict[tuple[str, str, str], _Series] = {}
         # Intervals rolled up from a finer stored one: (rows served, source version, rows).
         self._rolled: dict[tuple[str, str, str, str], tuple[int, int, _Series]] = {}
-        self._runner: web.AppRunner | None = None
-        self._hanging: set[asyncio.Task[Any]] = set()
         self._routes: dict[str, Callable[[Mapping[str, str], int], _Result]] = {
             "/v5/market/time": self._time,
             "/v5/market/kline": self._kline,
@@ -269,51 +253,9 @@ class FakeBybit:
             "/v5/market/tickers": self._tickers,
         }
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
         for path, route in self._routes.items():
             app.router.add_get(path, self._make_handler(path, route))
-        app.router.add_get("/__stats", self._stats)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        for task in list(self._hanging):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeBybit:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    # -- clock ----------------------------------------------------------------------------------
-
-    def set_time(self, ms: int) -> None:
-        """Freeze the venue's clock at ``ms``."""
-        self.now_ms = lambda: ms
-
-    def advance(self, ms: int) -> None:
-        """Move the venue's clock forward by ``ms`` (and freeze it there)."""
-        self.set_time(self.now_ms() + ms)
-
-    def use_wall_clock(self) -> None:
-        self.now_ms = _wall_ms
 
     # -- market data ----------------------------------------------------------------------------
 
@@ -439,17 +381,8 @@ class FakeBybit:
         self.request_count = self.refused = self.max_in_window = 0
         self.max_in_flight = self.in_flight
 
-    def stats(self) -> dict[str, Any]:
-        """What ``GET /__stats`` returns."""
-        return {
-            "cpu_seconds": cpu_seconds(),
-            "requests": self.request_count,
-            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
-            "refused": self.refused,
-            "max_in_window": self.max_in_window,
-            "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight,
-        }
+    def _venue_stats(self) -> dict[str, Any]:
+        return {"refused": self.refused, "max_in_window": self.max_in_window}
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -461,21 +394,13 @@ class FakeBybit:
 
         return handler
 
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=_dumps(self.stats()), content_type="application/json")
-
     async def _serve(
         self, request: web.Request, path: str, route: Callable[[Mapping[str, str], int], _Result]
     ) -> web.StreamResponse:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.latency_ms > 0:
-                await asyncio.sleep(self.latency_ms / 1000)
+        async def answer() -> web.StreamResponse:
             now = self.now_ms()
             params = dict(request.query)
-            self.request_count += 1
-            fault = self._take_fault(path, params)
+            fault = take_fault(self.faults, path, params)
             if fault is not None:
                 return await self._fault_response(request, fault, path, params, now)
             if self._limited(now):
@@ -483,8 +408,8 @@ class FakeBybit:
                 return self._respond(path, params, now, 403, _BANNED_BODY, content_type="text/plain")
             status, body = route(params, now)
             return self._respond(path, params, now, status, body)
-        finally:
-            self.in_flight -= 1
+
+        return await self._counted(answer)
 
     def _limited(self, now: int) -> bool:
         """Count the request in the sliding window; whether it is refused (a ban, or the one too many)."""
@@ -492,26 +417,12 @@ class FakeBybit:
             if now < self.ban_until_ms:
                 return True
             self.ban_until_ms = None
-        window = self._window
-        while window and window[0] <= now - WINDOW_MS:
-            window.popleft()
-        if self.rate_limit is not None and len(window) >= self.rate_limit:
+        limit = self.rate_limit if self.rate_limit is not None else math.inf
+        if not self._window.admit(now, limit, WINDOW_MS):
             self.ban_until_ms = now + int(self.ban_seconds * 1000)
             return True
-        window.append(now)
-        self.max_in_window = max(self.max_in_window, len(window))
+        self.max_in_window = max(self.max_in_window, len(self._window))
         return False
-
-    def _take_fault(self, path: str, params: Mapping[str, str]) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(path, params):
-                fault.seen += 1
-                if fault.seen % fault.every:
-                    return None
-                fault.remaining -= 1
-                fault.applied += 1
-                return fault
-        return None
 
     def _respond(
         self,
@@ -528,9 +439,8 @@ class FakeBybit:
         return web.Response(status=status, body=body, headers={"Content-Type": content_type})
 
     def _record(self, path: str, params: dict[str, str], now: int, status: int, fault: str | None) -> None:
-        self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if self.record_requests:
-            self.requests.append(RequestRecord(now, path, params, status, len(self._window), fault))
+        held = len(self._window)
+        self._note(status, lambda: RequestRecord(now, path, params, status, held, fault))
 
     async def _fault_response(
         self, request: web.Request, fault: Fault, path: str, params: dict[str, str], now: int
@@ -550,18 +460,7 @@ class FakeBybit:
             return self._respond(path, params, now, 200, fault.body or _BAD_JSON_BODY, fault=kind)
         # "drop" and "timeout": no HTTP answer at all.
         self._record(path, params, now, 0, kind)
-        if kind == "timeout":
-            task = asyncio.current_task()
-            if task is not None:
-                self._hanging.add(task)
-            try:
-                await asyncio.sleep(self.fault_timeout_s)
-            finally:
-                if task is not None:
-                    self._hanging.discard(task)
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=500)
+        return await self._no_answer(request, kind)
 
     # -- routes ---------------------------------------------------------------------------------
 
@@ -700,11 +599,8 @@ class FakeBybit:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.bybit", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
+    parser = base_parser("python -m tests.fakes.bybit", __doc__)
     parser.add_argument("--category", choices=CATEGORIES, default="spot")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--rate-limit", type=int, default=REQUEST_LIMIT, help="requests per 5 s per IP")
     parser.add_argument("--no-rate-limit", action="store_true", help="never answer 403")
     parser.add_argument("--symbols", type=int, default=0, help="list this many symbols (BTCUSDT, …, X0010USDT…)")
@@ -732,18 +628,7 @@ async def _run(args: argparse.Namespace) -> None:
                 code = interval_code(tf)
                 first = interval_shift(code, interval_open(code, now), -(args.candles - 1))
                 fake.generate_klines(symbol, code, first, args.candles, category=args.category, seed=args.seed)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await fake.start()
-    print(fake.url, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-        print(json.dumps({"fake_cpu_seconds": cpu_seconds()}), flush=True)
+    await serve_until_signalled(fake)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

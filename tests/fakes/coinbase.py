@@ -35,21 +35,17 @@ import json
 import math
 import random
 import re
-import signal
 import sys
-import time
 import zlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from aiohttp import web
 
-from tests.fakes.binance import cpu_seconds
+from tests.fakes.venue_server import SlidingWindow, VenueServer, base_parser, serve_until_signalled, take_fault
 
 __all__ = [
     "FAULT_KINDS", "GRANULARITY", "MAX_CANDLES", "RATE_LIMIT", "WINDOW_MS", "FakeCoinbase", "Fault", "Product",
@@ -87,10 +83,6 @@ _FAULT_BODIES: Final[dict[str, bytes]] = {
     b"<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n",
     "bad_json": b"[[1514273220,15399.99,154",
 }
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _message(text: str) -> bytes:
@@ -268,7 +260,7 @@ def _check_row(row: Sequence[Any], granularity: int) -> tuple[int, tuple[str, st
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeCoinbase:
+class FakeCoinbase(VenueServer[RequestRecord]):
     """Coinbase Exchange public REST on 127.0.0.1 with a controllable clock, its rate limit and faults."""
 
     def __init__(
@@ -283,79 +275,28 @@ class FakeCoinbase:
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
+        super().__init__(
+            latency_ms=latency_ms, fault_timeout_s=fault_timeout_s, now_ms=now_ms, host=host, port=port,
+            record_requests=record_requests,
+        )  # fmt: skip
         self.rate_limit = rate_limit
         self.max_candles = max_candles
-        self.latency_ms = latency_ms
-        self.fault_timeout_s = fault_timeout_s
-        self.now_ms: Callable[[], int] = now_ms or _wall_ms
-        self.host = host
-        self.port = port
-        self.record_requests = record_requests
 
         self.faults: list[Fault] = []
-        self.requests: list[RequestRecord] = []
-        self.status_counts: dict[int, int] = {}
-        self.request_count = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
         self.max_in_window = 0
         """Most requests accepted within one sliding second."""
 
-        self._accepted: deque[int] = deque()  # accept times (ms) in the current sliding window
+        self._accepted = SlidingWindow()  # accept times (ms) in the current sliding window
         self._products: dict[str, Product] = {}
         self._series: dict[tuple[str, int], _Series] = {}
         self._derived: dict[tuple[str, int], _Series] = {}
         self._products_json: bytes | None = None
-        self._runner: web.AppRunner | None = None
-        self._hanging: set[asyncio.Task[Any]] = set()
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/products", self._handler("products", self._list_products))
         app.router.add_get("/products/{product_id}/candles", self._handler("candles", self._candles))
         app.router.add_get("/products/{product_id}/ticker", self._handler("ticker", self._ticker))
-        app.router.add_get("/__stats", self._stats)
-        app.router.add_get("/{tail:.*}", self._unknown_path)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        for task in list(self._hanging):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeCoinbase:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    # -- clock ----------------------------------------------------------------------------------
-
-    def set_time(self, ms: int) -> None:
-        """Freeze the exchange clock at ``ms``."""
-        self.now_ms = lambda: ms
-
-    def advance(self, ms: int) -> None:
-        """Move the exchange clock forward by ``ms`` (and freeze it there)."""
-        self.set_time(self.now_ms() + ms)
-
-    def use_wall_clock(self) -> None:
-        self.now_ms = _wall_ms
+        app.router.add_get("/{tail:.*}", self._unknown_path)  # after /__stats
 
     # -- products -------------------------------------------------------------------------------
 
@@ -531,16 +472,8 @@ class FakeCoinbase:
         self.max_in_flight = self.in_flight
         self.max_in_window = 0
 
-    def stats(self) -> dict[str, Any]:
-        """What ``GET /__stats`` returns."""
-        return {
-            "cpu_seconds": cpu_seconds(),
-            "requests": self.request_count,
-            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
-            "max_in_window": self.max_in_window,
-            "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight,
-        }
+    def _venue_stats(self) -> dict[str, Any]:
+        return {"max_in_window": self.max_in_window}
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -558,47 +491,27 @@ class FakeCoinbase:
         route: Route,
         answer: Callable[[str | None, Mapping[str, str], int], tuple[int, bytes]],
     ) -> web.StreamResponse:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.latency_ms > 0:
-                await asyncio.sleep(self.latency_ms / 1000)
+        async def serve() -> web.StreamResponse:
             now = self.now_ms()
             params = dict(request.query)
-            self.request_count += 1
             record = (now, route, request.path, params)
-            fault = self._take_fault(route, params) if self.faults else None
+            fault = take_fault(self.faults, route, params) if self.faults else None
             if fault is not None:
                 return await self._fault_response(request, fault, record)
             if self.rate_limit is not None:
-                if self._accepted and self._accepted[-1] > now:
-                    self._accepted.clear()  # the test moved the clock back: a new window
-                while self._accepted and self._accepted[0] <= now - WINDOW_MS:
-                    self._accepted.popleft()
-                if len(self._accepted) >= self.rate_limit:
+                accepted = self._accepted
+                if accepted.times and accepted.times[-1] > now:
+                    accepted.clear()  # the test moved the clock back: a new window
+                if not accepted.admit(now, self.rate_limit, WINDOW_MS):
                     return self._respond(record, 429, _RATE_LIMITED)
-                self._accepted.append(now)
-                self.max_in_window = max(self.max_in_window, len(self._accepted))
+                self.max_in_window = max(self.max_in_window, len(accepted))
             status, body = answer(request.match_info.get("product_id"), params, now)
             return self._respond(record, status, body)
-        finally:
-            self.in_flight -= 1
 
-    def _take_fault(self, route: str, params: Mapping[str, str]) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(route, params):
-                fault.seen += 1
-                if fault.seen % fault.every:
-                    return None
-                fault.remaining -= 1
-                fault.applied += 1
-                return fault
-        return None
+        return await self._counted(serve)
 
     def _record(self, record: tuple[int, str, str, dict[str, str]], status: int, fault: str | None) -> None:
-        self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if self.record_requests:
-            self.requests.append(RequestRecord(*record, status=status, fault=fault))
+        self._note(status, lambda: RequestRecord(*record, status=status, fault=fault))
 
     def _respond(
         self,
@@ -625,21 +538,7 @@ class FakeCoinbase:
             return self._respond(record, status, _FAULT_BODIES[kind], fault=kind)
         # "drop" and "timeout": no HTTP answer at all.
         self._record(record, 0, kind)
-        if kind == "timeout":
-            task = asyncio.current_task()
-            if task is not None:
-                self._hanging.add(task)
-            try:
-                await asyncio.sleep(self.fault_timeout_s)
-            finally:
-                if task is not None:
-                    self._hanging.discard(task)
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=500)  # never reaches the closed transport
-
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=json.dumps(self.stats()).encode(), content_type="application/json")
+        return await self._no_answer(request, kind)
 
     async def _unknown_path(self, request: web.Request) -> web.Response:
         return web.Response(status=404, body=_NOT_FOUND, headers={"Content-Type": JSON_CONTENT_TYPE})
@@ -745,10 +644,7 @@ SCENARIOS: Final[dict[str, Callable[[FakeCoinbase], None]]] = {"steady": _scenar
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.coinbase", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser = base_parser("python -m tests.fakes.coinbase", __doc__)
     parser.add_argument("--rate-limit", type=int, default=RATE_LIMIT, help="requests per sliding second")
     parser.add_argument("--no-rate-limit", action="store_true", help="never answer 429")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
@@ -780,18 +676,7 @@ async def _run(args: argparse.Namespace) -> None:
             if total > 0:
                 first = now - now % step_ms - (args.candles - 1) * step_ms
                 fake.generate_klines(product, tf, first, total, seed=args.seed, missing=args.missing)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await fake.start()
-    print(fake.url, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-        print(json.dumps({"fake_cpu_seconds": cpu_seconds()}), flush=True)
+    await serve_until_signalled(fake)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

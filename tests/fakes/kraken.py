@@ -20,21 +20,17 @@ import bisect
 import json
 import math
 import random
-import signal
 import sys
-import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
-from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from aiohttp import web
 
-from tests.fakes.binance import cpu_seconds
+from tests.fakes.venue_server import SlidingWindow, VenueServer, base_parser, serve_until_signalled, take_fault
 
 JSON_CONTENT_TYPE: Final = "application/json; charset=utf-8"
 #: OHLC intervals in minutes, Kraken's only ones.
@@ -80,10 +76,6 @@ def _error_body(*errors: str) -> bytes:
 
 def _ok(result: object) -> _Result:
     return 200, _dumps({"error": [], "result": result})
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def interval_of(interval: int | str) -> int:
@@ -182,7 +174,7 @@ def _guess_assets(key: str) -> tuple[str, str]:
     return key, ""
 
 
-class FakeKraken:
+class FakeKraken(VenueServer[RequestRecord]):
     """Kraken spot public REST on 127.0.0.1 with a controllable clock, the 720-candle reach, the
     public rate limit and faults."""
 
@@ -199,33 +191,24 @@ class FakeKraken:
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
+        super().__init__(
+            latency_ms=latency_ms, fault_timeout_s=fault_timeout_s, now_ms=now_ms, host=host, port=port,
+            record_requests=record_requests,
+        )  # fmt: skip
         self.rate_limit = rate_limit
         """Requests per `rate_window_ms` (sliding) before `EAPI:Rate limit exceeded`; None: unlimited."""
         self.rate_window_ms = rate_window_ms
         self.live_current = live_current
         """Serve the current candle as it stands mid-period (volume and trades so far, no move yet)
         rather than its final values."""
-        self.latency_ms = latency_ms
-        self.fault_timeout_s = fault_timeout_s
-        self.now_ms: Callable[[], int] = now_ms or _wall_ms
-        self.host = host
-        self.port = port
-        self.record_requests = record_requests
 
         self.faults: list[Fault] = []
-        self.requests: list[RequestRecord] = []
-        self.status_counts: dict[int, int] = {}
         self.error_counts: dict[str, int] = {}
-        self.request_count = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
         # Arrival times (ms) of the requests the limit let through, oldest first.
-        self._admitted: deque[int] = deque()
+        self._admitted = SlidingWindow()
 
         self._pairs: dict[str, _Pair] = {}
         self._series: dict[tuple[str, int], _Series] = {}
-        self._runner: web.AppRunner | None = None
-        self._hanging: set[asyncio.Task[Any]] = set()
         self._routes: dict[str, Callable[[Mapping[str, str], int], _Result]] = {
             "/0/public/Time": self._time,
             "/0/public/AssetPairs": self._asset_pairs,
@@ -233,51 +216,9 @@ class FakeKraken:
             "/0/public/OHLC": self._ohlc,
         }
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
         for path in self._routes:
             app.router.add_get(path, self._serve)
-        app.router.add_get("/__stats", self._stats)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        for task in list(self._hanging):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeKraken:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    # -- clock ----------------------------------------------------------------------------------
-
-    def set_time(self, ms: int) -> None:
-        """Freeze the exchange clock at ``ms``."""
-        self.now_ms = lambda: ms
-
-    def advance(self, ms: int) -> None:
-        """Move the exchange clock forward by ``ms`` (and freeze it there)."""
-        self.set_time(self.now_ms() + ms)
-
-    def use_wall_clock(self) -> None:
-        self.now_ms = _wall_ms
 
     # -- market data ----------------------------------------------------------------------------
 
@@ -442,62 +383,30 @@ class FakeKraken:
         self.request_count = 0
         self.max_in_flight = self.in_flight
 
-    def stats(self) -> dict[str, Any]:
-        """What ``GET /__stats`` returns."""
-        return {
-            "cpu_seconds": cpu_seconds(),
-            "requests": self.request_count,
-            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
-            "error_counts": dict(sorted(self.error_counts.items())),
-            "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight,
-        }
+    def _venue_stats(self) -> dict[str, Any]:
+        return {"error_counts": dict(sorted(self.error_counts.items()))}
 
     # -- serving --------------------------------------------------------------------------------
 
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=_dumps(self.stats()), content_type="application/json")
-
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.latency_ms > 0:
-                await asyncio.sleep(self.latency_ms / 1000)
+        async def answer() -> web.StreamResponse:
             now = self.now_ms()
             path, params = request.path, dict(request.query)
-            self.request_count += 1
-            fault = self._take_fault(path, params)
+            fault = take_fault(self.faults, path, params)
             if fault is not None:
                 return await self._fault_response(request, fault, path, params, now)
             if not self._admit(now):
                 return self._respond(path, params, now, 200, _error_body(ERR_RATE_LIMIT))
             status, body = self._routes[path](params, now)
             return self._respond(path, params, now, status, body)
-        finally:
-            self.in_flight -= 1
+
+        return await self._counted(answer)
 
     def _admit(self, now: int) -> bool:
         """The public limit: at most `rate_limit` requests let through in any `rate_window_ms`."""
         if self.rate_limit is None:
             return True
-        while self._admitted and self._admitted[0] <= now - self.rate_window_ms:
-            self._admitted.popleft()
-        if len(self._admitted) >= self.rate_limit:
-            return False
-        self._admitted.append(now)
-        return True
-
-    def _take_fault(self, path: str, params: Mapping[str, str]) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(path, params):
-                fault.seen += 1
-                if fault.seen % fault.every:
-                    return None
-                fault.remaining -= 1
-                fault.applied += 1
-                return fault
-        return None
+        return self._admitted.admit(now, self.rate_limit, self.rate_window_ms)
 
     def _respond(
         self,
@@ -520,9 +429,7 @@ class FakeKraken:
     def _record(
         self, path: str, params: dict[str, str], now: int, status: int, error: str | None, fault: str | None
     ) -> None:
-        self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if self.record_requests:
-            self.requests.append(RequestRecord(now, path, params, status, error, fault))
+        self._note(status, lambda: RequestRecord(now, path, params, status, error, fault))
 
     async def _fault_response(
         self, request: web.Request, fault: Fault, path: str, params: dict[str, str], now: int
@@ -539,18 +446,7 @@ class FakeKraken:
             return self._respond(path, params, now, status, body, content_type="text/html", fault=kind)
         # "drop" and "timeout": no HTTP response at all.
         self._record(path, params, now, 0, None, kind)
-        if kind == "timeout":
-            task = asyncio.current_task()
-            if task is not None:
-                self._hanging.add(task)
-            try:
-                await asyncio.sleep(self.fault_timeout_s)
-            finally:
-                if task is not None:
-                    self._hanging.discard(task)
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=500)
+        return await self._no_answer(request, kind)
 
     # -- routes ---------------------------------------------------------------------------------
 
@@ -673,10 +569,7 @@ def bench_pairs(n: int) -> list[tuple[str, str, str]]:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.kraken", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser = base_parser("python -m tests.fakes.kraken", __doc__)
     parser.add_argument("--rate-limit", type=int, default=1, help="requests per --rate-window-ms")
     parser.add_argument("--rate-window-ms", type=int, default=1000)
     parser.add_argument("--no-rate-limit", action="store_true", help="never answer EAPI:Rate limit exceeded")
@@ -709,18 +602,7 @@ async def _run(args: argparse.Namespace) -> None:
                 step_s = minutes * 60
                 first = (now_s // step_s - (args.candles - 1)) * step_s
                 fake.generate_klines(key, minutes, first * 1000, total, seed=args.seed)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await fake.start()
-    print(fake.url, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-        print(json.dumps({"fake_cpu_seconds": cpu_seconds()}), flush=True)
+    await serve_until_signalled(fake)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

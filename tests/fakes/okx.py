@@ -27,21 +27,24 @@ import calendar
 import json
 import math
 import random
-import signal
 import sys
-import time
 import zlib
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from aiohttp import web
 
-from tests.fakes.binance import cpu_seconds
+from tests.fakes.venue_server import (
+    SlidingWindow,
+    VenueServer,
+    base_parser,
+    serve_until_signalled,
+    take_fault,
+    wall_ms,
+)  # fmt: skip
 
 CANDLES: Final = "/api/v5/market/candles"
 HISTORY_CANDLES: Final = "/api/v5/market/history-candles"
@@ -153,10 +156,6 @@ def _num(x: float, places: int = 8) -> str:
     return text or "0"
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
     """One request the fake answered (or dropped)."""
@@ -177,6 +176,9 @@ class Fault:
     path: str | None
     remaining: int
     match: dict[str, str] | None = None
+    every: int = 1
+    seen: int = 0
+    applied: int = 0
 
     def matches(self, path: str, params: Mapping[str, str]) -> bool:
         if self.remaining <= 0 or (self.path is not None and self.path != path):
@@ -259,7 +261,7 @@ def _encoded(rows: Iterable[Sequence[str]]) -> list[tuple[int, bytes]]:
     return [(int(row[0]), _encode_row(row)) for row in rows]
 
 
-class FakeOkx:
+class FakeOkx(VenueServer[RequestRecord]):
     """OKX v5 market data on 127.0.0.1 with a controllable clock, rate limits and faults."""
 
     def __init__(
@@ -274,33 +276,24 @@ class FakeOkx:
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
-        self.now_ms: Callable[[], int] = now_ms or _wall_ms
-        self.limit_now_ms: Callable[[], int] = limit_now_ms or _wall_ms
+        super().__init__(
+            latency_ms=latency_ms, fault_timeout_s=fault_timeout_s, now_ms=now_ms, host=host, port=port,
+            record_requests=record_requests,
+        )  # fmt: skip
+        self.limit_now_ms: Callable[[], int] = limit_now_ms or wall_ms
         self.rate_limits = dict(rate_limits) if rate_limits is not None else None
-        self.latency_ms = latency_ms
-        self.fault_timeout_s = fault_timeout_s
-        self.host = host
-        self.port = port
-        self.record_requests = record_requests
-        self.requests: list[RequestRecord] = []
-        self.status_counts: dict[int, int] = {}
         self.faults: list[Fault] = []
-        self.request_count = 0
         self.requests_by_path: dict[str, int] = {}
         """Requests per endpoint, refused ones included."""
         self.refused_by_path: dict[str, int] = {}
         """Requests per endpoint its rate limit refused (50011)."""
         self.max_in_window: dict[str, int] = {}
         """Per endpoint, the most requests its limit let through in one sliding window."""
-        self.in_flight = 0
-        self.max_in_flight = 0
         #: Called with the query of every candles request once its body is built, before it is sent.
         self.after_candles: Callable[[Mapping[str, str]], None] | None = None
         self._instruments: dict[str, Instrument] = {}
         self._series: dict[tuple[str, str], _Series] = {}
-        self._sent: dict[str, deque[int]] = {path: deque() for path in RATE_LIMITS}
-        self._runner: web.AppRunner | None = None
-        self._hanging: set[asyncio.Task[Any]] = set()
+        self._sent: dict[str, SlidingWindow] = {path: SlidingWindow() for path in RATE_LIMITS}
         self._routes: dict[str, Callable[[Mapping[str, str], int], _Result]] = {
             CANDLES: lambda p, now: self._candles(p, now, history=False),
             HISTORY_CANDLES: lambda p, now: self._candles(p, now, history=True),
@@ -309,51 +302,9 @@ class FakeOkx:
             TICKER: self._ticker,
         }
 
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        app = web.Application()
+    def _add_routes(self, app: web.Application) -> None:
         for path in self._routes:
             app.router.add_get(path, self._handler(path))
-        app.router.add_get("/__stats", self._stats)
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, self.host, self.port).start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        for task in list(self._hanging):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOkx:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    # -- market clock -----------------------------------------------------------------------------
-
-    def set_time(self, ms: int) -> None:
-        """Freeze the market clock at `ms`."""
-        self.now_ms = lambda: ms
-
-    def advance(self, ms: int) -> None:
-        """Move the market clock forward by `ms` (and freeze it there)."""
-        self.set_time(self.now_ms() + ms)
-
-    def use_wall_clock(self) -> None:
-        self.now_ms = _wall_ms
 
     # -- instruments and candles ------------------------------------------------------------------
 
@@ -489,17 +440,11 @@ class FakeOkx:
         """OKX's code of each recorded answer (of `path`), in order."""
         return [r.code for r in self.requests if path is None or r.path == path]
 
-    def stats(self) -> dict[str, Any]:
-        """What GET /__stats answers."""
+    def _venue_stats(self) -> dict[str, Any]:
         return {
-            "cpu_seconds": cpu_seconds(),
-            "requests": self.request_count,
-            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
             "requests_by_path": dict(sorted(self.requests_by_path.items())),
             "refused_by_path": dict(sorted(self.refused_by_path.items())),
             "max_in_window": dict(sorted(self.max_in_window.items())),
-            "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight,
         }
 
     # -- serving ----------------------------------------------------------------------------------
@@ -510,22 +455,13 @@ class FakeOkx:
 
         return handler
 
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=_dumps(self.stats()), content_type=JSON_CONTENT_TYPE)
-
     async def _serve(self, request: web.Request, path: str) -> web.StreamResponse:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            if self.latency_ms > 0:
-                await asyncio.sleep(self.latency_ms / 1000)
+        async def answer() -> web.StreamResponse:
             now = self.now_ms()
             params = dict(request.query)
-            self.request_count += 1
             self.requests_by_path[path] = self.requests_by_path.get(path, 0) + 1
-            fault = next((f for f in self.faults if f.matches(path, params)), None)
+            fault = take_fault(self.faults, path, params)
             if fault is not None:
-                fault.remaining -= 1
                 return await self._fault(request, fault.kind, path, params, now)
             if self._over_limit(path):
                 self.refused_by_path[path] = self.refused_by_path.get(path, 0) + 1
@@ -534,20 +470,16 @@ class FakeOkx:
             if path in (CANDLES, HISTORY_CANDLES) and self.after_candles is not None:
                 self.after_candles(params)
             return self._respond(path, params, now, status, body)
-        finally:
-            self.in_flight -= 1
+
+        return await self._counted(answer)
 
     def _over_limit(self, path: str) -> bool:
         """Count the request in its endpoint's sliding window; True (not counted) if that breaks the limit."""
         if self.rate_limits is None:
             return False
-        now = self.limit_now_ms()
         sent = self._sent[path]
-        while sent and sent[0] <= now - RATE_WINDOW_MS:
-            sent.popleft()
-        if len(sent) >= self.rate_limits[path]:
+        if not sent.admit(self.limit_now_ms(), self.rate_limits[path], RATE_WINDOW_MS):
             return True
-        sent.append(now)
         self.max_in_window[path] = max(self.max_in_window.get(path, 0), len(sent))
         return False
 
@@ -567,9 +499,7 @@ class FakeOkx:
     def _record(
         self, path: str, params: dict[str, str], now: int, status: int, code: str | None, fault: str | None
     ) -> None:
-        self.status_counts[status] = self.status_counts.get(status, 0) + 1
-        if self.record_requests:
-            self.requests.append(RequestRecord(now, path, params, status, code, fault))
+        self._note(status, lambda: RequestRecord(now, path, params, status, code, fault))
 
     async def _fault(
         self, request: web.Request, kind: str, path: str, params: dict[str, str], now: int
@@ -580,18 +510,7 @@ class FakeOkx:
             status, body, content_type = _FAULT_BODIES[kind]
             return self._respond(path, params, now, status, body, content_type, fault=kind)
         self._record(path, params, now, 0, None, kind)  # "drop" and "timeout": no HTTP answer
-        if kind == "timeout":
-            task = asyncio.current_task()
-            if task is not None:
-                self._hanging.add(task)
-            try:
-                await asyncio.sleep(self.fault_timeout_s)
-            finally:
-                if task is not None:
-                    self._hanging.discard(task)
-        if request.transport is not None:
-            request.transport.close()
-        return web.Response(status=500)
+        return await self._no_answer(request, kind)
 
     # -- routes -----------------------------------------------------------------------------------
 
@@ -702,10 +621,7 @@ def bench_symbols(n: int, inst_type: str = "SPOT") -> list[str]:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.okx", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser = base_parser("python -m tests.fakes.okx", __doc__)
     parser.add_argument("--no-rate-limit", action="store_true", help="never answer 50011")
     parser.add_argument("--inst-type", default="SPOT", choices=("SPOT", "SWAP"))
     parser.add_argument("--symbols", type=int, default=0, help="list this many instruments (see bench_symbols)")
@@ -734,18 +650,7 @@ async def _run(args: argparse.Namespace) -> None:
             if args.candles + args.future_candles > 0:
                 start = bar_shift(bar, bar_open(bar, now), -(args.candles - 1))
                 fake.generate_klines(inst_id, bar, start, args.candles + args.future_candles, seed=args.seed)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await fake.start()
-    print(fake.url, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-        print(json.dumps({"fake_cpu_seconds": cpu_seconds()}), flush=True)
+    await serve_until_signalled(fake)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
