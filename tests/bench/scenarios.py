@@ -35,7 +35,7 @@ from tests.fakes import bybit as fake_bybit
 from tests.fakes import coinbase as fake_coinbase
 from tests.fakes import kraken as fake_kraken
 from tests.fakes import okx as fake_okx
-from tests.fakes.binance import bench_symbols
+from tests.fakes.binance import USDM_WEIGHT_LIMIT, bench_symbols
 
 STATUS = "/api/v1/data-collector/status"
 HEALTH = "/health"
@@ -1023,6 +1023,8 @@ class VenueLimit:
     sliding: bool = True
     path: str | None = None
     """Only this endpoint's requests count (OKX limits each endpoint apart)."""
+    weight_key: str = "weight_by_minute"
+    """Where the fake's /__stats counts the weight of a calendar-window limit (Binance USD-M: its own)."""
 
 
 @dataclass(frozen=True)
@@ -1057,6 +1059,12 @@ VENUE_FAKES: tuple[VenueFake, ...] = (
         bench_symbols, lambda st: _statuses(st, 429, 418), "HTTP 429/418",
     ),
     VenueFake(
+        # The same fake answering as USD-M (/fapi/v1), its perpetuals listed (and a quarterly to drop).
+        "binance_usdm", "tests.fakes.binance", ("--products", "usdm", "--usdm-weight-limit", str(USDM_WEIGHT_LIMIT)),
+        (VenueLimit("weight per minute", USDM_WEIGHT_LIMIT, 60.0, sliding=False, weight_key="usdm_weight_by_minute"),),
+        bench_symbols, lambda st: _statuses(st, 429, 418), "HTTP 429/418",
+    ),
+    VenueFake(
         "bybit", "tests.fakes.bybit", ("--rate-limit", str(fake_bybit.REQUEST_LIMIT)),
         (VenueLimit("requests per 5 s", fake_bybit.REQUEST_LIMIT, fake_bybit.WINDOW_MS / 1000),),
         bench_symbols, lambda st: int(st["refused"]), "HTTP 403 + 10-min ban", future_candles=False,
@@ -1084,7 +1092,7 @@ VENUE_FAKES: tuple[VenueFake, ...] = (
     ),
 )
 #: Venues of the service the scenario cannot run, and why.
-VENUES_LEFT_OUT = {"binance_usdm": "FakeBinance serves spot (/api/v3) only, no USD-M /fapi/v1"}
+VENUES_LEFT_OUT: dict[str, str] = {}
 
 
 def _venue_fake_args(v: VenueFake, s: Sizes) -> list[str]:
@@ -1100,7 +1108,7 @@ def _accepted(v: VenueFake, lim: VenueLimit, stats: dict[str, Any]) -> int:
     """What the fake has let through against `lim` so far: requests (OKX: of its endpoint), Binance's
     weight; requests the limit refused do not count."""
     if not lim.sliding:
-        return sum(int(w) for w in stats["weight_by_minute"].values())
+        return sum(int(w) for w in stats[lim.weight_key].values())
     if lim.path is not None:
         return int(stats["requests_by_path"].get(lim.path, 0)) - int(stats["refused_by_path"].get(lim.path, 0))
     return int(stats["requests"]) - v.errors(stats)
@@ -1129,8 +1137,8 @@ def _limit_share(
     (`samples`: OKX's endpoints take turns, older windows from one, the newest from the other)."""
     busiest: int | None
     if not lim.sliding:
-        old = {int(m): int(w) for m, w in before["weight_by_minute"].items()}
-        busiest = max((int(w) - old.get(int(m), 0) for m, w in after["weight_by_minute"].items()), default=0)
+        old = {int(m): int(w) for m, w in before[lim.weight_key].items()}
+        busiest = max((int(w) - old.get(int(m), 0) for m, w in after[lim.weight_key].items()), default=0)
     elif lim.path is not None:
         busiest = after["max_in_window"].get(lim.path)
     else:
@@ -1204,9 +1212,12 @@ async def venues_at_once(b: Bench) -> Outcome:
         svc = await b.service("venues", dsn, fakes["binance"], env)
         try:
             service_limits = {v["id"]: v["limit"] for v in await svc.get("/api/v1/exchanges")}
-            learnt = service_limits["binance"]["limit"]
-            if learnt != venues[0].limits[0].limit:
-                raise BenchError(f"the service runs Binance with weight limit {learnt}, not the fake's 6000")
+            for v in venues[:2]:  # Binance spot and USD-M tell their limits in exchangeInfo
+                learnt = service_limits[v.venue]["limit"]
+                if learnt != v.limits[0].limit:
+                    raise BenchError(
+                        f"the service runs {v.venue} with weight limit {learnt}, not the fake's {v.limits[0].limit}"
+                    )
             say(f"scenario 9: {len(venues)} venues x {pairs} series x {s.venue_history:,} candles back, at once"
                 + ("" if s.quick else " (about a minute: Kraken's 1/s sets the pace)"))
             before = dict(zip(fakes, await asyncio.gather(*(f.stats() for f in fakes.values())), strict=True))

@@ -5,8 +5,10 @@ Each venue's strict fake (tests/fakes/<venue>.py) shares the service's clock, so
 will: T0 is five seconds into the 10:00 candle of 2026-11-24; the limit tests run on daily candles
 and a clock fast enough for each venue's pause to pass in half a second.
 
-Binance USD-M (`binance_usdm`, /fapi/v1) has no test here: FakeBinance serves only the spot paths
-(/api/v3/...) and lists no contract types, so no perpetual (`BTC/USDT:USDT`) can be collected from it.
+Binance USD-M (`binance_usdm`, /fapi/v1) runs on a FakeBinance of its own answering as USD-M (its
+perpetual BTCUSDT beside a quarterly the client must drop), in the cases where its rules differ from
+spot's: the backfill, the open candle, its limit answer, the spellings (`BTC/USDT:USDT`) and every
+venue at once; the scheduled config is the same code as spot's and is left to Binance spot.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import Settings
 from tests.conftest import Api, Clock, assert_error, serve_app
-from tests.fakes.binance import FakeBinance
+from tests.fakes.binance import QUARTERLY, FakeBinance
 from tests.fakes.bybit import FakeBybit
 from tests.fakes.coinbase import FakeCoinbase
 from tests.fakes.kraken import FakeKraken
@@ -41,6 +43,8 @@ SPEED = 3
 START = "/api/v1/data-collector/start"
 CONFIGS = "/api/v1/admin/data-collection/configs"
 VENUES = ["binance", "bybit", "okx", "coinbase", "kraken"]
+#: The venues with Binance USD-M, in the venue table's order: the cases USD-M runs in.
+WITH_USDM = ["binance", "binance_usdm", "bybit", "okx", "coinbase", "kraken"]
 
 #: (open, high, low, close, volume, quote_volume, trades) of a candle, as the API shows it.
 Values = tuple[str, str, str, str, str, str | None, int | None]
@@ -133,6 +137,32 @@ class BinanceKit(Kit):
 
     def final(self, timeframe: str) -> dict[int, Values]:
         return {r[0]: (*r[1:6], r[7], r[8]) for r in self.fake.get_klines(self.symbol, timeframe)}
+
+
+class BinanceUsdmKit(BinanceKit):
+    """USD-M on a FakeBinance of its own: the perpetual BTCUSDT, and a quarterly (BTCUSDT_261225)
+    that, were it not dropped, would make `BTC/USDT` name two contracts."""
+
+    venue = "binance_usdm"
+    spellings = ("BTC/USDT:USDT", "BTCUSDT", "BTC/USDT")
+    candles_path = "/fapi/v1/klines"
+
+    def __init__(self, fake: FakeBinance, clock: Clock) -> None:
+        super().__init__(fake, clock)
+        fake.add_symbol(self.symbol, "BTC", "USDT", product="usdm")
+        fake.add_symbol(QUARTERLY, "BTC", "USDT", product="usdm", contract_type="CURRENT_QUARTER")
+
+    def generate(self, timeframe: str, start_ms: int, count: int) -> None:
+        self.fake.generate_klines(self.symbol, timeframe, start_ms, count, start_price=100.0, product="usdm")
+
+    def update(self, timeframe: str, open_ms: int, values: dict[str, str]) -> None:
+        self.fake.update_kline(self.symbol, timeframe, open_ms, product="usdm", **values)
+
+    def final(self, timeframe: str) -> dict[int, Values]:
+        return {r[0]: (*r[1:6], r[7], r[8]) for r in self.fake.get_klines(self.symbol, timeframe, product="usdm")}
+
+    def limit_once(self) -> None:
+        self.fake.add_fault("429", path=self.candles_path)
 
 
 class BybitKit(Kit):
@@ -230,9 +260,11 @@ class KrakenKit(Kit):
         return {r[0] * 1000: (*r[1:5], r[6], None, r[7]) for r in rows}
 
 
-KITS: dict[str, type[Kit]] = {k.venue: k for k in (BinanceKit, BybitKit, OkxKit, CoinbaseKit, KrakenKit)}
+KITS: dict[str, type[Kit]] = {
+    k.venue: k for k in (BinanceKit, BinanceUsdmKit, BybitKit, OkxKit, CoinbaseKit, KrakenKit)
+}
 FAKES: dict[str, Callable[[], Any]] = {
-    "bybit": FakeBybit, "okx": FakeOkx, "coinbase": FakeCoinbase, "kraken": FakeKraken,
+    "binance_usdm": FakeBinance, "bybit": FakeBybit, "okx": FakeOkx, "coinbase": FakeCoinbase, "kraken": FakeKraken,
 }  # fmt: skip
 
 
@@ -346,7 +378,7 @@ def pauses(metrics: str, venue: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("venue", VENUES)
+@pytest.mark.parametrize("venue", WITH_USDM)
 async def test_a_backfill_from_listing_stores_every_candle_once_with_the_exact_decimals(
     venue: str, fake: FakeBinance, make_settings: Callable[..., Settings]
 ) -> None:
@@ -428,7 +460,7 @@ async def test_coinbase_buckets_without_trades_are_exchange_gaps_not_holes(
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("venue", VENUES)
+@pytest.mark.parametrize("venue", WITH_USDM)
 async def test_the_open_candle_is_stored_open_then_corrected_once_the_venue_closes_it(
     venue: str, fake: FakeBinance, make_settings: Callable[..., Settings]
 ) -> None:
@@ -544,7 +576,7 @@ async def test_a_one_minute_config_on_the_venue_collects_each_new_candle_on_sche
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("venue", VENUES)
+@pytest.mark.parametrize("venue", WITH_USDM)
 async def test_the_venues_limit_answer_is_obeyed_shown_and_the_run_still_takes_every_candle(
     venue: str, fake: FakeBinance, make_settings: Callable[..., Settings]
 ) -> None:
@@ -597,7 +629,7 @@ async def test_the_venues_limit_answer_is_obeyed_shown_and_the_run_still_takes_e
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("venue", VENUES)
+@pytest.mark.parametrize("venue", WITH_USDM)
 async def test_every_spelling_of_the_symbol_resolves_to_the_venues_id(
     venue: str, fake: FakeBinance, make_settings: Callable[..., Settings]
 ) -> None:
@@ -650,9 +682,9 @@ TIMEFRAMES = {
 
 
 @asynccontextmanager
-async def every_venue(binance: FakeBinance, clock: Clock) -> AsyncIterator[dict[str, Kit]]:
+async def every_venue(binance: FakeBinance, clock: Clock, venues: list[str] = VENUES) -> AsyncIterator[dict[str, Kit]]:
     async with AsyncExitStack() as stack:
-        yield {venue: await stack.enter_async_context(kit_for(venue, binance, clock)) for venue in VENUES}
+        yield {venue: await stack.enter_async_context(kit_for(venue, binance, clock)) for venue in venues}
 
 
 async def test_exchanges_lists_every_enabled_venue_and_a_timeframe_it_lacks_is_a_422_naming_its_set(
@@ -697,13 +729,14 @@ async def test_exchanges_lists_every_enabled_venue_and_a_timeframe_it_lacks_is_a
 async def test_every_venue_at_once_one_banned_the_others_complete(
     banned: str, fake: FakeBinance, make_settings: Callable[..., Settings]
 ) -> None:
-    """With all five venues enabled and one of them (Binance: 418, Bybit: 403) banning our IP for the
-    whole collection, the four others complete with every candle (Binance's and Bybit's BTCUSDT
-    each its own series) while the banned venue's task waits out the ban: its message says so, GET
-    /exchanges shows that venue paused and no other, and the venue was asked once, not again."""
+    """With all six venues enabled and one of them (Binance: 418, Bybit: 403) banning our IP for the
+    whole collection, the five others complete with every candle (Binance's, Binance USD-M's and
+    Bybit's BTCUSDT each its own series; Binance spot's ban not touching USD-M) while the banned
+    venue's task waits out the ban: its message says so, GET /exchanges shows that venue paused and
+    no other, and the venue was asked once, not again."""
     clock = Clock(start=T0 / 1000, speed=SPEED)
     listing = OPEN - 99 * MINUTE
-    async with every_venue(fake, clock) as kits:
+    async with every_venue(fake, clock, WITH_USDM) as kits:
         for kit in kits.values():
             kit.generate("1m", listing, 100)
         async with serve_app(settings_for(make_settings, *kits.values()), clock) as api:
@@ -728,7 +761,7 @@ async def test_every_venue_at_once_one_banned_the_others_complete(
         assert (covers[venue]["complete"], covers[venue]["candles_verified"]) == (True, 99), covers[venue]
     assert waiting["status"] == "running", waiting
     assert waiting["message"].startswith("IP banned by the exchange: paused until "), waiting
-    assert {venue: s["limit"]["paused"] for venue, s in states.items()} == {v: v == banned for v in VENUES}
+    assert {venue: s["limit"]["paused"] for venue, s in states.items()} == {v: v == banned for v in WITH_USDM}
     assert states[banned]["limit"]["paused_reason"] == "banned"
     assert [r.status for r in kits[banned].fake.requests] == [kits[banned].ban_status]  # told once, then waited
     assert cancelled.status_code == 200, cancelled.text

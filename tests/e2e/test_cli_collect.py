@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from tests.fakes.binance import FakeBinance
+from tests.fakes.okx import FakeOkx
 from tests.processes import (
     ROOT,
     process_env,
@@ -111,6 +112,53 @@ async def test_collect_of_an_unknown_symbol_exits_2_naming_it(fake: FakeBinance,
 
     assert code == 2, out
     assert "unknown symbol 'NOPEUSDT'" in out
+
+
+async def test_collect_on_okx_stores_the_candles_under_its_own_id(
+    fake: FakeBinance, db_dsn: str, db: asyncpg.Connection[Any]
+) -> None:
+    """`collect --exchange okx --symbols BTC/USDT` on a deployment enabling OKX takes the history from
+    the OKX fake, stores it under OKX's own id BTC-USDT on okx (none on binance), and exits 0."""
+    now = int(time.time() * 1000)
+    first = (now - 199 * MINUTE_MS) // MINUTE_MS * MINUTE_MS
+    async with FakeOkx() as okx:
+        okx.add_symbol("BTC-USDT", list_time=first)
+        okx.generate_klines("BTC-USDT", "1m", first, 205)  # up to now, and a few minutes to come
+        env = service_env(
+            binance_url=fake.url, database_url=db_dsn, exchanges="okx", okx_api_url=okx.url, okx_retry_wait=0.01,
+            default_history_candles=150,
+        )  # fmt: skip
+        code, out = await run_service_command(
+            "collect", "--exchange", "okx", "--symbols", "BTC/USDT", "--timeframes", "1m", env=env
+        )
+        served = {int(row[0]) for row in okx.get_klines("BTC-USDT", "1m")}
+
+    assert code == 0, out
+    rows = await db.fetch(
+        """
+        SELECT s.exchange, s.symbol, k.open_time FROM klines k JOIN series s ON s.id = k.series_id
+         WHERE s.timeframe = '1m' ORDER BY k.open_time
+        """
+    )
+    assert {(r["exchange"], r["symbol"]) for r in rows} == {("okx", "BTC-USDT")}
+    times = [r["open_time"] for r in rows]
+    assert len(times) == 150, out
+    assert times == list(range(times[0], times[0] + 150 * MINUTE_MS, MINUTE_MS))
+    assert set(times) <= served
+    assert times[-1] >= now // MINUTE_MS * MINUTE_MS  # up to the candle open when it ran
+    assert "BTC-USDT 1m: 150 candles written" in out, out
+
+
+async def test_collect_on_a_venue_not_enabled_exits_2_naming_exchanges(fake: FakeBinance, db_dsn: str) -> None:
+    """`collect --exchange kraken` where EXCHANGES lacks kraken exits 2, naming EXCHANGES."""
+    env = service_env(binance_url=fake.url, database_url=db_dsn)  # EXCHANGES=binance
+
+    code, out = await run_service_command(
+        "collect", "--exchange", "kraken", "--symbols", "BTC/USD", "--timeframes", "1m", env=env
+    )
+
+    assert code == 2, out
+    assert "EXCHANGES" in out and "kraken" in out, out
 
 
 async def test_collect_since_listing_until_a_date_takes_exactly_that_range(

@@ -1,10 +1,18 @@
-"""A fake Binance spot REST API: a real aiohttp server that tests own and script.
+"""A fake Binance REST API, spot (``/api/v3``) and USD-M futures (``/fapi/v1``): a real aiohttp
+server that tests own and script.
 
 Why: the collector must be exercised against the exact bodies, headers and rate-limit behaviour of
 Binance without touching the network, and the benchmark needs a server cheap enough that it measures
 the service, not the fake. Use it in-process (``async with FakeBinance() as fake: ...``) or as its own
 process (``python -m tests.fakes.binance --port 0 --symbols 10 --candles 1000``), which prints its
 base URL as the first stdout line and serves until SIGTERM.
+
+One instance answers both products, each its own market: its own symbols, candles, weight limit
+(spot 6000, USD-M 2400 per minute), minute counters and IP ban. Every market-data method takes
+``product="spot"`` (the default) or ``product="usdm"``. USD-M follows its own rules: limit default
+500 and at most 1500, klines weighed by limit (1/2/5/10), no ``1s``, exchangeInfo listing contracts
+(``contractType``, ``marginAsset``) with the quarterlies beside the perpetuals, and a 12th kline
+field that is not "0".
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ INTERVAL_MS: Final[dict[str, int]] = {
     "1h": _H, "2h": 2 * _H, "4h": 4 * _H, "6h": 6 * _H, "8h": 8 * _H, "12h": 12 * _H,
     "1d": _D, "3d": 3 * _D, "1w": 7 * _D,
 }  # fmt: skip
+# USD-M's 15: spot's without 1s.
+USDM_INTERVALS: Final[tuple[str, ...]] = INTERVALS[1:]
 _MONDAY_OFFSET_MS: Final = 4 * _D  # 1970-01-01 was a Thursday; weeks open on Monday 00:00 UTC.
 
 # Field names of the 12-field kline row, for update_kline().
@@ -62,6 +72,16 @@ _KNOWN_QUOTES: Final = ("FDUSD", "USDT", "USDC", "TUSD", "BUSD", "BTC", "ETH", "
 
 FaultKind = Literal["500", "502", "503", "504", "drop", "bad_json", "timeout", "429", "418"]
 FAULT_KINDS: Final[frozenset[str]] = frozenset(get_args(FaultKind))
+
+Product = Literal["spot", "usdm"]
+PRODUCTS: Final[tuple[Product, ...]] = ("spot", "usdm")
+PREFIXES: Final[dict[Product, str]] = {"spot": "/api/v3", "usdm": "/fapi/v1"}
+MAX_LIMIT: Final[dict[Product, int]] = {"spot": 1000, "usdm": 1500}
+USDM_WEIGHT_LIMIT: Final = 2400
+_DEFAULT_LIMIT: Final[dict[Product, int]] = {"spot": 6000, "usdm": USDM_WEIGHT_LIMIT}
+# What a USD-M perpetual's deliveryDate says (2100-12-25), and the quarterly the fake's process lists.
+_PERPETUAL_DELIVERY_MS: Final = 4_133_404_800_000
+QUARTERLY: Final = "BTCUSDT_261225"
 
 KlineRow = list[Any]
 _Result = tuple[int, bytes]
@@ -150,6 +170,30 @@ class _Symbol:
     base: str
     quote: str
     status: str
+    contract_type: str | None = None  # USD-M only: PERPETUAL, CURRENT_QUARTER, NEXT_QUARTER
+    margin_asset: str | None = None  # USD-M only: what the contract settles in
+
+
+@dataclass(slots=True)
+class _Market:
+    """One product's state: its listing, candles, limit, minute counters and ban."""
+
+    product: Product
+    weight_limit: int | None
+    advertised_weight_limit: int | None = None
+    symbols: dict[str, _Symbol] = field(default_factory=dict)
+    series: dict[str, dict[str, _Series]] = field(default_factory=dict)
+    symbols_json: bytes | None = None
+    windows: dict[int, WindowStats] = field(default_factory=dict)
+    ban_until_ms: int | None = None
+
+    @property
+    def intervals(self) -> tuple[str, ...]:
+        return INTERVALS if self.product == "spot" else USDM_INTERVALS
+
+    def stated_limit(self) -> int:
+        """The limit the 429 message and exchangeInfo state."""
+        return self.weight_limit if self.weight_limit is not None else _DEFAULT_LIMIT[self.product]
 
 
 @dataclass(slots=True)
@@ -183,6 +227,7 @@ class _Route:
     path: str
     weight: Callable[[Mapping[str, str]], int]
     handler: Callable[[Mapping[str, str], int], _Result]
+    product: Product = "spot"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,6 +278,7 @@ def _check_row(row: Sequence[Any]) -> None:
 
 
 def _guess_assets(symbol: str) -> tuple[str, str]:
+    symbol = symbol.split("_", 1)[0]  # a USD-M quarterly: BTCUSDT_261225
     for quote in _KNOWN_QUOTES:
         if symbol.endswith(quote) and len(symbol) > len(quote):
             return symbol[: -len(quote)], quote
@@ -271,6 +317,54 @@ def _symbol_info(name: str, sym: _Symbol) -> dict[str, Any]:
     }
 
 
+def _usdm_symbol_info(name: str, sym: _Symbol) -> dict[str, Any]:
+    """One USD-M exchangeInfo symbol object, with the keys of the real /fapi/v1/exchangeInfo."""
+    perpetual = sym.contract_type == "PERPETUAL"
+    return {
+        "symbol": name,
+        "pair": name.split("_", 1)[0],
+        "contractType": sym.contract_type,
+        "deliveryDate": _PERPETUAL_DELIVERY_MS if perpetual else _quarter_delivery_ms(name),
+        "onboardDate": 1_569_398_400_000,
+        "status": sym.status,
+        "maintMarginPercent": "2.5000",
+        "requiredMarginPercent": "5.0000",
+        "baseAsset": sym.base,
+        "quoteAsset": sym.quote,
+        "marginAsset": sym.margin_asset,
+        "pricePrecision": 2,
+        "quantityPrecision": 3,
+        "baseAssetPrecision": 8,
+        "quotePrecision": 8,
+        "underlyingType": "COIN",
+        "underlyingSubType": [],
+        "triggerProtect": "0.0500",
+        "liquidationFee": "0.012500",
+        "marketTakeBound": "0.05",
+        "maxMoveOrderLimit": 10000,
+        "filters": [],
+        "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET"],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+        "permissionSets": ["GRID", "COPY"],
+    }
+
+
+def _quarter_delivery_ms(name: str) -> int:
+    """08:00 UTC on the date a quarterly's name ends with (BTCUSDT_261225: 2026-12-25)."""
+    tail = name.rsplit("_", 1)[-1]
+    if len(tail) != 6 or not tail.isdigit():
+        return _PERPETUAL_DELIVERY_MS
+    day = datetime(2000 + int(tail[:2]), int(tail[2:4]), int(tail[4:]), 8, tzinfo=UTC)
+    return int(day.timestamp()) * 1000
+
+
+def _usdm_klines_weight(params: Mapping[str, str]) -> int:
+    """USD-M weighs klines by limit: [1,100) 1, [100,500) 2, [500,1000] 5, above 10 (default 500)."""
+    raw = params.get("limit", "500")
+    limit = int(raw) if _INT_RE.fullmatch(raw) else 500
+    return 1 if limit < 100 else 2 if limit < 500 else 5 if limit <= 1000 else 10
+
+
 _ORDER_TYPES: Final = (
     "LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT",
 )  # fmt: skip
@@ -300,7 +394,7 @@ def cpu_seconds() -> float:
 
 
 class FakeBinance:
-    """Binance spot REST on 127.0.0.1 with a controllable clock, weight limit, bans and faults."""
+    """Binance spot and USD-M REST on 127.0.0.1 with a controllable clock, weight limits, bans and faults."""
 
     def __init__(
         self,
@@ -315,10 +409,14 @@ class FakeBinance:
         port: int = 0,
         record_requests: bool = True,
         advertised_weight_limit: int | None = None,
+        usdm_weight_limit: int | None = USDM_WEIGHT_LIMIT,
     ) -> None:
-        self.weight_limit = weight_limit
-        # What exchangeInfo announces; by default the enforced limit, or Binance's 6000 when unlimited.
-        self.advertised_weight_limit = advertised_weight_limit
+        # What exchangeInfo announces: by default the enforced limit, or Binance's (spot 6000, USD-M
+        # 2400) when unlimited.
+        self._markets: dict[Product, _Market] = {
+            "spot": _Market("spot", weight_limit, advertised_weight_limit),
+            "usdm": _Market("usdm", usdm_weight_limit),
+        }
         self.latency_ms = latency_ms
         self.ban_after_429s = ban_after_429s
         self.ban_seconds = ban_seconds
@@ -328,11 +426,9 @@ class FakeBinance:
         self.port = port
         self.record_requests = record_requests
 
-        self.ban_until_ms: int | None = None
         self.faults: list[Fault] = []
         self.requests: list[RequestRecord] = []
         self.status_counts: dict[int, int] = {}
-        self.windows: dict[int, WindowStats] = {}
         self.request_count = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -341,21 +437,88 @@ class FakeBinance:
         # a test moves the exchange (its clock, its candles) between the answer and the service's write.
         self.after_klines: Callable[[Mapping[str, str]], None] | None = None
 
-        self._symbols: dict[str, _Symbol] = {}
-        self._series: dict[str, dict[str, _Series]] = {}
-        self._symbols_json: bytes | None = None
         self._runner: web.AppRunner | None = None
         self._hanging: set[asyncio.Task[Any]] = set()
+        spot, usdm = self._markets["spot"], self._markets["usdm"]
         self._routes = {
             r.path: r
             for r in (
                 _Route("/api/v3/ping", lambda p: 1, lambda p, now: (200, b"{}")),
                 _Route("/api/v3/time", lambda p: 1, lambda p, now: (200, _dumps({"serverTime": now}))),
-                _Route("/api/v3/exchangeInfo", lambda p: 20, self._exchange_info),
-                _Route("/api/v3/klines", lambda p: 2, self._klines_then_hook),
-                _Route("/api/v3/ticker/price", lambda p: 2 if "symbol" in p else 4, self._ticker_price),
+                _Route("/api/v3/exchangeInfo", lambda p: 20, lambda p, now: self._exchange_info(spot, now)),
+                _Route("/api/v3/klines", lambda p: 2, lambda p, now: self._klines_then_hook(spot, p, now)),
+                _Route(
+                    "/api/v3/ticker/price",
+                    lambda p: 2 if "symbol" in p else 4,
+                    lambda p, now: self._ticker_price(spot, p, now),
+                ),
+                _Route("/fapi/v1/ping", lambda p: 1, lambda p, now: (200, b"{}"), "usdm"),
+                _Route("/fapi/v1/time", lambda p: 1, lambda p, now: (200, _dumps({"serverTime": now})), "usdm"),
+                _Route("/fapi/v1/exchangeInfo", lambda p: 1, lambda p, now: self._exchange_info(usdm, now), "usdm"),
+                _Route(
+                    "/fapi/v1/klines", _usdm_klines_weight, lambda p, now: self._klines_then_hook(usdm, p, now), "usdm"
+                ),
+                _Route(
+                    "/fapi/v1/ticker/price",
+                    lambda p: 1 if "symbol" in p else 2,
+                    lambda p, now: self._ticker_price(usdm, p, now),
+                    "usdm",
+                ),
             )
         }
+
+    # -- the two markets ------------------------------------------------------------------------
+
+    def market(self, product: Product = "spot") -> _Market:
+        """One product's state (symbols, candles, limit, windows, ban)."""
+        try:
+            return self._markets[product]
+        except KeyError:
+            raise ValueError(f"unknown Binance product {product!r}; one of {PRODUCTS}") from None
+
+    @property
+    def weight_limit(self) -> int | None:
+        """Spot's enforced weight per minute (None: unlimited)."""
+        return self._markets["spot"].weight_limit
+
+    @weight_limit.setter
+    def weight_limit(self, value: int | None) -> None:
+        self._markets["spot"].weight_limit = value
+
+    @property
+    def advertised_weight_limit(self) -> int | None:
+        return self._markets["spot"].advertised_weight_limit
+
+    @advertised_weight_limit.setter
+    def advertised_weight_limit(self, value: int | None) -> None:
+        self._markets["spot"].advertised_weight_limit = value
+
+    @property
+    def usdm_weight_limit(self) -> int | None:
+        """USD-M's enforced weight per minute (None: unlimited), counted apart from spot's."""
+        return self._markets["usdm"].weight_limit
+
+    @usdm_weight_limit.setter
+    def usdm_weight_limit(self, value: int | None) -> None:
+        self._markets["usdm"].weight_limit = value
+
+    @property
+    def windows(self) -> dict[int, WindowStats]:
+        """Spot's minute counters, keyed by window start (ms)."""
+        return self._markets["spot"].windows
+
+    @property
+    def usdm_windows(self) -> dict[int, WindowStats]:
+        """USD-M's minute counters, keyed by window start (ms)."""
+        return self._markets["usdm"].windows
+
+    @property
+    def ban_until_ms(self) -> int | None:
+        return self._markets["spot"].ban_until_ms
+
+    @ban_until_ms.setter
+    def ban_until_ms(self, value: int | None) -> None:
+        self._markets["spot"].ban_until_ms = value
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -411,29 +574,62 @@ class FakeBinance:
 
     # -- market data ----------------------------------------------------------------------------
 
-    def add_symbol(self, symbol: str, base: str, quote: str, status: str = "TRADING") -> None:
-        """List a symbol in exchangeInfo (replaces an earlier listing of the same name)."""
-        self._symbols[symbol] = _Symbol(base, quote, status)
-        self._symbols_json = None
+    def add_symbol(
+        self,
+        symbol: str,
+        base: str,
+        quote: str,
+        status: str = "TRADING",
+        *,
+        product: Product = "spot",
+        contract_type: str | None = None,
+        margin_asset: str | None = None,
+    ) -> None:
+        """List a symbol in exchangeInfo (replaces an earlier listing of the same name).
 
-    def remove_symbol(self, symbol: str) -> None:
+        USD-M: a contract, PERPETUAL unless `contract_type` says otherwise (or the name carries a
+        delivery date, ``BTCUSDT_261225``: CURRENT_QUARTER), settling in `margin_asset` (the quote by default).
+        """
+        market = self.market(product)
+        if product == "usdm":
+            contract_type = contract_type or ("CURRENT_QUARTER" if "_" in symbol else "PERPETUAL")
+            margin_asset = margin_asset or quote
+        elif contract_type is not None or margin_asset is not None:
+            raise ValueError("contract_type and margin_asset are USD-M's (product='usdm')")
+        market.symbols[symbol] = _Symbol(base, quote, status, contract_type, margin_asset)
+        market.symbols_json = None
+
+    def remove_symbol(self, symbol: str, *, product: Product = "spot") -> None:
         """Delist: gone from exchangeInfo, its klines answer -1121."""
-        self._symbols.pop(symbol, None)
-        self._symbols_json = None
+        market = self.market(product)
+        market.symbols.pop(symbol, None)
+        market.symbols_json = None
 
     @property
     def symbols(self) -> list[str]:
-        """Listed symbols, in listing order."""
-        return list(self._symbols)
+        """Listed spot symbols, in listing order."""
+        return list(self._markets["spot"].symbols)
 
-    def _ensure_symbol(self, symbol: str) -> None:
-        if symbol not in self._symbols:
-            self.add_symbol(symbol, *_guess_assets(symbol))
+    def symbols_of(self, product: Product) -> list[str]:
+        """A product's listed symbols, in listing order."""
+        return list(self.market(product).symbols)
 
-    def set_klines(self, symbol: str, interval: str, rows: Iterable[Sequence[Any]]) -> None:
+    def _ensure_symbol(self, symbol: str, product: Product) -> None:
+        if symbol not in self.market(product).symbols:
+            self.add_symbol(symbol, *_guess_assets(symbol), product=product)
+
+    def _series_of(self, symbol: str, interval: str, product: Product) -> _Series:
+        """The stored series (made if new) of a listed-or-now-listed symbol, after checking the interval."""
+        self._check_interval(interval, product)
+        self._ensure_symbol(symbol, product)
+        return self.market(product).series.setdefault(symbol, {}).setdefault(interval, _Series())
+
+    def set_klines(
+        self, symbol: str, interval: str, rows: Iterable[Sequence[Any]], *, product: Product = "spot"
+    ) -> None:
         """Replace the stored candles of symbol/interval with raw 12-field Binance rows."""
-        self._check_interval(interval)
-        self._ensure_symbol(symbol)
+        self._check_interval(interval, product)
+        self._ensure_symbol(symbol, product)
         series = _Series()
         pairs = []
         for row in rows:
@@ -441,22 +637,24 @@ class FakeBinance:
             pairs.append((int(row[0]), _encode_row(row)))
         if pairs:
             series.merge(pairs)
-        self._series.setdefault(symbol, {})[interval] = series
+        self.market(product).series.setdefault(symbol, {})[interval] = series
 
-    def add_klines(self, symbol: str, interval: str, rows: Iterable[Sequence[Any]]) -> None:
+    def add_klines(
+        self, symbol: str, interval: str, rows: Iterable[Sequence[Any]], *, product: Product = "spot"
+    ) -> None:
         """Insert raw rows, replacing stored ones with the same open time."""
-        self._check_interval(interval)
-        self._ensure_symbol(symbol)
+        self._check_interval(interval, product)
+        self._ensure_symbol(symbol, product)
         pairs = []
         for row in rows:
             _check_row(row)
             pairs.append((int(row[0]), _encode_row(row)))
         if pairs:
-            self._series.setdefault(symbol, {}).setdefault(interval, _Series()).merge(pairs)
+            self._series_of(symbol, interval, product).merge(pairs)
 
-    def get_klines(self, symbol: str, interval: str) -> list[KlineRow]:
+    def get_klines(self, symbol: str, interval: str, *, product: Product = "spot") -> list[KlineRow]:
         """All stored rows (served or future), decoded; for assertions."""
-        series = self._series.get(symbol, {}).get(interval)
+        series = self.market(product).series.get(symbol, {}).get(interval)
         return [] if series is None else [json.loads(b) for b in series.encoded]
 
     def generate_klines(
@@ -467,13 +665,17 @@ class FakeBinance:
         count: int,
         seed: int | None = None,
         start_price: float | None = None,
+        *,
+        product: Product = "spot",
     ) -> list[KlineRow]:
         """Store ``count`` deterministic, plausible candles from ``start_ms`` (aligned down); return them.
 
-        Same arguments give the same rows; the default seed derives from symbol and interval.
+        Same arguments give the same rows; the default seed derives from symbol and interval. USD-M
+        rows carry a non-zero 12th field, as /fapi/v1/klines may.
         """
-        self._check_interval(interval)
-        self._ensure_symbol(symbol)
+        self._check_interval(interval, product)
+        self._ensure_symbol(symbol, product)
+        usdm = product == "usdm"
         rng = random.Random(zlib.crc32(f"{symbol}:{interval}".encode()) if seed is None else seed)
         price = start_price if start_price is not None else 10 ** rng.uniform(-1, 4)
         step = INTERVAL_MS.get(interval)
@@ -493,19 +695,22 @@ class FakeBinance:
             trades = rng.randint(5, 3000)
             row: KlineRow = [
                 open_t, f"{o:.8f}", f"{h:.8f}", f"{lo:.8f}", f"{c:.8f}", f"{vol:.8f}", next_t - 1,
-                f"{vol * mid:.8f}", trades, f"{taker:.8f}", f"{taker * mid:.8f}", "0",
+                f"{vol * mid:.8f}", trades, f"{taker:.8f}", f"{taker * mid:.8f}",
+                f"{vol * mid * 7.3:.8f}" if usdm else "0",
             ]  # fmt: skip
             rows.append(row)
             pairs.append((open_t, _encode_row(row)))
             price = float(row[4])
             open_t = next_t
         if pairs:
-            self._series.setdefault(symbol, {}).setdefault(interval, _Series()).merge(pairs)
+            self._series_of(symbol, interval, product).merge(pairs)
         return rows
 
-    def update_kline(self, symbol: str, interval: str, open_time: int, **fields: Any) -> KlineRow:
+    def update_kline(
+        self, symbol: str, interval: str, open_time: int, *, product: Product = "spot", **fields: Any
+    ) -> KlineRow:
         """Change a stored candle (e.g. the open candle moving on); numbers become 8-decimal strings."""
-        series, i, row = self._stored_row(symbol, interval, open_time, fields)
+        series, i, row = self._stored_row(symbol, interval, open_time, fields, product)
         for name, value in fields.items():
             idx = KLINE_FIELDS.index(name)
             row[idx] = int(value) if idx in _INT_FIELDS else value if isinstance(value, str) else f"{value:.8f}"
@@ -513,33 +718,36 @@ class FakeBinance:
         series.encoded[i] = _encode_row(row)
         return row
 
-    def corrupt_kline(self, symbol: str, interval: str, open_time: int, **fields: Any) -> KlineRow:
+    def corrupt_kline(
+        self, symbol: str, interval: str, open_time: int, *, product: Product = "spot", **fields: Any
+    ) -> KlineRow:
         """Serve a stored candle with these field values, stored verbatim and unchecked.
 
         For the service's ingest checks: ``low="99999999"`` (low above open), ``volume="-1"``,
         ``open="abc"``, ``close_time=<wrong int>``. The row stays 12 fields of valid JSON, so it
         decodes; a non-string where a price belongs makes the client refuse the whole page instead.
         """
-        series, i, row = self._stored_row(symbol, interval, open_time, fields)
+        series, i, row = self._stored_row(symbol, interval, open_time, fields, product)
         for name, value in fields.items():
             row[KLINE_FIELDS.index(name)] = value
         series.encoded[i] = _encode_json_row(row)
         return row
 
-    def add_raw_kline(self, symbol: str, interval: str, row: Sequence[Any]) -> None:
+    def add_raw_kline(self, symbol: str, interval: str, row: Sequence[Any], *, product: Product = "spot") -> None:
         """Store one 12-field row without any check but JSON validity (e.g. an unaligned open_time),
         replacing a stored one with the same open time."""
-        self._check_interval(interval)
-        self._ensure_symbol(symbol)
+        self._check_interval(interval, product)
         if len(row) != len(KLINE_FIELDS) or not isinstance(row[0], int):
             raise ValueError(f"a raw kline row has 12 fields and an int open_time: {row!r}")
         pair = (row[0], _encode_json_row(row))
-        self._series.setdefault(symbol, {}).setdefault(interval, _Series()).merge([pair])
+        self._series_of(symbol, interval, product).merge([pair])
 
-    def remove_klines(self, symbol: str, interval: str, start_ms: int, end_ms: int) -> int:
+    def remove_klines(
+        self, symbol: str, interval: str, start_ms: int, end_ms: int, *, product: Product = "spot"
+    ) -> int:
         """Delete the stored candles with start_ms <= open_time < end_ms (an exchange-side gap,
         e.g. a maintenance window); return how many were removed."""
-        series = self._series.get(symbol, {}).get(interval)
+        series = self.market(product).series.get(symbol, {}).get(interval)
         if series is None:
             return 0
         lo = bisect.bisect_left(series.open_times, start_ms)
@@ -556,19 +764,21 @@ class FakeBinance:
         count: int,
         gaps: Sequence[tuple[int, int]],
         seed: int | None = None,
+        *,
+        product: Product = "spot",
     ) -> list[KlineRow]:
         """``generate_klines`` over ``count`` candle slots, then each [start, end) of ``gaps`` removed
         (the exchange has no candles there); return the rows kept."""
-        rows = self.generate_klines(symbol, interval, start_ms, count, seed=seed)
+        rows = self.generate_klines(symbol, interval, start_ms, count, seed=seed, product=product)
         for start, end in gaps:
-            self.remove_klines(symbol, interval, start, end)
+            self.remove_klines(symbol, interval, start, end, product=product)
         return [row for row in rows if not any(start <= row[0] < end for start, end in gaps)]
 
     def _stored_row(
-        self, symbol: str, interval: str, open_time: int, fields: Mapping[str, Any]
+        self, symbol: str, interval: str, open_time: int, fields: Mapping[str, Any], product: Product
     ) -> tuple[_Series, int, KlineRow]:
         """The series, index and decoded row of a stored candle, once ``fields`` are known names."""
-        series = self._series.get(symbol, {}).get(interval)
+        series = self.market(product).series.get(symbol, {}).get(interval)
         i = -1 if series is None else bisect.bisect_left(series.open_times, open_time)
         if series is None or i >= len(series.open_times) or series.open_times[i] != open_time:
             raise KeyError(f"no {symbol} {interval} kline opening at {open_time}")
@@ -591,8 +801,9 @@ class FakeBinance:
         every: int = 1,
         body: bytes | None = None,
     ) -> Fault:
-        """Script ``count`` failures of ``kind`` on ``path`` (None: any route), for requests whose
-        query has all of ``match``. Faults apply first-armed-first, before limits and bans.
+        """Script ``count`` failures of ``kind`` on ``path`` (None: any route, spot's or USD-M's;
+        USD-M's klines: ``/fapi/v1/klines``), for requests whose query has all of ``match``. Faults
+        apply first-armed-first, before limits and bans.
 
         Note: aiohttp clients retry an idempotent request once after a disconnect, so a "drop" the
         client should actually see needs ``count=2``.
@@ -617,30 +828,36 @@ class FakeBinance:
         """Disarm every scripted fault."""
         self.faults.clear()
 
-    def ban(self, seconds: float) -> None:
-        """Start an IP ban now: every request answers 418 until it ends."""
-        self.ban_until_ms = self.now_ms() + int(seconds * 1000)
+    def ban(self, seconds: float, *, product: Product = "spot") -> None:
+        """Start an IP ban of one product's API now (spot and USD-M ban apart): every request to it
+        answers 418 until it ends."""
+        self.market(product).ban_until_ms = self.now_ms() + int(seconds * 1000)
 
-    def unban(self) -> None:
+    def unban(self, *, product: Product = "spot") -> None:
         """Lift the ban."""
-        self.ban_until_ms = None
+        self.market(product).ban_until_ms = None
 
     @property
     def weight_by_window(self) -> dict[int, int]:
-        """Weight used per minute window, keyed by window start (ms)."""
+        """Spot's weight used per minute window, keyed by window start (ms)."""
         return {start: w.used for start, w in self.windows.items()}
 
-    def used_weight(self) -> int:
+    def weight_by_window_of(self, product: Product) -> dict[int, int]:
+        """A product's weight used per minute window, keyed by window start (ms)."""
+        return {start: w.used for start, w in self.market(product).windows.items()}
+
+    def used_weight(self, *, product: Product = "spot") -> int:
         """Weight used in the current window."""
         now = self.now_ms()
-        w = self.windows.get(now - now % WINDOW_MS)
+        w = self.market(product).windows.get(now - now % WINDOW_MS)
         return 0 if w is None else w.used
 
     def reset_stats(self) -> None:
         """Forget traffic (records, counts, windows) but keep data, faults and bans."""
         self.requests.clear()
         self.status_counts.clear()
-        self.windows.clear()
+        for market in self._markets.values():
+            market.windows.clear()
         self.request_count = 0
         self.max_in_flight = self.in_flight
 
@@ -652,6 +869,7 @@ class FakeBinance:
             "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
             # minute_epoch = floor(ms / 60000)
             "weight_by_minute": {str(start // WINDOW_MS): w.used for start, w in self.windows.items()},
+            "usdm_weight_by_minute": {str(start // WINDOW_MS): w.used for start, w in self.usdm_windows.items()},
             "max_in_flight": self.max_in_flight,
             "in_flight": self.in_flight,
         }
@@ -676,35 +894,36 @@ class FakeBinance:
                 await asyncio.sleep(self.latency_ms / 1000)
             now = self.now_ms()
             params = dict(request.query)
+            market = self._markets[route.product]
             start = now - now % WINDOW_MS
-            window = self.windows.get(start)
+            window = market.windows.get(start)
             if window is None:
-                window = self.windows[start] = WindowStats()
+                window = market.windows[start] = WindowStats()
             window.requests += 1
             self.request_count += 1
 
             if self.faults:
                 fault = self._take_fault(route.path, params)
                 if fault is not None:
-                    return await self._fault_response(request, fault, route.path, params, now, window)
+                    return await self._fault_response(request, fault, market, route.path, params, now, window)
 
-            if self.ban_until_ms is not None:
-                if now < self.ban_until_ms:
-                    return self._ban_response(route.path, params, now, window, self.ban_until_ms, None)
-                self.ban_until_ms = None
+            if market.ban_until_ms is not None:
+                if now < market.ban_until_ms:
+                    return self._ban_response(market, route.path, params, now, window, market.ban_until_ms, None)
+                market.ban_until_ms = None
 
             weight = route.weight(params)
-            limit = self.weight_limit
+            limit = market.weight_limit
             if limit is not None and window.used + weight > limit:
                 window.violations += 1
                 if self.ban_after_429s is not None and window.violations >= self.ban_after_429s:
-                    self.ban_until_ms = now + int(self.ban_seconds * 1000)
+                    market.ban_until_ms = now + int(self.ban_seconds * 1000)
                 retry = max(1, math.ceil((start + WINDOW_MS - now) / 1000))
-                return self._too_much(route.path, params, now, window, retry, None)
+                return self._too_much(market, route.path, params, now, window, retry, None)
 
             window.used += weight
             status, body = route.handler(params, now)
-            return self._respond(route.path, params, now, window, status, body)
+            return self._respond(market, route.path, params, now, window, status, body)
         finally:
             self.in_flight -= 1
 
@@ -732,6 +951,7 @@ class FakeBinance:
 
     def _respond(
         self,
+        market: _Market,
         path: str,
         params: dict[str, str],
         now: int,
@@ -748,25 +968,42 @@ class FakeBinance:
         headers = {"Content-Type": content_type}
         if weight_headers:
             used = str(window.used)
-            headers["X-MBX-USED-WEIGHT"] = used
+            if market.product == "spot":  # USD-M sends only the -1M one
+                headers["X-MBX-USED-WEIGHT"] = used
             headers["X-MBX-USED-WEIGHT-1M"] = used
         if extra:
             headers.update(extra)
         return web.Response(status=status, body=body, headers=headers)
 
     def _too_much(
-        self, path: str, params: dict[str, str], now: int, window: WindowStats, retry: float, fault: str | None
+        self,
+        market: _Market,
+        path: str,
+        params: dict[str, str],
+        now: int,
+        window: WindowStats,
+        retry: float,
+        fault: str | None,
     ) -> web.Response:
-        limit = self.weight_limit if self.weight_limit is not None else 6000
+        limit = market.stated_limit()
         msg = (
             f"Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
             "Please use WebSocket Streams for live updates to avoid polling the API."
         )
         body = _dumps({"code": -1003, "msg": msg})
-        return self._respond(path, params, now, window, 429, body, extra={"Retry-After": _secs(retry)}, fault=fault)
+        return self._respond(
+            market, path, params, now, window, 429, body, extra={"Retry-After": _secs(retry)}, fault=fault
+        )
 
     def _ban_response(
-        self, path: str, params: dict[str, str], now: int, window: WindowStats, until: int, fault: str | None
+        self,
+        market: _Market,
+        path: str,
+        params: dict[str, str],
+        now: int,
+        window: WindowStats,
+        until: int,
+        fault: str | None,
     ) -> web.Response:
         msg = (
             f"Way too much request weight used; IP banned until {until}. "
@@ -774,32 +1011,41 @@ class FakeBinance:
         )
         retry = max(1, math.ceil((until - now) / 1000))
         body = _dumps({"code": -1003, "msg": msg})
-        return self._respond(path, params, now, window, 418, body, extra={"Retry-After": str(retry)}, fault=fault)
+        return self._respond(
+            market, path, params, now, window, 418, body, extra={"Retry-After": str(retry)}, fault=fault
+        )
 
     async def _fault_response(
-        self, request: web.Request, fault: Fault, path: str, params: dict[str, str], now: int, window: WindowStats
+        self,
+        request: web.Request,
+        fault: Fault,
+        market: _Market,
+        path: str,
+        params: dict[str, str],
+        now: int,
+        window: WindowStats,
     ) -> web.StreamResponse:
         kind = fault.kind
         if kind == "429":
-            return self._too_much(path, params, now, window, fault.retry_after, kind)
+            return self._too_much(market, path, params, now, window, fault.retry_after, kind)
         if kind == "418":
             until = now + int(fault.retry_after * 1000)
-            return self._ban_response(path, params, now, window, until, kind)
+            return self._ban_response(market, path, params, now, window, until, kind)
         if kind == "500":
-            return self._respond(path, params, now, window, 500, fault.body or _UNKNOWN_ERROR, fault=kind)
+            return self._respond(market, path, params, now, window, 500, fault.body or _UNKNOWN_ERROR, fault=kind)
         if kind == "503":
             msg = "Server is currently overloaded with other requests. Please try again in a few minutes."
             body = fault.body or _dumps({"code": -1008, "msg": msg})
-            return self._respond(path, params, now, window, 503, body, fault=kind)
+            return self._respond(market, path, params, now, window, 503, body, fault=kind)
         if kind in ("502", "504"):
             status = int(kind)
             body = fault.body or _GATEWAY_HTML[status]
             html = HTML_CONTENT_TYPE
             return self._respond(
-                path, params, now, window, status, body, content_type=html, weight_headers=False, fault=kind
+                market, path, params, now, window, status, body, content_type=html, weight_headers=False, fault=kind
             )
         if kind == "bad_json":
-            return self._respond(path, params, now, window, 200, fault.body or _BAD_JSON_BODY, fault=kind)
+            return self._respond(market, path, params, now, window, 200, fault.body or _BAD_JSON_BODY, fault=kind)
         # "drop" and "timeout": no HTTP response at all.
         self._record(path, params, now, window, 0, kind)
         if kind == "timeout":
@@ -818,25 +1064,37 @@ class FakeBinance:
 
     # -- routes ---------------------------------------------------------------------------------
 
-    def _exchange_info(self, params: Mapping[str, str], now: int) -> _Result:
-        if self._symbols_json is None:
-            self._symbols_json = _dumps([_symbol_info(n, s) for n, s in self._symbols.items()])
-        limit = self.advertised_weight_limit or self.weight_limit or 6000
-        rate_limits = [
-            {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit},
-            {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 1, "limit": 10},
-            {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
-        ]
-        head = _dumps({"timezone": "UTC", "serverTime": now, "rateLimits": rate_limits, "exchangeFilters": []})
-        return 200, head[:-1] + b',"symbols":' + self._symbols_json + b"}"
+    def _exchange_info(self, market: _Market, now: int) -> _Result:
+        if market.symbols_json is None:
+            info = _symbol_info if market.product == "spot" else _usdm_symbol_info
+            market.symbols_json = _dumps([info(n, s) for n, s in market.symbols.items()])
+        limit = market.advertised_weight_limit or market.weight_limit or _DEFAULT_LIMIT[market.product]
+        request_weight = {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit}
+        head: dict[str, Any]
+        if market.product == "spot":
+            head = {"timezone": "UTC", "serverTime": now, "rateLimits": [
+                request_weight,
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 1, "limit": 10},
+                {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5, "limit": 61000},
+            ], "exchangeFilters": []}  # fmt: skip
+        else:
+            head = {"timezone": "UTC", "serverTime": now, "futuresType": "U_MARGINED", "rateLimits": [
+                request_weight,
+                {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+            ], "exchangeFilters": [], "assets": [
+                {"asset": a, "marginAvailable": True, "autoAssetExchange": "0"}
+                for a in sorted({s.margin_asset for s in market.symbols.values() if s.margin_asset})
+            ]}  # fmt: skip
+        return 200, _dumps(head)[:-1] + b',"symbols":' + market.symbols_json + b"}"
 
-    def _klines_then_hook(self, params: Mapping[str, str], now: int) -> _Result:
-        result = self._klines(params, now)
+    def _klines_then_hook(self, market: _Market, params: Mapping[str, str], now: int) -> _Result:
+        result = self._klines(market, params, now)
         if self.after_klines is not None:
             self.after_klines(params)
         return result
 
-    def _klines(self, params: Mapping[str, str], now: int) -> _Result:
+    def _klines(self, market: _Market, params: Mapping[str, str], now: int) -> _Result:
         symbol = params.get("symbol")
         if not symbol:
             return _mandatory("symbol")
@@ -852,17 +1110,17 @@ class FakeBinance:
                 if not _INT_RE.fullmatch(raw):
                     return _illegal(name, "^[0-9]{1,20}$")
                 numbers[name] = int(raw)
-        if interval not in INTERVAL_MS and interval != "1M":
+        if interval not in market.intervals:
             return _error(-1120, "Invalid interval.")
         limit = numbers.get("limit", 500)
-        if not 1 <= limit <= 1000:
+        if not 1 <= limit <= MAX_LIMIT[market.product]:
             return _error(-1130, "Data sent for parameter 'limit' is not valid.")
-        if symbol not in self._symbols:
+        if symbol not in market.symbols:
             return _error(-1121, "Invalid symbol.")
         start, end = numbers.get("startTime"), numbers.get("endTime")
         if start is not None and end is not None and start > end:
             return _error(-1023, "Start time is greater than end time.")
-        series = self._series.get(symbol, {}).get(interval)
+        series = market.series.get(symbol, {}).get(interval)
         if series is None:
             return 200, b"[]"
         times = series.open_times
@@ -878,8 +1136,8 @@ class FakeBinance:
             return 200, b"[]"
         return 200, b"[" + b",".join(series.encoded[lo:hi]) + b"]"
 
-    def _latest_price(self, symbol: str, now: int) -> str:
-        by_interval = self._series.get(symbol, {})
+    def _latest_price(self, market: _Market, symbol: str, now: int) -> str:
+        by_interval = market.series.get(symbol, {})
         candidates = [by_interval["1m"]] if "1m" in by_interval else list(by_interval.values())
         best_t, best = -1, "0.00000000"
         for series in candidates:
@@ -888,33 +1146,39 @@ class FakeBinance:
                 best_t, best = series.open_times[i], json.loads(series.encoded[i])[4]
         return best
 
-    def _ticker_price(self, params: Mapping[str, str], now: int) -> _Result:
+    def _ticker_price(self, market: _Market, params: Mapping[str, str], now: int) -> _Result:
+        def price(symbol: str) -> dict[str, Any]:
+            found: dict[str, Any] = {"symbol": symbol, "price": self._latest_price(market, symbol, now)}
+            if market.product == "usdm":
+                found["time"] = now
+            return found
+
         if "symbol" in params:
             symbol = params["symbol"]
             if not symbol:
                 return _mandatory("symbol")
             if not _SYMBOL_RE.fullmatch(symbol):
                 return _illegal_symbol()
-            if symbol not in self._symbols:
+            if symbol not in market.symbols:
                 return _error(-1121, "Invalid symbol.")
-            return 200, _dumps({"symbol": symbol, "price": self._latest_price(symbol, now)})
-        names: list[str] = list(self._symbols)
-        if "symbols" in params:
+            return 200, _dumps(price(symbol))
+        names: list[str] = list(market.symbols)
+        if market.product == "spot" and "symbols" in params:
             try:
                 asked = json.loads(params["symbols"])
             except ValueError:
                 asked = None
             if not isinstance(asked, list) or not all(isinstance(s, str) and _SYMBOL_RE.fullmatch(s) for s in asked):
                 return _illegal("symbols", '^\\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\\]$')
-            if any(s not in self._symbols for s in asked):
+            if any(s not in market.symbols for s in asked):
                 return _error(-1121, "Invalid symbol.")
             names = asked
-        return 200, _dumps([{"symbol": s, "price": self._latest_price(s, now)} for s in names])
+        return 200, _dumps([price(s) for s in names])
 
-    @staticmethod
-    def _check_interval(interval: str) -> None:
-        if interval not in INTERVAL_MS and interval != "1M":
-            raise ValueError(f"unknown Binance interval {interval!r}; one of {INTERVALS}")
+    def _check_interval(self, interval: str, product: Product) -> None:
+        intervals = self.market(product).intervals
+        if interval not in intervals:
+            raise ValueError(f"unknown Binance {product} interval {interval!r}; one of {intervals}")
 
 
 def _secs(seconds: float) -> str:
@@ -966,6 +1230,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-limit", type=int, default=6000)
     parser.add_argument("--no-weight-limit", action="store_true", help="never answer 429")
     parser.add_argument("--advertised-weight-limit", type=int, default=None, help="limit exchangeInfo announces")
+    parser.add_argument("--usdm-weight-limit", type=int, default=USDM_WEIGHT_LIMIT, help="USD-M's own limit")
+    parser.add_argument(
+        "--products",
+        default="spot",
+        help="comma-separated products (spot, usdm) that list --symbols with candles; both are served either way."
+        f" USD-M also lists the quarterly {QUARTERLY} (no candles), which a client of the perpetuals must drop",
+    )
     parser.add_argument("--ban-after-429s", type=int, default=None)
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="steady")
     parser.add_argument("--symbols", type=int, default=0, help="list this many symbols (see bench_symbols)")
@@ -981,6 +1252,7 @@ async def _run(args: argparse.Namespace) -> None:
     fake = FakeBinance(
         weight_limit=None if args.no_weight_limit else args.weight_limit,
         advertised_weight_limit=args.advertised_weight_limit,
+        usdm_weight_limit=None if args.no_weight_limit else args.usdm_weight_limit,
         latency_ms=args.latency_ms,
         ban_after_429s=args.ban_after_429s,
         host=args.host,
@@ -990,13 +1262,20 @@ async def _run(args: argparse.Namespace) -> None:
     SCENARIOS[args.scenario](fake)
     now = fake.now_ms()
     timeframes = [tf.strip() for tf in args.timeframes.split(",") if tf.strip()]
-    for symbol in bench_symbols(args.symbols):
-        fake.add_symbol(symbol, *_guess_assets(symbol))
-        for tf in timeframes:
-            total = args.candles + args.future_candles
-            if total > 0:
-                first = interval_shift(tf, interval_open(tf, now), -(args.candles - 1))
-                fake.generate_klines(symbol, tf, first, total, seed=args.seed)
+    products = [p.strip() for p in args.products.split(",") if p.strip()]
+    for product in products:
+        if product not in PRODUCTS:
+            raise SystemExit(f"unknown product {product!r}; one of {', '.join(PRODUCTS)}")
+    for product in products:
+        for symbol in bench_symbols(args.symbols):
+            fake.add_symbol(symbol, *_guess_assets(symbol), product=product)
+            for tf in timeframes:
+                total = args.candles + args.future_candles
+                if total > 0:
+                    first = interval_shift(tf, interval_open(tf, now), -(args.candles - 1))
+                    fake.generate_klines(symbol, tf, first, total, seed=args.seed, product=product)
+        if product == "usdm":
+            fake.add_symbol(QUARTERLY, *_guess_assets(QUARTERLY), product="usdm", contract_type="CURRENT_QUARTER")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

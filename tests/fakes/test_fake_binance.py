@@ -310,3 +310,36 @@ async def test_symbol_status_change_in_exchange_info(binance: FakeBinance, http:
     assert await statuses() == {"BTCUSDT": "TRADING", "ETHUSDT": "BREAK"}
     binance.add_symbol("ETHUSDT", "ETH", "USDT")
     assert await statuses() == {"BTCUSDT": "TRADING", "ETHUSDT": "TRADING"}
+
+
+async def test_usdm_answers_under_fapi_with_its_own_rules(binance: FakeBinance, http: aiohttp.ClientSession) -> None:
+    """/fapi/v1: limit 500 by default and at most 1500 (-1130 above), weight by limit on USD-M's own
+    minute (only X-MBX-USED-WEIGHT-1M), no 1s, contracts in exchangeInfo, a non-zero 12th field."""
+    binance.add_symbol("BTCUSDT", "BTC", "USDT", product="usdm")
+    binance.add_symbol("BTCUSDT_261225", "BTC", "USDT", product="usdm")
+    binance.generate_klines("BTCUSDT", "1m", T0 - 1999 * MIN, 2000, product="usdm")
+    q = {"symbol": "BTCUSDT", "interval": "1m"}
+
+    status, rows, headers = await get(http, binance, "/fapi/v1/klines", **q)
+    assert (status, len(rows), headers["X-MBX-USED-WEIGHT-1M"]) == (200, 500, "5")
+    assert "X-MBX-USED-WEIGHT" not in headers
+    assert all(r[11] != "0" for r in rows)
+    status, rows, headers = await get(http, binance, "/fapi/v1/klines", **q, limit=1500)
+    assert (status, len(rows), headers["X-MBX-USED-WEIGHT-1M"]) == (200, 1500, "15")
+    status, body, _ = await get(http, binance, "/fapi/v1/klines", **q, limit=1501)
+    assert (status, body) == (400, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."})
+    status, body, _ = await get(http, binance, "/fapi/v1/klines", symbol="BTCUSDT", interval="1s")
+    assert (status, body["code"]) == (400, -1120)
+    assert (await get(http, binance, "/api/v3/klines", **q))[1] == []  # spot holds no such candles
+    # 5 + 10, and the refused ones weigh too: 10 (limit 1501) + 5 (the default 500)
+    assert (binance.used_weight(product="usdm"), binance.used_weight()) == (30, 2)
+
+    status, info, _ = await get(http, binance, "/fapi/v1/exchangeInfo")
+    assert [(s["symbol"], s["contractType"], s["marginAsset"]) for s in info["symbols"]] == [
+        ("BTCUSDT", "PERPETUAL", "USDT"), ("BTCUSDT_261225", "CURRENT_QUARTER", "USDT"),
+    ]  # fmt: skip
+    assert info["rateLimits"][0] == {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                                     "limit": 2400}  # fmt: skip
+    status, price, _ = await get(http, binance, "/fapi/v1/ticker/price", symbol="BTCUSDT")
+    latest = binance.get_klines("BTCUSDT", "1m", product="usdm")[-1]
+    assert (status, price["price"], price["time"]) == (200, latest[4], T0)
