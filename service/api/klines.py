@@ -79,12 +79,16 @@ class KlinesController(Controller):
         if start_ms is not None and end_ms is not None and end_ms < start_ms:
             raise InvalidInputError("end must not be before start")
         async with connection(pool) as conn:
-            # Only a BASE/QUOTE name needs the symbol table to find the exchange's name; any other
-            # name is looked up by the read itself (one round trip while holding the connection).
-            name = await symbols_db.find_symbol(conn, exchange, symbol) or symbols_db.normalise_symbol_name(symbol)
+            # The venue's own id is read at once (one round trip while holding the connection); only
+            # another spelling (BTC/USDT, Kraken's XBTUSD) needs the symbol table, and a second read.
             body = await klines_db.fetch_klines_json(
-                conn, exchange, name, timeframe, start_ms=start_ms, end_ms=end_ms, limit=limit
+                conn, exchange, symbols_db.normalise_symbol_name(symbol), timeframe,
+                start_ms=start_ms, end_ms=end_ms, limit=limit,
             )
+            if body is None and (name := await symbols_db.find_symbol(conn, exchange, symbol)) is not None:
+                body = await klines_db.fetch_klines_json(
+                    conn, exchange, name, timeframe, start_ms=start_ms, end_ms=end_ms, limit=limit
+                )
         if body is None:
             raise InvalidInputError(f"unknown symbol {symbol!r} on {exchange}", unknown_symbols=[symbol])
         # Already a Candles document: bytes pass through Litestar untouched, nothing is encoded here.
