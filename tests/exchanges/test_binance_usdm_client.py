@@ -25,7 +25,8 @@ from tests.settings import settings_of
 T0 = 1_795_478_400_000  # 2026-11-24 00:00 UTC, a minute boundary
 MINUTE = 60_000
 USDM = VENUES["binance_usdm"]
-SAMPLE = Path(__file__).resolve().parents[3] / "shared/exchange-samples/binance/futures-usdm-klines.json"
+# Copied from shared/exchange-samples (provenance in its README) so that a clone runs it anywhere.
+SAMPLE = Path(__file__).resolve().parents[1] / "data/exchange-samples/binance/futures-usdm-klines.json"
 
 
 @pytest.fixture
