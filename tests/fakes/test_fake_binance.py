@@ -19,8 +19,8 @@ from tests.fakes.binance import JSON_CONTENT_TYPE, FakeBinance
 
 T0 = 1_699_999_980_000  # a minute boundary (2023-11-14 22:13:00 UTC)
 MIN = 60_000
-REAL_KLINES = Path(__file__).resolve().parents[1] / "data/real-klines/nautilus-binance-spot-BTCUSDT-1m-api-response.json"
 ROOT = Path(__file__).resolve().parents[2]
+REAL_KLINES = ROOT / "tests/data/real-klines/nautilus-binance-spot-BTCUSDT-1m-api-response.json"
 
 
 @pytest.fixture
