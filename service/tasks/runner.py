@@ -105,6 +105,8 @@ class TaskRunner:
         """Register this worker and start claiming (DatabaseUnavailableError if the database is away:
         start-up retries it)."""
         await self._register()
+        # Dead peers' tasks are taken back before start-up is done, not at some moment after it.
+        await self.recover()
         self._background = [
             asyncio.create_task(self._claim_loop(), name="task-runner"),
             asyncio.create_task(self._heartbeat_loop(), name="task-runner-heartbeat"),
@@ -132,7 +134,7 @@ class TaskRunner:
         log.info("worker_stopped", worker_id=str(self.worker_id))
 
     async def _claim_loop(self) -> None:
-        next_recovery = 0.0
+        next_recovery = time.monotonic() + self._lease / _RECOVERIES_PER_LEASE  # start() recovered
         while not self._stopping:
             self._wake.clear()
             try:
