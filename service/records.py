@@ -57,6 +57,15 @@ class KlinePage(msgspec.Struct, frozen=True):
         closed = None if self.closed is None else min(self.closed, len(self.klines) - 1)
         return KlinePage(klines=self.klines[:-1], as_of_ms=self.as_of_ms, copy_fields=fields, closed=closed)
 
+    def keeping(self, klines: list[Kline]) -> KlinePage:
+        """This page with only `klines` (a subset, in order): the venue's word on which are final
+        carries over; the COPY fields, cut for the whole page, do not."""
+        closed = self.closed
+        if closed is not None:
+            last_final = self.klines[closed - 1].open_time if closed else None
+            closed = 0 if last_final is None else sum(1 for k in klines if k.open_time <= last_final)
+        return KlinePage(klines=klines, as_of_ms=self.as_of_ms, closed=closed)
+
     def closed_count(self) -> int:
         """How many leading candles had closed when the exchange answered: as the venue said, and
         never one whose close_time is not before as_of (a venue's flag cannot close the future)."""
