@@ -392,12 +392,12 @@ class Collector:
             start = resume_start(resume_at, grid, now, self._history_candles)
             if listing_known is not None:
                 start = max(start, grid.align_up(listing_known))
-            if reach is not None and start < reach:
-                plan.unavailable_until, start = reach, reach
             elif stored.newest is None:
                 # A new series whose listing is not known: no candles before the first one answered
                 # count as an exchange gap (they may predate the listing). Costs no extra request.
                 plan.listing_unknown = True
+            if reach is not None and start < reach:
+                plan.unavailable_until, start = reach, reach
             plan.windows = plan_windows(start, now, grid, page)
             plan.start_ms, plan.end_ms = start, current_open
         else:
@@ -674,7 +674,7 @@ class Collector:
                 page.klines, grid, now, prices_by_database=prices_by_database, plain=page.copy_fields is not None
             )
             rejected += [(r.kline, r.reason) for r in refused]
-            pages.append(page if not refused else KlinePage(klines=valid, as_of_ms=page.as_of_ms))
+            pages.append(page if not refused else page.keeping(valid))
         checked_at = datetime.fromtimestamp(self._clock(), UTC)
         ranges = [
             msgspec.structs.replace(r, checked_at=checked_at)
