@@ -203,8 +203,13 @@ class _Progress:
         return min(99, int(100 * self._total / max(self._pairs, 1)))
 
     def planned(self, index: int, pages: int) -> None:
+        first_time = index not in self._pages_total
         self._total_pages += pages - self._pages_total.get(index, 0)
         self._pages_total[index] = pages
+        if first_time and len(self._pages_total) == self._pairs:
+            # Every series is planned (listing searches, learnt grids): the pages' time starts here,
+            # as the docstring says; counting the planning too made early estimates long.
+            self._began = self._clock()
 
     def _pages_finished(self, index: int, done: int) -> None:
         self._done_pages += done - self._pages_done.get(index, 0)
