@@ -9,6 +9,7 @@ import msgspec
 
 __all__ = [
     "BudgetGrant", "Kline", "KlinePage", "LedgerRange", "ListingState", "RangeKind", "SymbolInfo", "TickerPrice",
+    "WindowGrant",
 ]
 
 
@@ -125,6 +126,21 @@ class BudgetGrant(msgspec.Struct, frozen=True):
     """The weight limit per minute a process last learnt from the exchange (None: none learnt yet)."""
     paused_until: float | None
     """Epoch seconds until which every process holds its requests (a 429 or 418 one of them met)."""
+    paused_reason: str | None
+
+
+class WindowGrant(msgspec.Struct, frozen=True):
+    """What a venue's sliding request window, shared by every process on one IP, answered to one
+    reservation."""
+
+    granted: bool
+    """Whether the request now counts in the window (it may be sent)."""
+    used: int
+    """Requests (cost units) counted in the window by every process together, this one included."""
+    retry_at: float | None
+    """When refused for the budget: when enough of the window expires for it to fit."""
+    paused_until: float | None
+    """Epoch seconds until which every process holds its requests (a ban or limit answer one met)."""
     paused_reason: str | None
 
 

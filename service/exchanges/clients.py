@@ -1,8 +1,8 @@
 """One client per enabled venue, made from its row of the venue table and its settings.
 
 The family named in the row picks the client class; every class but Binance's takes the same
-arguments and builds its own limiter from the venue's documented limits. Binance's limiter can
-share its budget with the other processes on the database (`shared`, WEIGHT_BUDGET_SCOPE).
+arguments and builds its own limiter from the venue's documented limits. Every limiter can share
+its budget with the other processes on the database (`shared`, WEIGHT_BUDGET_SCOPE).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from service.exchanges.binance import BinanceClient, fallback_weight_limit
 from service.exchanges.bybit import BybitClient
 from service.exchanges.coinbase import CoinbaseClient
 from service.exchanges.kraken import KrakenClient
-from service.exchanges.limiter import SharedWeightBudget, WeightLimiter
+from service.exchanges.limiter import WeightLimiter
 from service.exchanges.okx import OkxClient
+from service.exchanges.sharing import SharedBudgets
 from service.exchanges.venues import VenueSpec
 from service.settings import VenueSettings
 
@@ -39,6 +40,7 @@ class _VenueClient(Protocol):
         *,
         cpu: CpuTurns,
         observer: RequestObserver | None,
+        shared: SharedBudgets | None,
         clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
     ) -> ExchangeClient: ...
@@ -56,7 +58,7 @@ def make_client(
     *,
     cpu: CpuTurns,
     observer: RequestObserver | None = None,
-    shared: SharedWeightBudget | None = None,
+    shared: SharedBudgets | None = None,
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> ExchangeClient:
@@ -69,7 +71,7 @@ def make_client(
             max_concurrency=settings.max_concurrency,
             clock=clock,
             sleep=sleep,
-            shared=shared,
+            shared=shared.weight(spec.id) if shared is not None else None,
         )
         return BinanceClient(
             session, limiter,
@@ -82,4 +84,6 @@ def make_client(
             observer=observer,
             spec=spec,
         )
-    return _FAMILIES[spec.family](spec, session, settings, cpu=cpu, observer=observer, clock=clock, sleep=sleep)
+    return _FAMILIES[spec.family](
+        spec, session, settings, cpu=cpu, observer=observer, shared=shared, clock=clock, sleep=sleep
+    )

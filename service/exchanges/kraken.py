@@ -29,6 +29,7 @@ from service.exchanges.base import (
 )
 from service.exchanges.grid import Grid
 from service.exchanges.requests import Answer, Verdict, Wait, http_verdict
+from service.exchanges.sharing import SharedBudgets
 from service.exchanges.venues import VenueSpec
 from service.exchanges.windowed import WindowedClient
 from service.exchanges.windowed import decode as _decode
@@ -193,7 +194,11 @@ class KrakenClient(WindowedClient):
         return {tf: Grid.of(tf, anchored=tf not in ("1w", "15d")) for tf in _INTERVALS}
 
     def _make_limiter(
-        self, settings: VenueSettings, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+        self,
+        settings: VenueSettings,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        shared: SharedBudgets | None,
     ) -> WindowLimiter:
         # The margin cannot cut a limit of one request, so it stretches the window instead: the same
         # rate, limit × (1 − margin) per window.
@@ -204,6 +209,7 @@ class KrakenClient(WindowedClient):
             max_concurrency=settings.max_concurrency,
             clock=clock,
             sleep=sleep,
+            shared=shared.window(self.name) if shared is not None else None,
         )
 
     def _judge(self, answer: Answer) -> Verdict:

@@ -38,6 +38,7 @@ from service.exchanges.base import (
 )
 from service.exchanges.grid import Grid
 from service.exchanges.requests import Answer, Verdict, Wait, http_verdict
+from service.exchanges.sharing import SharedBudgets
 from service.exchanges.venues import VenueSpec
 from service.exchanges.windowed import WindowedClient
 from service.exchanges.windows import WindowLimiter
@@ -160,10 +161,14 @@ class OkxClient(WindowedClient):
         return {tf: Grid.of(tf, offset_ms=_MONDAY_OFFSET_MS if tf == "1w" else 0) for tf in BARS}
 
     def _make_limiter(
-        self, settings: VenueSettings, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+        self,
+        settings: VenueSettings,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        shared: SharedBudgets | None,
     ) -> WindowLimiter:
-        """One limiter per endpoint, each at its documented limit scaled as the candles one is; requests
-        name theirs (`_get`), and the candles one is the default."""
+        """One limiter per endpoint, each at its documented limit scaled as the candles one is, and
+        shared as `okx:<endpoint>`; requests name theirs (`_get`), and the candles one is the default."""
         scale = settings.weight_limit / _LIMITS[CANDLES] if settings.weight_limit is not None else 1.0
         self._limiters = {
             path: WindowLimiter(
@@ -173,6 +178,7 @@ class OkxClient(WindowedClient):
                 max_concurrency=settings.max_concurrency,
                 clock=clock,
                 sleep=sleep,
+                shared=shared.window(f"{self.name}:{path.rsplit('/', 1)[-1]}") if shared is not None else None,
             )
             for path, documented in _LIMITS.items()
         }

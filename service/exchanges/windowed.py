@@ -29,6 +29,7 @@ from service.exchanges.base import (
 )
 from service.exchanges.grid import Grid
 from service.exchanges.requests import Answer, VenueRequests, Verdict
+from service.exchanges.sharing import SharedBudgets
 from service.exchanges.venues import VenueSpec
 from service.exchanges.windows import WindowLimiter
 from service.records import KlinePage
@@ -56,6 +57,7 @@ class WindowedClient:
         *,
         cpu: CpuTurns,
         observer: RequestObserver | None = None,
+        shared: SharedBudgets | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -64,7 +66,7 @@ class WindowedClient:
         self._spec = spec
         self._clock = clock
         self._grids = self._make_grids(spec)
-        self._limiter = self._make_limiter(settings, clock, sleep)
+        self._limiter = self._make_limiter(settings, clock, sleep, shared)
         self._requests = VenueRequests(
             spec.id,
             session,
@@ -92,9 +94,14 @@ class WindowedClient:
         raise NotImplementedError
 
     def _make_limiter(
-        self, settings: VenueSettings, clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]]
+        self,
+        settings: VenueSettings,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+        shared: SharedBudgets | None,
     ) -> WindowLimiter:
-        """The limiter every request waits on (unless it names another)."""
+        """The limiter every request waits on (unless it names another), sharing the window named
+        after the venue."""
         return WindowLimiter(
             limit=settings.weight_limit or self._request_limit,
             window_seconds=self._window_seconds,
@@ -102,6 +109,7 @@ class WindowedClient:
             max_concurrency=settings.max_concurrency,
             clock=clock,
             sleep=sleep,
+            shared=shared.window(self.name) if shared is not None else None,
         )
 
     def _limiter_for(self, path: str) -> WindowLimiter | None:

@@ -8,19 +8,60 @@ its answer came: the venue counts it when it arrives, somewhere in between, so a
 freed before the venue has freed it too (counting from the send alone let the next burst arrive
 inside the venue's window by the network's latency). A venue's order to wait pauses every request
 of the limiter.
+
+Several processes on one IP spend one window: given a `SharedWindow`, every reservation is a round
+trip to it (these venues allow a few to a hundred requests a second, so one statement per request
+is cheap), which also tells of a pause another process met. A request is counted there until one
+window after its answer, like here: until one window and the longest recent answer time after it
+is sent, and moved later if its answer comes later still. If the shared window cannot answer, the
+process counts alone for a while, then tries again: sharing is never a reason to stop collecting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from service.exchanges.base import LimiterState, WaitCallback
+from service.logging import get_logger
+from service.records import WindowGrant
 
-__all__ = ["WindowLimiter"]
+__all__ = ["SharedWindow", "WindowLimiter"]
+
+log = get_logger(__name__)
+
+#: Before any answer has come, a request is held this long past its window in the shared count.
+_FIRST_ANSWER_ALLOWANCE = 0.5
+#: The answer times the shared count's allowance is the longest of.
+_ANSWERS_REMEMBERED = 16
+#: After a failed round trip the process counts alone for this long (limiter clock), twice as long
+#: after each further failure, up to the cap; a round trip that succeeds shares again.
+_UNSHARED_FIRST = 5.0
+_UNSHARED_MAX = 60.0
+
+
+class SharedWindow(Protocol):
+    """One budget's sliding request window (a venue, or an endpoint of it), shared by every process on
+    the same IP. Implemented outside exchanges/ (on PostgreSQL); times are the limiter's clock. Any
+    error means "cannot answer now". Each call answers or fails within a second or two by itself."""
+
+    async def reserve(self, *, cost: int, size: int, now: float, counted_until: float) -> WindowGrant:
+        """Count a request of `cost` until `counted_until` if the requests still counted at `now`
+        leave room for it within `size`, and no pause lasts past `now`."""
+        ...
+
+    async def extend(self, *, counted_until: float, until: float) -> None:
+        """The request counted until `counted_until` counts until `until` (its answer came late)."""
+        ...
+
+    async def publish_pause(self, *, until: float, reason: str) -> None:
+        """Hold every process until `until` (kept if a longer pause is published already)."""
+        ...
 
 
 class WindowLimiter:
@@ -33,6 +74,7 @@ class WindowLimiter:
         max_concurrency: int,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        shared: SharedWindow | None = None,
     ) -> None:
         self._limit = limit
         self._window = window_seconds
@@ -48,6 +90,17 @@ class WindowLimiter:
         self._paused_reason: str | None = None
         # One reservation at a time: waiters are admitted in order, none jumps the queue.
         self._turn = asyncio.Lock()
+
+        self._shared = shared
+        # Every process's count as the shared window last told it, and this process's recent answer times.
+        self._shared_used = 0
+        self._shared_read_at = -math.inf
+        self._answer_times: deque[float] = deque(maxlen=_ANSWERS_REMEMBERED)
+        # While a failing shared window is left alone: until when, and for how long next time.
+        self._unshared_until = -math.inf
+        self._unshared_for = 0.0
+        # A pause met here and not yet told to the other processes.
+        self._pending_pause: tuple[float, str] | None = None
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -75,9 +128,14 @@ class WindowLimiter:
         now = self._clock()
         self._expire(now)
         paused = self._paused_until if self._paused_until > now else None
+        # Every process's count, as the shared window told it less than a window ago.
+        shared_used = self._shared_used if now - self._shared_read_at < self._window else 0
         return LimiterState(
-            limit=self._limit, budget=self._budget(), used_in_window=self._used,
-            paused_until=paused, paused_reason=self._paused_reason if paused else None,
+            limit=self._limit,
+            budget=self._budget(),
+            used_in_window=max(self._used, shared_used),
+            paused_until=paused,
+            paused_reason=self._paused_reason if paused else None,
             window_seconds=self._window,
         )
 
@@ -88,19 +146,31 @@ class WindowLimiter:
             try:
                 yield
             finally:
-                entry[0] = max(entry[0], self._clock())  # counted until one window after the answer
+                answered = self._clock()
+                self._answer_times.append(answered - entry[0])
+                entry[0] = max(entry[0], answered)  # counted until one window after the answer
+                if len(entry) > 2 and answered + self._window > entry[2]:
+                    await self._extend_shared(entry[2], answered + self._window)
 
     async def _reserve(self, cost: int, on_wait: WaitCallback | None) -> list[float]:
         cost = min(cost, self._budget())  # a request costlier than the budget goes out alone
         async with self._turn:
             while True:
                 now = self._clock()
+                if self._pending_pause is not None:
+                    await self._publish_pause()  # before waiting it out: the others wait too
+                    continue
                 if self._paused_until > now:
                     if on_wait is not None:
                         on_wait(self._paused_reason or "paused", self._paused_until)
                     await self._sleep(self._paused_until - now)
                     continue
                 self._expire(now)
+                if self._shared is not None and now >= self._unshared_until:
+                    entry = await self._reserve_shared(cost, now)
+                    if entry is not None:
+                        return entry
+                    continue
                 if self._used + cost <= self._budget():
                     entry = [now, float(cost)]
                     self._sent.append(entry)
@@ -108,7 +178,7 @@ class WindowLimiter:
                     return entry
                 # Until enough of the oldest requests leave the window.
                 freed, until = 0, now
-                for counted_from, spent in self._sent:
+                for counted_from, spent, *_ in self._sent:
                     freed += int(spent)
                     until = max(until, counted_from + self._window)
                     if self._used - freed + cost <= self._budget():
@@ -116,6 +186,76 @@ class WindowLimiter:
                 await self._sleep(max(until - now, 0.0) + 0.001)
 
     def pause(self, seconds: float, reason: str) -> None:
+        """Hold every caller for `seconds`; with a shared window, every process (told with the next
+        reservation: the request that met the answer comes back through it to retry)."""
         until = self._clock() + seconds
         if until > self._paused_until:
             self._paused_until, self._paused_reason = until, reason
+            if self._shared is not None:
+                self._pending_pause = (until, reason)
+
+    # -- the window shared with the other processes ---------------------------------------------
+
+    async def _reserve_shared(self, cost: int, now: float) -> list[float] | None:
+        """Reserve in the shared window, or wait as it says (a pause, or its oldest requests) and
+        answer None; None at once when it fails (the caller then counts alone)."""
+        assert self._shared is not None
+        allowance = max(self._answer_times, default=_FIRST_ANSWER_ALLOWANCE)
+        counted_until = now + self._window + allowance
+        try:
+            grant = await self._shared.reserve(cost=cost, size=self._budget(), now=now, counted_until=counted_until)
+        except Exception as exc:  # whatever went wrong, collection goes on: that is the point of counting alone
+            self._unshared(exc)
+            return None
+        self._shared_again()
+        self._shared_used, self._shared_read_at = grant.used, now
+        if grant.granted:
+            entry = [now, float(cost), counted_until]
+            self._sent.append(entry)
+            self._used += cost
+            return entry
+        if grant.paused_until is not None and grant.paused_until > self._paused_until:
+            self._paused_until, self._paused_reason = grant.paused_until, grant.paused_reason
+            log.warning(
+                "exchange_paused",
+                reason=grant.paused_reason,
+                seconds=round(grant.paused_until - self._clock(), 3),
+                by="another process",
+            )
+            return None
+        retry_at = grant.retry_at if grant.retry_at is not None else now + self._window
+        await self._sleep(max(retry_at - self._clock(), 0.0) + 0.001)
+        return None
+
+    async def _extend_shared(self, counted_until: float, until: float) -> None:
+        assert self._shared is not None
+        try:
+            await self._shared.extend(counted_until=counted_until, until=until)
+        except Exception as exc:  # see _reserve_shared
+            self._unshared(exc)
+
+    async def _publish_pause(self) -> None:
+        assert self._shared is not None
+        assert self._pending_pause is not None
+        until, reason = self._pending_pause
+        self._pending_pause = None
+        if self._clock() < self._unshared_until:
+            return  # counting alone: the others hear of it no more than of the count
+        try:
+            await self._shared.publish_pause(until=until, reason=reason)
+        except Exception as exc:  # see _reserve_shared
+            self._unshared(exc)
+
+    def _unshared(self, exc: Exception) -> None:
+        first = self._unshared_for == 0.0
+        self._unshared_for = _UNSHARED_FIRST if first else min(2 * self._unshared_for, _UNSHARED_MAX)
+        self._unshared_until = self._clock() + self._unshared_for
+        if first:
+            log.warning(
+                "request_window_unshared", seconds=self._unshared_for, error=f"{exc.__class__.__name__}: {exc}"[:500]
+            )
+
+    def _shared_again(self) -> None:
+        if self._unshared_for:
+            self._unshared_for = 0.0
+            log.info("request_window_shared_again")

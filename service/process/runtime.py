@@ -31,7 +31,7 @@ from service.loop_monitor import LoopMonitor
 from service.metrics import Metrics
 from service.process.events import EVENTS_CHANNEL, EventHub
 from service.process.startup import DatabaseStart
-from service.process.weight_budget import shared_budget
+from service.process.weight_budget import shared_budgets
 from service.settings import Settings
 from service.tasks.configs import Configs
 from service.tasks.jobs import CollectionJobs
@@ -114,10 +114,11 @@ async def open_runtime(
             cpu = CpuTurns()
             metrics = Metrics()
             # WEIGHT_BUDGET_SCOPE=shared: one budget per venue for every process on this database (one egress IP).
+            budgets = shared_budgets(settings, pool)
             venues = VenueSet({
                 venue: make_client(
-                    VENUES[venue], session, venue_settings, cpu=cpu, observer=metrics,
-                    shared=shared_budget(settings, pool, exchange=venue), clock=clock, sleep=sleep,
+                    VENUES[venue], session, venue_settings, cpu=cpu, observer=metrics, shared=budgets,
+                    clock=clock, sleep=sleep,
                 )
                 for venue, venue_settings in settings.venues.items()
             })

@@ -29,7 +29,7 @@ from service.exchanges.binance import BinanceClient
 from service.exchanges.clients import make_client
 from service.exchanges.limiter import WeightLimiter
 from service.exchanges.venues import VENUES
-from service.process.weight_budget import shared_budget
+from service.process.weight_budget import shared_budgets
 from service.settings import Settings, SettingsError
 from tests.collection.test_collect import MINUTE, T0
 from tests.collection.test_limit_cut import LogRecorder
@@ -87,7 +87,7 @@ async def process(
             cpu = CpuTurns()
             client = make_client(
                 VENUES["binance"], session, settings.venues["binance"], cpu=cpu,
-                shared=shared_budget(settings, budget_pool, exchange="binance"), clock=clock, sleep=clock.sleep,
+                shared=shared_budgets(settings, budget_pool), clock=clock, sleep=clock.sleep,
             )
             assert isinstance(client, BinanceClient)
             limiter = client.limiter

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from service.errors import DatabaseUnavailableError
+from service.exchanges import windows as windows_module
 from service.exchanges.windows import WindowLimiter
+from service.records import WindowGrant
+from tests.collection.test_limit_cut import LogRecorder
 
 
 class FakeTime:
@@ -65,3 +71,49 @@ async def test_the_budget_keeps_the_margin_and_a_pause_holds_every_request() -> 
     before = time.now
     async with limiter.slot(1):
         assert time.now >= before + 600.0
+
+
+class DownWindow:
+    """A shared window whose database does not answer until `down` is cleared; then it grants all."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.calls = 0
+
+    async def reserve(self, *, cost: int, size: int, now: float, counted_until: float) -> WindowGrant:
+        self.calls += 1
+        if self.down:
+            raise DatabaseUnavailableError("the database connection failed (ConnectionRefusedError)")
+        return WindowGrant(granted=True, used=1, retry_at=None, paused_until=None, paused_reason=None)
+
+    async def extend(self, *, counted_until: float, until: float) -> None:
+        """Nothing to move: this window counts nothing."""
+
+    async def publish_pause(self, *, until: float, reason: str) -> None:
+        """Never reached in these tests."""
+
+
+async def test_a_shared_window_that_fails_leaves_the_process_counting_alone_then_sharing_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the database down the process paces itself at its own limit (one failed round trip, then
+    none for 5 s), and shares again once the database answers."""
+    time = FakeTime()
+    shared = DownWindow()
+    limiter = WindowLimiter(
+        limit=2, window_seconds=1.0, margin=0.0, max_concurrency=10, clock=time, sleep=time.sleep, shared=shared
+    )
+    logs = LogRecorder()
+    monkeypatch.setattr(windows_module, "log", logs)
+    sent = []
+    for _ in range(6):
+        async with limiter.slot(1):
+            sent.append(time.now)
+    assert shared.calls == 1
+    assert sent == [1000.0, 1000.0, 1001.001, 1001.001, 1002.002, 1002.002]  # two per window, alone
+    shared.down = False
+    time.now += 5.0
+    async with limiter.slot(1):
+        pass
+    assert shared.calls == 2
+    assert [event for _, event, _ in logs.events] == ["request_window_unshared", "request_window_shared_again"]
