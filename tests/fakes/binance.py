@@ -24,18 +24,16 @@ import json
 import math
 import random
 import re
-import resource
-import signal
 import sys
-import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Final, Literal, get_args
 
 from aiohttp import web
+
+from tests.fakes.venue_server import VenueServer, base_parser, dumps, serve_until_signalled, take_fault
 
 JSON_CONTENT_TYPE: Final = "application/json;charset=UTF-8"
 HTML_CONTENT_TYPE: Final = "text/html"
@@ -235,13 +233,8 @@ class _Route:
 # ---------------------------------------------------------------------------------------------
 
 
-def _dumps(obj: object) -> bytes:
-    """Compact JSON, as Binance writes it."""
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
 def _error(code: int, msg: str, status: int = 400) -> _Result:
-    return status, _dumps({"code": code, "msg": msg})
+    return status, dumps({"code": code, "msg": msg})
 
 
 def _mandatory(name: str) -> _Result:
@@ -257,7 +250,7 @@ def _illegal_symbol() -> _Result:
 
 
 def _encode_row(row: Sequence[Any]) -> bytes:
-    return _dumps(list(row))
+    return dumps(list(row))
 
 
 def _encode_json_row(row: Sequence[Any]) -> bytes:
@@ -368,7 +361,7 @@ def _usdm_klines_weight(params: Mapping[str, str]) -> int:
 _ORDER_TYPES: Final = (
     "LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT",
 )  # fmt: skip
-_UNKNOWN_ERROR: Final = _dumps({"code": -1000, "msg": "An unknown error occurred while processing the request."})
+_UNKNOWN_ERROR: Final = dumps({"code": -1000, "msg": "An unknown error occurred while processing the request."})
 _GATEWAY_HTML: Final[dict[int, bytes]] = {
     502: b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     b"<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n",
@@ -378,22 +371,12 @@ _GATEWAY_HTML: Final[dict[int, bytes]] = {
 _BAD_JSON_BODY: Final = b'[[1499040000000,"0.0163'
 
 
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process, so the benchmark can subtract what the fake cost."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 # ---------------------------------------------------------------------------------------------
 # The fake
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeBinance:
+class FakeBinance(VenueServer[RequestRecord]):
     """Binance spot and USD-M REST on 127.0.0.1 with a controllable clock, weight limits, bans and faults."""
 
     def __init__(
@@ -411,40 +394,30 @@ class FakeBinance:
         advertised_weight_limit: int | None = None,
         usdm_weight_limit: int | None = USDM_WEIGHT_LIMIT,
     ) -> None:
+        super().__init__(
+            latency_ms=latency_ms, fault_timeout_s=fault_timeout_s, now_ms=now_ms, host=host, port=port,
+            record_requests=record_requests,
+        )  # fmt: skip
         # What exchangeInfo announces: by default the enforced limit, or Binance's (spot 6000, USD-M
         # 2400) when unlimited.
         self._markets: dict[Product, _Market] = {
             "spot": _Market("spot", weight_limit, advertised_weight_limit),
             "usdm": _Market("usdm", usdm_weight_limit),
         }
-        self.latency_ms = latency_ms
         self.ban_after_429s = ban_after_429s
         self.ban_seconds = ban_seconds
-        self.fault_timeout_s = fault_timeout_s
-        self.now_ms: Callable[[], int] = now_ms or _wall_ms
-        self.host = host
-        self.port = port
-        self.record_requests = record_requests
-
         self.faults: list[Fault] = []
-        self.requests: list[RequestRecord] = []
-        self.status_counts: dict[int, int] = {}
-        self.request_count = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
 
         # Called with the query of every klines request once its body is built (before it is sent):
         # a test moves the exchange (its clock, its candles) between the answer and the service's write.
         self.after_klines: Callable[[Mapping[str, str]], None] | None = None
 
-        self._runner: web.AppRunner | None = None
-        self._hanging: set[asyncio.Task[Any]] = set()
         spot, usdm = self._markets["spot"], self._markets["usdm"]
         self._routes = {
             r.path: r
             for r in (
                 _Route("/api/v3/ping", lambda p: 1, lambda p, now: (200, b"{}")),
-                _Route("/api/v3/time", lambda p: 1, lambda p, now: (200, _dumps({"serverTime": now}))),
+                _Route("/api/v3/time", lambda p: 1, lambda p, now: (200, dumps({"serverTime": now}))),
                 _Route("/api/v3/exchangeInfo", lambda p: 20, lambda p, now: self._exchange_info(spot, now)),
                 _Route("/api/v3/klines", lambda p: 2, lambda p, now: self._klines_then_hook(spot, p, now)),
                 _Route(
@@ -453,7 +426,7 @@ class FakeBinance:
                     lambda p, now: self._ticker_price(spot, p, now),
                 ),
                 _Route("/fapi/v1/ping", lambda p: 1, lambda p, now: (200, b"{}"), "usdm"),
-                _Route("/fapi/v1/time", lambda p: 1, lambda p, now: (200, _dumps({"serverTime": now})), "usdm"),
+                _Route("/fapi/v1/time", lambda p: 1, lambda p, now: (200, dumps({"serverTime": now})), "usdm"),
                 _Route("/fapi/v1/exchangeInfo", lambda p: 1, lambda p, now: self._exchange_info(usdm, now), "usdm"),
                 _Route(
                     "/fapi/v1/klines", _usdm_klines_weight, lambda p, now: self._klines_then_hook(usdm, p, now), "usdm"
@@ -519,58 +492,6 @@ class FakeBinance:
     @ban_until_ms.setter
     def ban_until_ms(self, value: int | None) -> None:
         self._markets["spot"].ban_until_ms = value
-
-    # -- lifecycle ------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Bind and serve; the port is ephemeral unless one was given."""
-        app = web.Application()
-        for path, route in self._routes.items():
-            app.router.add_get(path, self._make_handler(route))
-        app.router.add_get("/__stats", self._stats)
-        # handler_cancellation: a client that gives up (timeout) ends the handler, like a real peer.
-        runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        """Stop serving; hung ("timeout") handlers are cancelled so stop is quick."""
-        for task in list(self._hanging):
-            task.cancel()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeBinance:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321``."""
-        return f"http://{self.host}:{self.port}"
-
-    # -- clock ----------------------------------------------------------------------------------
-
-    def set_time(self, ms: int) -> None:
-        """Freeze the exchange clock at ``ms``."""
-        self.now_ms = lambda: ms
-
-    def advance(self, ms: int) -> None:
-        """Move the exchange clock forward by ``ms`` (and freeze it there)."""
-        self.set_time(self.now_ms() + ms)
-
-    def use_wall_clock(self) -> None:
-        """Back to real time."""
-        self.now_ms = _wall_ms
 
     # -- market data ----------------------------------------------------------------------------
 
@@ -861,20 +782,18 @@ class FakeBinance:
         self.request_count = 0
         self.max_in_flight = self.in_flight
 
-    def stats(self) -> dict[str, Any]:
-        """What ``GET /__stats`` returns."""
+    def _venue_stats(self) -> dict[str, Any]:
         return {
-            "cpu_seconds": cpu_seconds(),
-            "requests": self.request_count,
-            "status_counts": {str(k): v for k, v in sorted(self.status_counts.items())},
             # minute_epoch = floor(ms / 60000)
             "weight_by_minute": {str(start // WINDOW_MS): w.used for start, w in self.windows.items()},
             "usdm_weight_by_minute": {str(start // WINDOW_MS): w.used for start, w in self.usdm_windows.items()},
-            "max_in_flight": self.max_in_flight,
-            "in_flight": self.in_flight,
         }
 
     # -- serving --------------------------------------------------------------------------------
+
+    def _add_routes(self, app: web.Application) -> None:
+        for path, route in self._routes.items():
+            app.router.add_get(path, self._make_handler(route))
 
     def _make_handler(self, route: _Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -883,15 +802,11 @@ class FakeBinance:
         return handler
 
     async def _stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=_dumps(self.stats()), headers={"Content-Type": JSON_CONTENT_TYPE})
+        """The base's, with Binance's Content-Type."""
+        return web.Response(body=dumps(self.stats()), headers={"Content-Type": JSON_CONTENT_TYPE})
 
     async def _serve(self, request: web.Request, route: _Route) -> web.StreamResponse:
-        self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
-        try:
-            if self.latency_ms > 0:
-                await asyncio.sleep(self.latency_ms / 1000)
+        async def answer() -> web.StreamResponse:
             now = self.now_ms()
             params = dict(request.query)
             market = self._markets[route.product]
@@ -900,12 +815,10 @@ class FakeBinance:
             if window is None:
                 window = market.windows[start] = WindowStats()
             window.requests += 1
-            self.request_count += 1
 
-            if self.faults:
-                fault = self._take_fault(route.path, params)
-                if fault is not None:
-                    return await self._fault_response(request, fault, market, route.path, params, now, window)
+            fault = take_fault(self.faults, route.path, params)
+            if fault is not None:
+                return await self._fault_response(request, fault, market, route.path, params, now, window)
 
             if market.ban_until_ms is not None:
                 if now < market.ban_until_ms:
@@ -924,30 +837,17 @@ class FakeBinance:
             window.used += weight
             status, body = route.handler(params, now)
             return self._respond(market, route.path, params, now, window, status, body)
-        finally:
-            self.in_flight -= 1
 
-    def _take_fault(self, path: str, params: Mapping[str, str]) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(path, params):
-                fault.seen += 1
-                if fault.seen % fault.every:
-                    return None
-                fault.remaining -= 1
-                fault.applied += 1
-                return fault
-        return None
+        return await self._counted(answer)
 
     def _record(
         self, path: str, params: dict[str, str], now: int, window: WindowStats, status: int, fault: str | None
     ) -> None:
-        self.status_counts[status] = self.status_counts.get(status, 0) + 1
         if status == 429:
             window.count_429 += 1
         elif status == 418:
             window.count_418 += 1
-        if self.record_requests:
-            self.requests.append(RequestRecord(now, path, params, status, window.used, fault))
+        self._note(status, lambda: RequestRecord(now, path, params, status, window.used, fault))
 
     def _respond(
         self,
@@ -990,7 +890,7 @@ class FakeBinance:
             f"Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
             "Please use WebSocket Streams for live updates to avoid polling the API."
         )
-        body = _dumps({"code": -1003, "msg": msg})
+        body = dumps({"code": -1003, "msg": msg})
         return self._respond(
             market, path, params, now, window, 429, body, extra={"Retry-After": _secs(retry)}, fault=fault
         )
@@ -1010,7 +910,7 @@ class FakeBinance:
             "Please use WebSocket Streams for live updates to avoid bans."
         )
         retry = max(1, math.ceil((until - now) / 1000))
-        body = _dumps({"code": -1003, "msg": msg})
+        body = dumps({"code": -1003, "msg": msg})
         return self._respond(
             market, path, params, now, window, 418, body, extra={"Retry-After": str(retry)}, fault=fault
         )
@@ -1035,7 +935,7 @@ class FakeBinance:
             return self._respond(market, path, params, now, window, 500, fault.body or _UNKNOWN_ERROR, fault=kind)
         if kind == "503":
             msg = "Server is currently overloaded with other requests. Please try again in a few minutes."
-            body = fault.body or _dumps({"code": -1008, "msg": msg})
+            body = fault.body or dumps({"code": -1008, "msg": msg})
             return self._respond(market, path, params, now, window, 503, body, fault=kind)
         if kind in ("502", "504"):
             status = int(kind)
@@ -1048,26 +948,14 @@ class FakeBinance:
             return self._respond(market, path, params, now, window, 200, fault.body or _BAD_JSON_BODY, fault=kind)
         # "drop" and "timeout": no HTTP response at all.
         self._record(path, params, now, window, 0, kind)
-        if kind == "timeout":
-            task = asyncio.current_task()
-            if task is not None:
-                self._hanging.add(task)
-            try:
-                await asyncio.sleep(self.fault_timeout_s)
-            finally:
-                if task is not None:
-                    self._hanging.discard(task)
-        if request.transport is not None:
-            request.transport.close()
-        # Writing to the closed transport raises ConnectionError, which aiohttp swallows quietly.
-        return web.Response(status=500)
+        return await self._no_answer(request, kind)
 
     # -- routes ---------------------------------------------------------------------------------
 
     def _exchange_info(self, market: _Market, now: int) -> _Result:
         if market.symbols_json is None:
             info = _symbol_info if market.product == "spot" else _usdm_symbol_info
-            market.symbols_json = _dumps([info(n, s) for n, s in market.symbols.items()])
+            market.symbols_json = dumps([info(n, s) for n, s in market.symbols.items()])
         limit = market.advertised_weight_limit or market.weight_limit or _DEFAULT_LIMIT[market.product]
         request_weight = {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": limit}
         head: dict[str, Any]
@@ -1086,7 +974,7 @@ class FakeBinance:
                 {"asset": a, "marginAvailable": True, "autoAssetExchange": "0"}
                 for a in sorted({s.margin_asset for s in market.symbols.values() if s.margin_asset})
             ]}  # fmt: skip
-        return 200, _dumps(head)[:-1] + b',"symbols":' + market.symbols_json + b"}"
+        return 200, dumps(head)[:-1] + b',"symbols":' + market.symbols_json + b"}"
 
     def _klines_then_hook(self, market: _Market, params: Mapping[str, str], now: int) -> _Result:
         result = self._klines(market, params, now)
@@ -1161,7 +1049,7 @@ class FakeBinance:
                 return _illegal_symbol()
             if symbol not in market.symbols:
                 return _error(-1121, "Invalid symbol.")
-            return 200, _dumps(price(symbol))
+            return 200, dumps(price(symbol))
         names: list[str] = list(market.symbols)
         if market.product == "spot" and "symbols" in params:
             try:
@@ -1173,7 +1061,7 @@ class FakeBinance:
             if any(s not in market.symbols for s in asked):
                 return _error(-1121, "Invalid symbol.")
             names = asked
-        return 200, _dumps([price(s) for s in names])
+        return 200, dumps([price(s) for s in names])
 
     def _check_interval(self, interval: str, product: Product) -> None:
         intervals = self.market(product).intervals
@@ -1223,10 +1111,7 @@ SCENARIOS: Final[dict[str, Callable[[FakeBinance], None]]] = {
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.fakes.binance", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser = base_parser("python -m tests.fakes.binance", __doc__)
     parser.add_argument("--weight-limit", type=int, default=6000)
     parser.add_argument("--no-weight-limit", action="store_true", help="never answer 429")
     parser.add_argument("--advertised-weight-limit", type=int, default=None, help="limit exchangeInfo announces")
@@ -1276,18 +1161,7 @@ async def _run(args: argparse.Namespace) -> None:
                     fake.generate_klines(symbol, tf, first, total, seed=args.seed, product=product)
         if product == "usdm":
             fake.add_symbol(QUARTERLY, *_guess_assets(QUARTERLY), product="usdm", contract_type="CURRENT_QUARTER")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await fake.start()
-    print(fake.url, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await fake.stop()
-        print(json.dumps({"fake_cpu_seconds": cpu_seconds()}), flush=True)
+    await serve_until_signalled(fake)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
