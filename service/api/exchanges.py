@@ -74,7 +74,7 @@ class ExchangesController(Controller):
             paused_until = None if state.paused_until is None else datetime.fromtimestamp(state.paused_until, UTC)
             venues.append(VenueOut(
                 id=venue, market=VENUES[venue].market, timeframes=list(client.timeframes), page_cap=client.max_page,
-                request_weight=client.klines_weight,
+                request_weight=client.klines_weight(client.max_page),
                 limit=VenueLimit(
                     limit=state.limit, budget=state.budget, used=state.used_in_window,
                     left=None if state.budget is None else max(state.budget - state.used_in_window, 0),

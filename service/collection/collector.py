@@ -136,7 +136,9 @@ class SeriesPlan(msgspec.Struct, kw_only=True):
     """The windows may start before the listing: only slots between two candles of one window can be gaps."""
     requests: int = 0
     """Requests the windows take: one each, and one more for an open-ended last window that fills a
-    page (it ends in the open candle, which is read again)."""
+    page (it ends in the open candle, which is read again) where the venue does not mark that candle."""
+    weight: int = 0
+    """What those requests cost against the venue's limit, in its unit."""
     unavailable_until: int | None = None
     """The range asked for starts before the venue's reach (Kraken's 720 most recent candles): the
     candles before this open time cannot be fetched and are not planned."""
@@ -412,9 +414,26 @@ class Collector:
             await self._plan_range(plan, request, now, current_open, reach)
         slots = [_slots(grid, w, current_open) for w in plan.windows]
         plan.candles_to_fetch = sum(slots)
-        rereads_open_candle = bool(plan.windows) and plan.windows[-1].end_ms is None and slots[-1] >= page
+        rereads_open_candle = (
+            bool(plan.windows) and plan.windows[-1].end_ms is None and slots[-1] >= page
+            and not self._client.marks_open_candle
+        )
         plan.requests = len(slots) + rereads_open_candle
+        weigh = self._client.klines_weight
+        limits = [self._page_limit(grid, w, current_open) for w in plan.windows]
+        plan.weight = sum(map(weigh, limits)) + rereads_open_candle * weigh(page)
         return plan
+
+    def _page_limit(self, grid: Grid, window: Window, current_open: int) -> int:
+        """How many candles a request for `window` asks: a page, or the window's slots where the venue
+        weighs a request by its size and they cost less (USD-M: 1 to 10 by `limit`). An open-ended
+        window asks one more than it expects (the venue's clock may be a candle ahead; a full
+        answer is read on from anyway); where the grid is still a guess (weeks not learnt yet), one
+        more slot may lie in the window."""
+        page = self._client.max_page
+        slots = _slots(grid, window, current_open) + (window.end_ms is None) + (not grid.anchored)
+        weigh = self._client.klines_weight
+        return slots if slots < page and weigh(slots) < weigh(page) else page
 
     async def _plan_range(
         self, plan: SeriesPlan, request: HistoryRequest, now: int, current_open: int, reach: int | None
@@ -725,7 +744,7 @@ class Collector:
         ahead of ours); a page ending in a candle that was still open is continued from that
         candle, so the later answer (which may have seen it close) replaces it.
         """
-        page_size = self._client.max_page
+        page_size = self._page_limit(grid, window, grid.align_open(self._now_ms()))
         pages: list[KlinePage] = []
         start = window.start_ms
         while True:

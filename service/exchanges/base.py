@@ -130,9 +130,16 @@ class ExchangeClient(Protocol):
         """Open time (epoch ms) of the symbol's first candle of `timeframe` (None: it has none)."""
         ...
 
+    def klines_weight(self, limit: int) -> int:
+        """What a fetch_klines request for up to `limit` candles costs against the venue's limit, in
+        its unit (for plans, and what `limit` the collector asks)."""
+        ...
+
     @property
-    def klines_weight(self) -> int:
-        """What one full fetch_klines page costs against the venue's limit, in its unit (for plans)."""
+    def marks_open_candle(self) -> bool:
+        """Whether a page that reaches the current period says itself which candle is still open
+        (OKX's confirm, Bybit's and Kraken's newest row): a full last page then needs no next
+        request. Otherwise (Binance, Coinbase) one more request reads on from its last candle."""
         ...
 
     async def fetch_symbols(self) -> list[SymbolInfo]:

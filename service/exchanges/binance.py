@@ -264,9 +264,12 @@ class BinanceClient:
         page = await self.fetch_klines(symbol, timeframe, start_ms=0, end_ms=None, limit=1, on_wait=on_wait)
         return page.klines[0].open_time if page.klines else None
 
+    def klines_weight(self, limit: int) -> int:
+        return self._product.klines_weight(min(limit, self._product.max_page))
+
     @property
-    def klines_weight(self) -> int:
-        return self._product.klines_weight(self._product.max_page)
+    def marks_open_candle(self) -> bool:
+        return False  # a candle is final by its close time
 
     async def fetch_symbols(self) -> list[SymbolInfo]:
         info: _ExchangeInfo = await self._get(

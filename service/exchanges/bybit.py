@@ -151,6 +151,7 @@ class BybitClient(WindowedClient):
     _max_page = MAX_PAGE
     _request_limit = REQUEST_LIMIT
     _window_seconds = WINDOW_SECONDS
+    _marks_open_candle = True  # the newest row of an answer reaching the current period
 
     def _setup(self, spec: VenueSpec) -> None:
         self._category = spec.product

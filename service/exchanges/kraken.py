@@ -181,6 +181,7 @@ class KrakenClient(WindowedClient):
     _max_page = MAX_PAGE
     _request_limit = PUBLIC_LIMIT
     _window_seconds = PUBLIC_WINDOW_SECONDS
+    _marks_open_candle = True  # the answer's last, uncommitted row
 
     def _setup(self, spec: VenueSpec) -> None:
         if spec.product not in _PRODUCT_PARAMS:

@@ -151,6 +151,7 @@ class OkxClient(WindowedClient):
     _max_page = MAX_PAGE
     _request_limit = _LIMITS[CANDLES]
     _window_seconds = _WINDOW_SECONDS
+    _marks_open_candle = True  # confirm "0"
 
     def _setup(self, spec: VenueSpec) -> None:
         self._vol_in_base = spec.product in _VOL_IN_BASE

@@ -48,6 +48,8 @@ class WindowedClient:
     #: The venue's documented limit: requests per `_window_seconds` (VenueSettings.weight_limit overrides).
     _request_limit: ClassVar[int]
     _window_seconds: ClassVar[float]
+    #: Whether a page reaching the current period names its open candle (`ExchangeClient.marks_open_candle`).
+    _marks_open_candle: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -132,9 +134,12 @@ class WindowedClient:
     def max_page(self) -> int:
         return self._max_page
 
-    @property
-    def klines_weight(self) -> int:
+    def klines_weight(self, limit: int) -> int:
         return 1  # the limit counts requests, whatever their size
+
+    @property
+    def marks_open_candle(self) -> bool:
+        return self._marks_open_candle
 
     def limiter_state(self) -> LimiterState:
         return self._limiter.state

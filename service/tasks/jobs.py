@@ -375,14 +375,13 @@ class CollectionJobs:
                 for p in plans
             ]
         client = self._venues[venue]
-        weight = client.klines_weight
         limiter = client.limiter_state()
         return CollectionPlan(
             series=[
                 PlannedSeries(
                     symbol=p.symbol, timeframe=p.timeframe, start_ms=p.start_ms, end_ms=p.end_ms,
                     listing_start=p.listing_start, candles_stored=count, candles_to_fetch=p.candles_to_fetch,
-                    requests=p.requests, request_weight=p.requests * weight, unavailable_until=p.unavailable_until,
+                    requests=p.requests, request_weight=p.weight, unavailable_until=p.unavailable_until,
                 )
                 for p, count in zip(plans, stored, strict=True)
             ],

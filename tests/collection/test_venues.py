@@ -899,3 +899,71 @@ async def test_bybit_weeks_opening_on_monday_are_collected_from_the_first_one(
     closed = later[-2]
     assert (ms_of(closed["open_time"]), closed["is_closed"], later[-1]["is_closed"]) == (this_week, True, False)
     assert values(closed)[:6] == tuple(served[1:7])  # the week's final values, as Bybit serves them now
+
+
+# ---------------------------------------------------------------------------------------------
+# USD-M weighs a klines request by its limit: a run asks for what its window holds
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_usdm_runs_ask_for_the_candles_their_window_holds_and_pay_that_weight(
+    fake: FakeBinance, make_settings: Callable[..., Settings]
+) -> None:
+    """USD-M charges 1 weight for fewer than 100 candles, 2 below 500, 5 up to 1000, 10 for a full
+    1500: a backfill of 150 candles asks for about that many (weight 2), and a scheduled-style run
+    three minutes later for a few (weight 1), as its plan says; not a full page (weight 10) each."""
+    clock = Clock(start=T0 / 1000, speed=SPEED)
+    async with kit_for("binance_usdm", fake, clock) as kit:
+        usdm: FakeBinance = kit.fake
+        kit.generate("1m", OPEN - 299 * MINUTE, 300 + 10)  # and the ten minutes to come
+        async with serve_app(settings_for(make_settings, kit), clock) as api:
+            await api.wait_idle()
+            await collect(api, "binance_usdm", [kit.symbol], "1m", start=iso(OPEN - 149 * MINUTE))
+            backfill = [r for r in usdm.requests if r.path == "/fapi/v1/klines"]
+            move_to(clock, OPEN + 3 * MINUTE + 5_000)
+            plan = await api.http.post(
+                "/api/v1/data-collector/plan", json={"exchange": "binance_usdm", "symbols": [kit.symbol], "timeframes": ["1m"]}
+            )
+            assert plan.status_code == 200, plan.text
+            weight_before = sum(w.used for w in usdm.usdm_windows.values())
+            run = await collect(api, "binance_usdm", [kit.symbol], "1m")
+            weight_after = sum(w.used for w in usdm.usdm_windows.values())
+            later = [r for r in usdm.requests if r.path == "/fapi/v1/klines"][len(backfill):]
+
+    # The listing's first candle, then 150 slots to the open candle and one more.
+    assert [int(r.params["limit"]) for r in backfill] == [1, 151]
+    assert run["status"] == "completed" and run["result"]["candles_written"] == 4, run  # the reopened one and 3
+    assert [int(r.params["limit"]) for r in later] == [5]
+    assert weight_after - weight_before == 1
+    assert plan.json()["series"][0]["request_weight"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan says what the run does
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("venue", WITH_USDM)
+async def test_the_plan_counts_the_requests_and_candles_the_run_then_takes(
+    venue: str, fake: FakeBinance, make_settings: Callable[..., Settings]
+) -> None:
+    """POST /plan for a backfill of two pages and a bit (Kraken: most of what it still serves) names
+    as many candle requests as the run then sends, and the candles it writes, on every venue's page
+    cap and paging."""
+    clock = Clock(start=T0 / 1000, speed=SPEED)
+    async with kit_for(venue, fake, clock) as kit:
+        async with serve_app(settings_for(make_settings, kit), clock) as api:
+            await api.wait_idle()
+            page_cap = next(v["page_cap"] for v in (await api.http.get("/api/v1/exchanges")).json() if v["id"] == venue)
+            count = 2 * page_cap + 50 if kit.reach is None else kit.reach - 20
+            kit.generate("1m", OPEN - (count - 1) * MINUTE, count + 100)
+            body = {"exchange": venue, "symbols": [kit.symbol], "timeframes": ["1m"], "start": iso(OPEN - (count - 1) * MINUTE)}
+            plan = await api.http.post("/api/v1/data-collector/plan", json=body)
+            assert plan.status_code == 200, plan.text
+            before = len(kit.candle_requests())  # the plan may have looked for the listing
+            run = await collect(api, venue, [kit.symbol], "1m", start=body["start"])
+            sent = len(kit.candle_requests()) - before
+    [series] = plan.json()["series"]
+    assert (series["candles_to_fetch"], series["unavailable_until"]) == (count, None)
+    assert run["result"]["candles_written"] == count
+    assert series["requests"] == sent

@@ -69,7 +69,7 @@ async def test_pages_of_1500_candles_weigh_10_against_usdms_own_counter(
     """A page holds up to 1,500 candles and weighs 10; smaller limits weigh by USD-M's steps (1, 2,
     5); every request goes to /fapi/v1 and counts against USD-M's minute, not spot's."""
     usdm.generate_klines("BTCUSDT", "1m", T0 - 3000 * MINUTE, 3001, product="usdm")
-    assert (client.max_page, client.klines_weight) == (1500, 10)
+    assert (client.max_page, client.klines_weight(1500), client.klines_weight(99)) == (1500, 10, 1)
 
     first = await client.fetch_klines("BTCUSDT", "1m", start_ms=0, end_ms=None, limit=1500)
     second = await client.fetch_klines(

@@ -99,7 +99,7 @@ async def test_it_is_an_exchange_client(client: BybitClient) -> None:
     typed: ExchangeClient = client
     assert typed.name == "bybit"
     assert typed.max_page == 1000
-    assert typed.klines_weight == 1
+    assert typed.klines_weight(typed.max_page) == 1
     assert typed.reach_start("1m", NOW_MS) is None
 
 

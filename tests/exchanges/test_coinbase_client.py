@@ -208,7 +208,7 @@ async def test_timeframes_coinbase_lacks_are_refused_without_a_request(
     client: ExchangeClient = make_client(exchange, session)  # mypy checks the protocol is met
     assert client.name == "coinbase"
     assert client.timeframes == ("1m", "5m", "15m", "1h", "6h", "1d")
-    assert (client.max_page, client.klines_weight, client.reach_start("1m", 0)) == (300, 1, None)
+    assert (client.max_page, client.klines_weight(300), client.reach_start("1m", 0)) == (300, 1, None)
     with pytest.raises(InvalidRequestError, match="no 3m candles; it serves 1m, 5m"):
         await client.fetch_klines("BTC-USD", "3m", start_ms=0, end_ms=None, limit=300)
     assert exchange.requests == []
