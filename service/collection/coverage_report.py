@@ -176,8 +176,14 @@ class CoverageReports:
         end_at = None if end is None else parse_end(end)
         now_ms = int(self._clock() * 1000)
         async with connection(self._pool) as conn:
-            name = await symbols_db.find_symbol(conn, exchange, symbol) or symbols_db.normalise_symbol_name(symbol)
+            # The venue's own id first (what clients mostly send); another spelling costs one more read.
+            name = symbols_db.normalise_symbol_name(symbol)
             series = await coverage_db.find_series(conn, exchange, name, timeframe)
+            if series is None:
+                resolved = await symbols_db.find_symbol(conn, exchange, symbol)
+                if resolved is not None and resolved != name:
+                    name = resolved
+                    series = await coverage_db.find_series(conn, exchange, name, timeframe)
             if series is None:
                 raise NotFoundError(
                     f"{symbol} {timeframe} on {exchange} was never collected: no coverage to report",

@@ -37,11 +37,9 @@ __all__ = [
     "fetch_klines_json",
     "latest_prices",
     "run_start",
-    "series_ids",
     "set_grid_offset",
     "store_page",
     "store_pages",
-    "stored_ends",
 ]
 
 _COLUMNS = (
@@ -89,34 +87,6 @@ def encode_copy_rows(series_id: int, klines: Sequence[Kline], closed: int) -> by
 CANDLE_CHECK = "klines_candle_valid"
 
 
-async def series_ids(
-    conn: Connection, exchange: str, pairs: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], int]:
-    """Ids of the (symbol, timeframe) series of an exchange, creating those that are new."""
-    symbols = [symbol for symbol, _ in pairs]
-    timeframes = [timeframe for _, timeframe in pairs]
-    async with conn.transaction():
-        await conn.execute(
-            """
-            INSERT INTO series (exchange, symbol, timeframe)
-            SELECT $1, u.symbol, u.timeframe FROM unnest($2::text[], $3::text[]) AS u(symbol, timeframe)
-            ON CONFLICT (exchange, symbol, timeframe) DO NOTHING
-            """,
-            exchange, symbols, timeframes,
-        )
-        rows = await conn.fetch(
-            """
-            SELECT s.id, s.symbol, s.timeframe
-              FROM series s
-              JOIN unnest($2::text[], $3::text[]) AS u(symbol, timeframe)
-                ON s.symbol = u.symbol AND s.timeframe = u.timeframe
-             WHERE s.exchange = $1
-            """,
-            exchange, symbols, timeframes,
-        )
-    return {(r["symbol"], r["timeframe"]): r["id"] for r in rows}
-
-
 class RunSeries(msgspec.Struct, frozen=True):
     """What a collection run starts from, per series."""
 
@@ -162,26 +132,26 @@ SELECT NULL, NULL, NULL, NULL, NULL, NULL,
 
 async def run_start(conn: Connection, exchange: str, pairs: Sequence[tuple[str, str]]) -> RunStart:
     """The series of a run (created where new), where each one's stored candles end, its listing
-    start, and whether klines has its candle CHECK: one round trip, the run's first."""
-    rows = await conn.fetch(
-        _RUN_START, exchange, [p[0] for p in pairs], [p[1] for p in pairs], CANDLE_CHECK
-    )
-    found = {
-        (r["symbol"], r["timeframe"]): RunSeries(
-            r["id"], r["listing_start"], StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"]),
-            r["grid_offset_ms"],
-        )
-        for r in rows if r["id"] is not None
-    }
+    start, its learnt grid, and whether klines has its candle CHECK: one round trip, the run's first."""
+    wanted = len(set(pairs))
+    symbols, timeframes = [p[0] for p in pairs], [p[1] for p in pairs]
+    for _ in range(3):
+        rows = await conn.fetch(_RUN_START, exchange, symbols, timeframes, CANDLE_CHECK)
+        found = {
+            (r["symbol"], r["timeframe"]): RunSeries(
+                r["id"], r["listing_start"], StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"]),
+                r["grid_offset_ms"],
+            )
+            for r in rows if r["id"] is not None
+        }
+        if len(found) >= wanted:
+            break
+        # Another transaction created one of them while this statement ran: the insert waited for it
+        # to commit, but the statement's snapshot does not show its row. The next statement's does.
+    else:
+        raise RuntimeError(f"series of {exchange} {pairs} vanished between creating and reading them")
     # The row without a series carries the CHECK's count (UNION ALL promises no order: found by its null id).
     enforced = any(r["id"] is None and r["oldest_open"] for r in rows)
-    if len(found) < len(set(pairs)):
-        # Another transaction created one of them while this statement ran (its snapshot does not
-        # show that row): read them again, now that it is committed.
-        ids = await series_ids(conn, exchange, pairs)
-        ends = await stored_ends(conn, list(ids.values()))
-        listings = await ledger_db.listing_starts(conn, list(ids.values()))
-        found = {key: RunSeries(sid, listings[sid], ends[sid]) for key, sid in ids.items()}
     return RunStart(series=found, candle_check_enforced=enforced)
 
 
@@ -202,23 +172,6 @@ class StoredEnd(msgspec.Struct, frozen=True):
 async def set_grid_offset(conn: Connection, series_id: int, offset_ms: int) -> None:
     """Remember where the series' candles open (learnt from the venue's answers)."""
     await conn.execute("UPDATE series SET grid_offset_ms = $2 WHERE id = $1", series_id, offset_ms)
-
-
-async def stored_ends(conn: Connection, ids: Sequence[int]) -> dict[int, StoredEnd]:
-    """Per series, its newest stored candle and its oldest candle stored as open."""
-    rows = await conn.fetch(
-        """
-        SELECT u.id,
-               (SELECT k.open_time FROM klines k WHERE k.series_id = u.id
-                 ORDER BY k.open_time DESC LIMIT 1) AS newest,
-               -- served by the partial index klines_open (open candles only): no scan of history
-               (SELECT k.open_time FROM klines k WHERE k.series_id = u.id AND NOT k.is_closed
-                 ORDER BY k.open_time LIMIT 1) AS oldest_open
-          FROM unnest($1::int[]) AS u(id)
-        """,
-        list(ids),
-    )
-    return {r["id"]: StoredEnd(newest=r["newest"], oldest_open=r["oldest_open"]) for r in rows}
 
 
 def _count(status: str) -> int:

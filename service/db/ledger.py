@@ -15,7 +15,7 @@ from service.db.pool import Connection, Row
 from service.records import LedgerRange
 
 __all__ = [
-    "earliest_start", "ledger_ranges", "listing_starts", "merge_range", "range_from_row", "record_range",
+    "earliest_start", "ledger_ranges", "merge_range", "range_from_row", "record_range",
     "record_ranges_of_series", "set_listing_start",
 ]
 
@@ -196,12 +196,6 @@ async def record_ranges_of_series(conn: Connection, ranges: Sequence[tuple[int, 
         for series_id, new in batch:
             if series_id not in done_ids:
                 await record_range(conn, series_id, new)
-
-
-async def listing_starts(conn: Connection, ids: Sequence[int]) -> dict[int, int | None]:
-    """Per series, the open time of the exchange's first candle, where it was learnt."""
-    rows = await conn.fetch("SELECT id, listing_start FROM series WHERE id = ANY($1::int[])", list(ids))
-    return {r["id"]: r["listing_start"] for r in rows}
 
 
 async def set_listing_start(conn: Connection, series_id: int, listing_start: int) -> None:

@@ -921,9 +921,8 @@ async def test_usdm_runs_ask_for_the_candles_their_window_holds_and_pay_that_wei
             await collect(api, "binance_usdm", [kit.symbol], "1m", start=iso(OPEN - 149 * MINUTE))
             backfill = [r for r in usdm.requests if r.path == "/fapi/v1/klines"]
             move_to(clock, OPEN + 3 * MINUTE + 5_000)
-            plan = await api.http.post(
-                "/api/v1/data-collector/plan", json={"exchange": "binance_usdm", "symbols": [kit.symbol], "timeframes": ["1m"]}
-            )
+            body = {"exchange": "binance_usdm", "symbols": [kit.symbol], "timeframes": ["1m"]}
+            plan = await api.http.post("/api/v1/data-collector/plan", json=body)
             assert plan.status_code == 200, plan.text
             weight_before = sum(w.used for w in usdm.usdm_windows.values())
             run = await collect(api, "binance_usdm", [kit.symbol], "1m")
@@ -951,18 +950,18 @@ async def test_the_plan_counts_the_requests_and_candles_the_run_then_takes(
     as many candle requests as the run then sends, and the candles it writes, on every venue's page
     cap and paging."""
     clock = Clock(start=T0 / 1000, speed=SPEED)
-    async with kit_for(venue, fake, clock) as kit:
-        async with serve_app(settings_for(make_settings, kit), clock) as api:
-            await api.wait_idle()
-            page_cap = next(v["page_cap"] for v in (await api.http.get("/api/v1/exchanges")).json() if v["id"] == venue)
-            count = 2 * page_cap + 50 if kit.reach is None else kit.reach - 20
-            kit.generate("1m", OPEN - (count - 1) * MINUTE, count + 100)
-            body = {"exchange": venue, "symbols": [kit.symbol], "timeframes": ["1m"], "start": iso(OPEN - (count - 1) * MINUTE)}
-            plan = await api.http.post("/api/v1/data-collector/plan", json=body)
-            assert plan.status_code == 200, plan.text
-            before = len(kit.candle_requests())  # the plan may have looked for the listing
-            run = await collect(api, venue, [kit.symbol], "1m", start=body["start"])
-            sent = len(kit.candle_requests()) - before
+    async with kit_for(venue, fake, clock) as kit, serve_app(settings_for(make_settings, kit), clock) as api:
+        await api.wait_idle()
+        page_cap = next(v["page_cap"] for v in (await api.http.get("/api/v1/exchanges")).json() if v["id"] == venue)
+        count = 2 * page_cap + 50 if kit.reach is None else kit.reach - 20
+        kit.generate("1m", OPEN - (count - 1) * MINUTE, count + 100)
+        start = iso(OPEN - (count - 1) * MINUTE)
+        body = {"exchange": venue, "symbols": [kit.symbol], "timeframes": ["1m"], "start": start}
+        plan = await api.http.post("/api/v1/data-collector/plan", json=body)
+        assert plan.status_code == 200, plan.text
+        before = len(kit.candle_requests())  # the plan may have looked for the listing
+        run = await collect(api, venue, [kit.symbol], "1m", start=start)
+        sent = len(kit.candle_requests()) - before
     [series] = plan.json()["series"]
     assert (series["candles_to_fetch"], series["unavailable_until"]) == (count, None)
     assert run["result"]["candles_written"] == count

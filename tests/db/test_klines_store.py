@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import asyncpg
@@ -27,6 +28,15 @@ def candle(open_time: int, close: str = "1.50000000") -> Kline:
     )
 
 
+async def run_series(conn: Any, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], klines_db.RunSeries]:
+    """The series of a Binance run over `pairs` (created where new), as a run starts from them."""
+    return (await klines_db.run_start(conn, "binance", pairs)).series
+
+
+async def series_id(conn: Any, symbol: str, timeframe: str = "1m") -> int:
+    return (await run_series(conn, [(symbol, timeframe)]))[symbol, timeframe].series_id
+
+
 @pytest.fixture
 async def pool(db_dsn: str) -> Any:
     pool = await create_pool(db_dsn, min_size=1, max_size=2)
@@ -38,10 +48,11 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
     """A page past the last stored candle is inserted; re-reading changes only what changed."""
     page = [candle(i * MINUTE) for i in range(1000)]
     async with pool.acquire() as conn:
-        ids = await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m"), ("BTCUSDT", "1h")])
-        series = ids["BTCUSDT", "1m"]
-        assert await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m")]) == {("BTCUSDT", "1m"): series}
-        assert await klines_db.stored_ends(conn, [series]) == {series: klines_db.StoredEnd(None, None)}
+        both = await run_series(conn, [("BTCUSDT", "1m"), ("BTCUSDT", "1h")])
+        series = both["BTCUSDT", "1m"].series_id
+        again_1m = await run_series(conn, [("BTCUSDT", "1m")])
+        assert again_1m == {("BTCUSDT", "1m"): both["BTCUSDT", "1m"]}
+        assert both["BTCUSDT", "1m"].stored == klines_db.StoredEnd(None, None)
         assert await store(conn, series, page, stored_until=None, now_ms=10**13) == 1000
         # The last candle again, unchanged, plus two new ones: 2 written.
         again = [page[-1], candle(1000 * MINUTE), candle(1001 * MINUTE)]
@@ -49,9 +60,10 @@ async def test_fresh_candles_are_copied_and_overlaps_merged(pool: asyncpg.Pool, 
         # The last candle corrected: 1 written.
         fixed = [candle(1001 * MINUTE, close="9.00000000")]
         assert await store(conn, series, fixed, stored_until=1001 * MINUTE, now_ms=10**13) == 1
-        assert await klines_db.stored_ends(conn, list(ids.values())) == {
-            series: klines_db.StoredEnd(newest=1001 * MINUTE, oldest_open=None),
-            ids["BTCUSDT", "1h"]: klines_db.StoredEnd(None, None),
+        ends = {key: run.stored for key, run in (await run_series(conn, list(both))).items()}
+        assert ends == {
+            ("BTCUSDT", "1m"): klines_db.StoredEnd(newest=1001 * MINUTE, oldest_open=None),
+            ("BTCUSDT", "1h"): klines_db.StoredEnd(None, None),
         }
     assert await db.fetchval("SELECT count(*) FROM klines") == 1002
     assert await db.fetchval("SELECT close::text FROM klines WHERE open_time = $1", 1001 * MINUTE) == "9.00000000"
@@ -62,7 +74,7 @@ async def test_a_stale_view_of_the_series_falls_back_to_the_merge(
 ) -> None:
     """If candles thought fresh are already stored (another writer), the page is merged, not failed."""
     async with pool.acquire() as conn:
-        series = (await klines_db.series_ids(conn, "binance", [("ETHUSDT", "1m")]))["ETHUSDT", "1m"]
+        series = await series_id(conn, "ETHUSDT")
         await store(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=10**13)
         page = [candle(0, close="3.00000000"), candle(MINUTE), candle(2 * MINUTE)]
         written = await store(conn, series, page, stored_until=None, now_ms=10**13)
@@ -76,7 +88,7 @@ async def test_a_stale_view_of_the_series_falls_back_to_the_merge(
 async def test_open_candles_are_marked(pool: asyncpg.Pool, db: asyncpg.Connection[Any]) -> None:
     """A candle whose close_time has not passed is stored with is_closed = false."""
     async with pool.acquire() as conn:
-        series = (await klines_db.series_ids(conn, "binance", [("XRPETH", "1m")]))["XRPETH", "1m"]
+        series = await series_id(conn, "XRPETH")
         await store(conn, series, [candle(0), candle(MINUTE)], stored_until=None, now_ms=MINUTE + 5)
     flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
     assert [r["is_closed"] for r in flags] == [True, False]
@@ -85,12 +97,12 @@ async def test_open_candles_are_marked(pool: asyncpg.Pool, db: asyncpg.Connectio
 async def test_the_next_run_resumes_at_the_oldest_open_candle(pool: asyncpg.Pool) -> None:
     """A candle stored as open is re-read by the next run even when newer candles were stored after it."""
     async with pool.acquire() as conn:
-        series = (await klines_db.series_ids(conn, "binance", [("BTCUSDT", "1m")]))["BTCUSDT", "1m"]
+        series = await series_id(conn, "BTCUSDT")
         # Two answers: the first produced while its last candle (open_time 2 min) was still open.
         first = KlinePage([candle(0), candle(MINUTE), candle(2 * MINUTE)], as_of_ms=2 * MINUTE + 5)
         second = KlinePage([candle(3 * MINUTE), candle(4 * MINUTE)], as_of_ms=10 * MINUTE)
         await klines_db.store_page(conn, klines_db.encode_page(series, [first, second], stored_until=None))
-        end = (await klines_db.stored_ends(conn, [series]))[series]
+        end = (await run_series(conn, [("BTCUSDT", "1m")]))["BTCUSDT", "1m"].stored
     assert end == klines_db.StoredEnd(newest=4 * MINUTE, oldest_open=2 * MINUTE)
     assert end.resume_at == 2 * MINUTE
 
@@ -98,8 +110,33 @@ async def test_the_next_run_resumes_at_the_oldest_open_candle(pool: asyncpg.Pool
 async def test_closed_is_decided_by_when_the_exchange_answered(pool: asyncpg.Pool, db: asyncpg.Connection[Any]) -> None:
     """However late a page is written, a candle open when the exchange answered is stored as open."""
     async with pool.acquire() as conn:
-        series = (await klines_db.series_ids(conn, "binance", [("ETHUSDT", "1m")]))["ETHUSDT", "1m"]
+        series = await series_id(conn, "ETHUSDT")
         page = KlinePage([candle(0), candle(MINUTE)], as_of_ms=MINUTE + 59_000)
         await klines_db.store_page(conn, klines_db.encode_page(series, [page], stored_until=None))
     flags = await db.fetch("SELECT is_closed FROM klines ORDER BY open_time")
     assert [r["is_closed"] for r in flags] == [True, False]
+
+
+async def test_a_run_start_racing_another_that_creates_its_series_reads_what_that_one_stored(
+    pool: asyncpg.Pool, db: asyncpg.Connection[Any]
+) -> None:
+    """Another transaction creates the series (with its listing and learnt grid) while a run starts:
+    the run waits for it and starts from that series, its listing and its grid, not from nothing."""
+    other = await pool.acquire()
+    try:
+        creating = other.transaction()
+        await creating.start()
+        await other.execute(
+            "INSERT INTO series (exchange, symbol, timeframe, listing_start, grid_offset_ms)"
+            " VALUES ('binance', 'BTCUSDT', '1w', 0, 345600000)"
+        )
+        async with pool.acquire() as conn:
+            starting = asyncio.create_task(run_series(conn, [("BTCUSDT", "1w")]))
+            await asyncio.sleep(0.2)
+            assert not starting.done()  # waiting on the other's insert
+            await creating.commit()
+            run = (await starting)["BTCUSDT", "1w"]
+    finally:
+        await pool.release(other)
+    assert (run.listing_start, run.grid_offset_ms) == (0, 345_600_000)
+    assert await db.fetchval("SELECT count(*) FROM series") == 1
