@@ -29,7 +29,8 @@ class VenueLimit(Schema):
     budget: int | None
     """The part of it this service spends (the limit less a safety margin)."""
     used: int
-    """Spent in the current window (Binance: as the venue counts it, every process on the IP)."""
+    """Spent in the current window by every process on the IP, as last seen (WEIGHT_BUDGET_SCOPE=shared;
+    per_process: by this one), raised to the venue's own count where it tells (Binance)."""
     left: int | None
     """What is left of the budget in the window."""
     window_seconds: float
