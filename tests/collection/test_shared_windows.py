@@ -36,8 +36,10 @@ from tests.settings import settings_of
 TIMEFRAMES = ("1m", "5m", "15m")
 #: Pages per series: together more requests than one window of the (lowered) limit allows.
 PAGES = 6
-#: The clock runs this much faster for the fake and the processes alike.
+#: The clock runs this much faster for the fake and the processes alike, from a second into a
+#: minute: a run's candles end at the open one, so a minute turning mid-run would add one.
 SPEED = 4
+START = (T0 - T0 % MINUTE + 1000) / 1000
 
 
 def limited_fake(venue: str, clock: Clock) -> Any:
@@ -97,9 +99,10 @@ async def process(dsn: str, kit: Kit, clock: Clock, *, scope: Scope, pages: int 
 
 async def collect_at_once(dsn: str, kit: Kit, clock: Clock, *, scope: Scope) -> list[CollectionResult]:
     """Three processes collect at once, each its own timeframe of the kit's symbol, PAGES pages each."""
+    now = clock.ms()  # read once: two reads a millisecond apart would put the candles off the grid
     for timeframe, minutes in zip(TIMEFRAMES, (1, 5, 15), strict=True):
         size = minutes * MINUTE
-        open_now = clock.ms() - clock.ms() % size
+        open_now = now - now % size
         count = PAGES * PAGE[kit.venue]  # up to the open candle
         kit.generate(timeframe, open_now - (count - 1) * size, count)
     async with AsyncExitStack() as stack:
@@ -121,7 +124,7 @@ async def test_three_processes_on_one_window_are_never_refused(db_dsn: str, venu
     """Three processes collecting at once against a venue allowing a few requests per window: none
     refused (a Bybit refusal would be a 10-minute ban), every series complete, and the window used
     well (sharing wastes little)."""
-    clock = Clock(start=T0 / 1000, speed=SPEED)
+    clock = Clock(start=START, speed=SPEED)
     async with limited_kit(venue, clock) as kit:
         results = await collect_at_once(db_dsn, kit, clock, scope="shared")
         refused = refusals(venue, kit.fake)
@@ -136,7 +139,7 @@ async def test_three_processes_on_one_window_are_never_refused(db_dsn: str, venu
 async def test_three_processes_each_on_its_own_window_are_refused(db_dsn: str) -> None:
     """The same three processes with WEIGHT_BUDGET_SCOPE=per_process each spend the whole window, and
     together draw 429s (what the shared window prevents)."""
-    clock = Clock(start=T0 / 1000, speed=SPEED)
+    clock = Clock(start=START, speed=SPEED)
     async with limited_kit("coinbase", clock) as kit:
         await collect_at_once(db_dsn, kit, clock, scope="per_process")
         assert refusals("coinbase", kit.fake) > 0
@@ -154,7 +157,8 @@ async def test_a_bybit_ban_met_by_one_process_holds_the_others_and_no_other_venu
         FakeCoinbase(latency_ms=20, now_ms=clock.ms) as coinbase_fake,
     ):
         bybit, coinbase = KITS["bybit"](bybit_fake, clock), KITS["coinbase"](coinbase_fake, clock)
-        open_now = clock.ms() - clock.ms() % (5 * MINUTE)
+        now = clock.ms()
+        open_now = now - now % (5 * MINUTE)
         for kit, timeframe in ((bybit, "1m"), (bybit, "5m"), (coinbase, "1m")):
             size = (5 if timeframe == "5m" else 1) * MINUTE
             kit.generate(timeframe, open_now - PAGES * PAGE[kit.venue] * size, PAGES * PAGE[kit.venue])
