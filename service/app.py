@@ -24,6 +24,7 @@ from service.api.exchanges import ExchangesController
 from service.api.execution_logs import ExecutionLogsController
 from service.api.health import HealthController
 from service.api.klines import KlinesController
+from service.api.live import LiveController
 from service.api.metrics import HttpMetricsMiddleware, MetricsController
 from service.api.middleware import REQUEST_ID_HEADER, JsonBodyCheck, RequestIdMiddleware, add_response_headers
 from service.api.openapi import DocumentedSchemaPlugin, docs_assets_router, openapi_config
@@ -67,7 +68,7 @@ def create_app(
     app = Litestar(
         route_handlers=[
             HealthController, AuthController, DataCollectorController, KlinesController, CoverageController,
-            ConfigsController, ExchangesController,
+            ConfigsController, ExchangesController, LiveController,
             ExecutionLogsController, EventsController, MetricsController, docs_assets_router(),
             ConsoleController, console_assets_router(),
         ],

@@ -29,6 +29,9 @@ class VenueSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     api_url: str
     """Base URL of the venue's REST API (http or https, with a host); default: the venue's own."""
+    ws_url: str | None = None
+    """Base URL of the venue's kline stream host (ws or wss), as the venue documents it (Binance:
+    `wss://stream.binance.com:9443`); default: the venue's own; none where live mode is not built yet."""
     weight_limit: PositiveInt | None = None
     """The venue's request limit in its own unit and window (Binance weight per minute, Bybit requests
     per 5 s…); unset: learnt from the venue where it says (Binance), else its documented number."""
@@ -166,6 +169,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for venue, venue_settings in settings.venues.items():
             _check_url(f"{VENUES[venue].setting_prefix}_API_URL", venue_settings.api_url, ("http", "https"),
                        host_required=True)
+            if venue_settings.ws_url is not None:
+                _check_url(f"{VENUES[venue].setting_prefix}_WS_URL", venue_settings.ws_url, ("ws", "wss"),
+                           host_required=True)
         for origin in settings.cors_origin_list:
             _check_origin(origin)
         if (settings.admin_email is None) != (settings.admin_password is None):
@@ -255,7 +261,7 @@ def _venue_list(value: str) -> list[str]:
 def _venue_settings(venue: str, env: Mapping[str, str]) -> VenueSettings:
     """One venue's settings from `<VENUE>_<NAME>` variables, its own URL by default."""
     prefix = VENUES[venue].setting_prefix
-    raw: dict[str, str] = {"api_url": VENUES[venue].default_url}
+    raw: dict[str, str | None] = {"api_url": VENUES[venue].default_url, "ws_url": VENUES[venue].default_ws_url}
     for field in _VENUE_FIELDS:
         value = env.get(f"{prefix}_{field.upper()}", "")
         if value != "":

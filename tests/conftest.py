@@ -219,6 +219,8 @@ def make_settings(db_dsn: str, fake: FakeBinance) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "database_url": db_dsn,
             "binance_api_url": fake.url,
+            # No test may reach a real venue's stream: a live config streams from a fake it names.
+            "binance_ws_url": "ws://127.0.0.1:9",
             "binance_retry_wait": 0.01,
             "binance_timeout": 2.0,
             "task_cleanup_delay": 300.0,

@@ -438,7 +438,7 @@ class DataCollectorController(Controller):
         limiter = runtime.exchanges[runtime.jobs.default_exchange].limiter_state()
         scheduler = runtime.scheduler.state
         collecting = any(v.task_type != SYMBOL_REFRESH for v in active)
-        interval = min((c["interval_minutes"] * 60 for c in enabled), default=None)
+        interval = min((c["interval_minutes"] * 60 for c in enabled if c["interval_minutes"] is not None), default=None)
         return ServiceStatus(
             is_running=True,
             exchange=runtime.jobs.default_exchange,

@@ -69,7 +69,10 @@ class Config(Schema):
     """As the exchange names it (BTCUSDT), whatever form was sent."""
     exchange: ExchangeChoice
     timeframes: list[TimeframeName]
-    interval_minutes: int
+    interval_minutes: int | None
+    """Minutes between scheduled runs; null for a live config."""
+    live: bool
+    """Collected from the venue's kline stream, continuously (GET /api/v1/live), not on an interval."""
     enabled: bool
     job_id: str
     """`collect_data_{id}`: the job_name of this config's execution logs."""
@@ -94,7 +97,10 @@ class Config(Schema):
 class CreateConfig(Schema):
     symbol: SymbolName
     timeframes: Timeframes
-    interval_minutes: IntervalMinutes
+    interval_minutes: IntervalMinutes | None = None
+    """Required unless `live`; optional and unused for a live config."""
+    live: bool = False
+    """Collect from the venue's kline stream (binance, binance_usdm) instead of on an interval."""
     exchange: ExchangeName = DEFAULT_VENUE
     enabled: bool = True
     description: Description | None = None
@@ -109,7 +115,8 @@ class UpdateConfig(Schema):
     symbol: SymbolName | UnsetType = UNSET
     exchange: ExchangeName | UnsetType = UNSET
     timeframes: Timeframes | UnsetType = UNSET
-    interval_minutes: IntervalMinutes | UnsetType = UNSET
+    interval_minutes: IntervalMinutes | UnsetType | None = UNSET
+    live: bool | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     description: Description | UnsetType | None = UNSET
     history_start: HistoryStartText | UnsetType | None = UNSET
@@ -140,7 +147,7 @@ class ConfigsController(Controller):
 
     @post(
         operation_id="createConfig", status_code=201,
-        summary="Add a symbol to collect on an interval; it is scheduled at once (first run promptly)",
+        summary="Add a symbol to collect on an interval (first run promptly) or live, from the venue's stream",
         responses=error_responses(400, 401, 403, 409, 413, 415, 422, descriptions={409: _DUPLICATE}),
     )
     async def create_config(
@@ -149,7 +156,7 @@ class ConfigsController(Controller):
         created = await configs.create(
             symbol=data.symbol, exchange=data.exchange, timeframes=data.timeframes,
             interval_minutes=data.interval_minutes, enabled=data.enabled, description=data.description,
-            created_by=request.user.email, history_start=data.history_start,
+            created_by=request.user.email, history_start=data.history_start, live=data.live,
         )
         return _config(created)
 

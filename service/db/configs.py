@@ -33,14 +33,14 @@ __all__ = [
 ]
 
 CONFIG_COLUMNS = (
-    "id, symbol, exchange, timeframes, interval_minutes, enabled, job_id, description,"
+    "id, symbol, exchange, timeframes, interval_minutes, live, enabled, job_id, description,"
     " created_at, updated_at, created_by, last_run_at, next_run_at,"
     " history_start, history_from_listing, paused_reason, paused_at"
 )
 
 #: The only columns `update_config` writes; its SET list is built from these names, never from input.
 UPDATABLE_COLUMNS: tuple[str, ...] = (
-    "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description",
+    "symbol", "exchange", "timeframes", "interval_minutes", "live", "enabled", "description",
     "history_start", "history_from_listing",
 )
 
@@ -51,25 +51,26 @@ async def insert_config(
     symbol: str,
     exchange: str,
     timeframes: list[str],
-    interval_minutes: int,
+    interval_minutes: int | None,
     enabled: bool,
     description: str | None,
     created_by: str | None,
     next_run_at: datetime | None,
     history_start: datetime | None = None,
     history_from_listing: bool = False,
+    live: bool = False,
 ) -> asyncpg.Record:
     """Store a new config; a unique violation (DuplicateError out of `connection()`) if (exchange, symbol) has one."""
     row: asyncpg.Record | None = await conn.fetchrow(
         f"""
         INSERT INTO data_collection_configs
                (symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at,
-                history_start, history_from_listing)
-        VALUES ($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10)
+                history_start, history_from_listing, live)
+        VALUES ($1, $2, $3::text[], $4, $5, $6, $7, $8, $9, $10, $11)
         RETURNING {CONFIG_COLUMNS}
         """,
         symbol, exchange, timeframes, interval_minutes, enabled, description, created_by, next_run_at,
-        history_start, history_from_listing,
+        history_start, history_from_listing, live,
     )
     assert row is not None
     return row
@@ -146,7 +147,7 @@ async def set_enabled(conn: Connection, config_id: int, enabled: bool) -> asyncp
         f"""
         UPDATE data_collection_configs
            SET enabled = $2, updated_at = now(),
-               next_run_at = CASE WHEN $2 THEN next_run_at END
+               next_run_at = CASE WHEN $2 AND NOT live THEN next_run_at END
          WHERE id = $1
         RETURNING {CONFIG_COLUMNS}
         """,
@@ -166,12 +167,12 @@ async def count_configs(conn: Connection) -> tuple[int, int]:
 
 async def reschedule(conn: Connection, config_id: int, now: datetime) -> None:
     """Set when the config runs next: `now` if it never ran, else one interval after its last run
-    (but not before `now`). A disabled config gets NULL."""
+    (but not before `now`). A disabled config gets NULL, and so does a live one (it is streamed)."""
     await conn.execute(
         """
         UPDATE data_collection_configs
            SET next_run_at = CASE
-                 WHEN NOT enabled THEN NULL
+                 WHEN NOT enabled OR live THEN NULL
                  WHEN last_run_at IS NULL THEN $2::timestamptz
                  ELSE greatest($2::timestamptz, last_run_at + make_interval(mins => interval_minutes))
                END
@@ -186,7 +187,7 @@ async def due_configs(conn: Connection, now: datetime) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         SELECT {CONFIG_COLUMNS} FROM data_collection_configs
-         WHERE enabled AND paused_reason IS NULL AND next_run_at <= $1
+         WHERE enabled AND NOT live AND paused_reason IS NULL AND next_run_at <= $1
          ORDER BY next_run_at, id
         """,
         now,
@@ -197,7 +198,7 @@ async def due_configs(conn: Connection, now: datetime) -> list[asyncpg.Record]:
 async def next_due_at(conn: Connection) -> datetime | None:
     """The earliest next_run_at of the enabled configs that are not paused."""
     value: datetime | None = await conn.fetchval(
-        "SELECT min(next_run_at) FROM data_collection_configs WHERE enabled AND paused_reason IS NULL"
+        "SELECT min(next_run_at) FROM data_collection_configs WHERE enabled AND NOT live AND paused_reason IS NULL"
     )
     return value
 
@@ -221,7 +222,7 @@ async def claim_due_run(
         """
         UPDATE data_collection_configs
            SET next_run_at = $3, last_run_at = $4
-         WHERE id = $1 AND enabled AND paused_reason IS NULL AND next_run_at = $2
+         WHERE id = $1 AND enabled AND NOT live AND paused_reason IS NULL AND next_run_at = $2
            AND EXISTS (SELECT 1 FROM workers WHERE id = $5)
         """,
         config_id, due_at, next_run_at, started_at, worker_id,
@@ -266,7 +267,7 @@ async def sync_listing_pauses(
         """
         UPDATE data_collection_configs c
            SET paused_reason = NULL, paused_at = NULL,
-               next_run_at = CASE WHEN c.enabled THEN $2::timestamptz END
+               next_run_at = CASE WHEN c.enabled AND NOT c.live THEN $2::timestamptz END
           FROM symbols s
          WHERE c.exchange = $1 AND c.paused_reason IS NOT NULL
            AND s.exchange = c.exchange AND s.symbol = c.symbol AND s.state = 'trading'

@@ -17,16 +17,18 @@ import aiohttp
 from service.cpu_turns import CpuTurns
 from service.exchanges.base import ExchangeClient, RequestObserver
 from service.exchanges.binance import BinanceClient, fallback_weight_limit
+from service.exchanges.binance_stream import BinanceKlineStream
 from service.exchanges.bybit import BybitClient
 from service.exchanges.coinbase import CoinbaseClient
 from service.exchanges.kraken import KrakenClient
 from service.exchanges.limiter import WeightLimiter
 from service.exchanges.okx import OkxClient
 from service.exchanges.sharing import SharedBudgets
+from service.exchanges.streams import KlineStream
 from service.exchanges.venues import VenueSpec
 from service.settings import VenueSettings
 
-__all__ = ["make_client"]
+__all__ = ["make_client", "make_stream"]
 
 
 class _VenueClient(Protocol):
@@ -87,3 +89,10 @@ def make_client(
     return _FAMILIES[spec.family](
         spec, session, settings, cpu=cpu, observer=observer, shared=shared, clock=clock, sleep=sleep
     )
+
+
+def make_stream(spec: VenueSpec, settings: VenueSettings) -> KlineStream | None:
+    """The venue's kline stream client, or None where live collection is not built for it yet."""
+    if spec.family == "binance" and settings.ws_url is not None:
+        return BinanceKlineStream(settings.ws_url)
+    return None

@@ -45,6 +45,8 @@ class VenueSpec(msgspec.Struct, frozen=True, kw_only=True):
     OKX's instType (SPOT, SWAP); `spot` elsewhere."""
     default_url: str
     """The base URL when `<ID>_API_URL` is unset."""
+    default_ws_url: str | None = None
+    """The kline stream host's base when `<ID>_WS_URL` is unset; None: no stream client yet."""
     perpetual: bool = False
     """Its symbols are spelled `BASE/QUOTE:SETTLE` in the unified form."""
 
@@ -58,9 +60,10 @@ VENUES: dict[str, VenueSpec] = {
     spec.id: spec
     for spec in (
         VenueSpec(id=Exchange.BINANCE.value, market="Binance spot", family="binance", product="spot",
-                  default_url="https://api.binance.com"),
+                  default_url="https://api.binance.com", default_ws_url="wss://stream.binance.com:9443"),
         VenueSpec(id=Exchange.BINANCE_USDM.value, market="Binance USD-M perpetual futures", family="binance",
-                  product="usdm", default_url="https://fapi.binance.com", perpetual=True),
+                  product="usdm", default_url="https://fapi.binance.com", perpetual=True,
+                  default_ws_url="wss://fstream.binance.com/market"),
         VenueSpec(id=Exchange.BYBIT.value, market="Bybit v5 spot", family="bybit", product="spot",
                   default_url="https://api.bybit.com"),
         VenueSpec(id=Exchange.OKX.value, market="OKX v5 spot", family="okx", product="SPOT", default_url="https://www.okx.com"),

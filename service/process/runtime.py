@@ -23,13 +23,14 @@ from service.db.listener import Listener
 from service.db.migrate import migrate_if_behind
 from service.db.pool import Pool, create_pool
 from service.db.recent import Recent
-from service.exchanges.clients import make_client
+from service.exchanges.clients import make_client, make_stream
 from service.exchanges.venue_set import VenueSet
 from service.exchanges.venues import VENUES
 from service.logging import get_logger
 from service.loop_monitor import LoopMonitor
 from service.metrics import Metrics
 from service.process.events import EVENTS_CHANNEL, EventHub
+from service.process.live import LiveStreams
 from service.process.startup import DatabaseStart
 from service.process.weight_budget import shared_budgets
 from service.settings import Settings
@@ -80,6 +81,9 @@ class Runtime:
     status_reads: Recent[Any]
     """GET /status's database reads, shared for up to a second (refreshed in the background after a
     quarter), trusted only while the listener listens (its connection drops with the database)."""
+    live: LiveStreams
+    """The live configs' streams this process runs (a process that runs tasks takes a venue's
+    streams when no peer has them), for /api/v1/live."""
 
 
 @asynccontextmanager
@@ -136,6 +140,15 @@ async def open_runtime(
                 )
                 for venue, client in venues.items()
             }
+            live = LiveStreams(
+                dsn, pool, venues,
+                {
+                    venue: stream
+                    for venue, venue_settings in settings.venues.items()
+                    if (stream := make_stream(VENUES[venue], venue_settings)) is not None
+                },
+                collectors, session, statement_cache_size=settings.db_statement_cache_size, clock=clock,
+            )
             jobs = CollectionJobs(
                 pool, venues, registry, collectors, clock=clock,
                 recheck_gaps_after_seconds=settings.exchange_gap_recheck_after,
@@ -171,6 +184,7 @@ async def open_runtime(
                 if runner is not None:
                     if not runner.is_running:
                         await runner.start()
+                    live.start()
                     refreshing = False
                     if settings.scheduler_enabled and not scheduler.is_running:
                         refreshing = await scheduler.start()
@@ -187,13 +201,15 @@ async def open_runtime(
                 health,
                 accounts=accounts,
                 configs=Configs(
-                    pool, jobs, scheduler, min_interval_minutes=settings.min_interval_minutes, clock=clock
+                    pool, jobs, scheduler, min_interval_minutes=settings.min_interval_minutes,
+                    live_venues=live.venues, clock=clock,
                 ),
                 database_start=DatabaseStart(start_with_database),
                 runner=runner,
                 events=events,
                 metrics=metrics,
                 status_reads=Recent(refresh_after=0.25, max_age=1.0, trusted=lambda: listener.listening),
+                live=live,
             )
             listener.start()
             loop_monitor.start()
@@ -214,6 +230,7 @@ async def open_runtime(
                 await accounts.close()
                 await loop_monitor.stop()
                 await scheduler.stop()
+                await live.stop()  # its locks go with their connections: a peer takes over at once
                 if runner is not None:
                     await runner.stop(grace=max(settings.shutdown_grace_seconds - _SHUTDOWN_RESERVE_SECONDS, 1.0))
                 await listener.stop()

@@ -40,7 +40,8 @@ class CollectionConfig(msgspec.Struct, frozen=True):
     symbol: str
     exchange: str
     timeframes: list[str]
-    interval_minutes: int
+    interval_minutes: int | None
+    live: bool
     enabled: bool
     job_id: str
     description: str | None
@@ -65,7 +66,7 @@ class CollectionConfig(msgspec.Struct, frozen=True):
             start = ranges.to_ms(row["history_start"])
         return cls(
             id=row["id"], symbol=row["symbol"], exchange=row["exchange"], timeframes=list(row["timeframes"]),
-            interval_minutes=row["interval_minutes"], enabled=row["enabled"], job_id=row["job_id"],
+            interval_minutes=row["interval_minutes"], live=row["live"], enabled=row["enabled"], job_id=row["job_id"],
             description=row["description"], created_at=row["created_at"], updated_at=row["updated_at"],
             created_by=row["created_by"], last_run_at=row["last_run_at"], next_run_at=row["next_run_at"],
             history_start=ranges.format_start(start), paused_reason=row["paused_reason"], paused_at=row["paused_at"],
@@ -79,7 +80,8 @@ class ConfigChanges(msgspec.Struct, frozen=True):
     symbol: str | UnsetType = UNSET
     exchange: str | UnsetType = UNSET
     timeframes: list[str] | UnsetType = UNSET
-    interval_minutes: int | UnsetType = UNSET
+    interval_minutes: int | UnsetType | None = UNSET
+    live: bool | UnsetType = UNSET
     enabled: bool | UnsetType = UNSET
     description: str | UnsetType | None = UNSET
     history_start: str | UnsetType | None = UNSET
@@ -95,12 +97,14 @@ class Configs:
         scheduler: Scheduler,
         *,
         min_interval_minutes: int,
+        live_venues: frozenset[str],
         clock: Callable[[], float],
     ) -> None:
         self._pool = pool
         self._jobs = jobs
         self._scheduler = scheduler
         self._min_interval_minutes = min_interval_minutes
+        self._live_venues = live_venues
         self._clock = clock
 
     async def list_configs(
@@ -125,20 +129,22 @@ class Configs:
         symbol: str,
         exchange: str,
         timeframes: list[str],
-        interval_minutes: int,
+        interval_minutes: int | None,
         enabled: bool,
         description: str | None,
         created_by: str | None,
         history_start: str | None = None,
+        live: bool = False,
     ) -> CollectionConfig:
         """Store a config and schedule it (its first run is due at once; paused if its symbol does not trade).
 
         InvalidInputError for an unknown exchange, symbol or timeframe, a too short interval or a bad
-        or future history_start; ConflictError (`config_id`) if the pair has a config already.
+        or future history_start, no interval on a config that is not live, live on a venue without
+        streams; ConflictError (`config_id`) if the pair has a config already.
         """
         self._jobs.check_exchange(exchange)
         frames = self._jobs.venues.timeframes(exchange, timeframes)
-        self._check_interval(interval_minutes)
+        self._check_schedule(exchange, interval_minutes, live)
         start_at, from_listing = self._history_columns(history_start)
         name = await self._resolve_symbol(exchange, symbol)
         try:
@@ -150,7 +156,7 @@ class Configs:
                         conn, symbol=name, exchange=exchange, timeframes=frames,
                         interval_minutes=interval_minutes, enabled=enabled,
                         description=description, created_by=created_by, next_run_at=None,
-                        history_start=start_at, history_from_listing=from_listing,
+                        history_start=start_at, history_from_listing=from_listing, live=live,
                     )
                     listing = await configs_db.sync_listing_pauses(conn, exchange, self._now())
                     await configs_db.reschedule(conn, inserted["id"], self._now())
@@ -181,8 +187,14 @@ class Configs:
         elif changes.exchange is not UNSET:  # the config's timeframes must exist on its new venue
             self._jobs.venues.timeframes(exchange, list(current["timeframes"]))
         if changes.interval_minutes is not UNSET:
-            self._check_interval(changes.interval_minutes)
             columns["interval_minutes"] = changes.interval_minutes
+        if changes.live is not UNSET:
+            columns["live"] = changes.live
+        if {"interval_minutes", "live", "exchange"} & set(columns):
+            interval = columns.get("interval_minutes", current["interval_minutes"])
+            self._check_schedule(
+                exchange, interval if isinstance(interval, int) else None, bool(columns.get("live", current["live"]))
+            )
         if changes.symbol is not UNSET:
             columns["symbol"] = await self._resolve_symbol(exchange, changes.symbol)
         elif changes.exchange is not UNSET:  # and its symbol, spelt as that venue spells it
@@ -266,7 +278,20 @@ class Configs:
             )
         return moment, False
 
-    def _check_interval(self, minutes: int) -> None:
+    def _check_schedule(self, exchange: str, minutes: int | None, live: bool) -> None:
+        """InvalidInputError unless the config is live (on a venue with streams) or has an interval
+        of at least MIN_INTERVAL_MINUTES."""
+        if live and exchange not in self._live_venues:
+            streamed = ", ".join(sorted(self._live_venues)) or "none"
+            raise InvalidInputError(
+                f"live collection is not available on {exchange} yet (venues with streams: {streamed})", field="live"
+            )
+        if minutes is None:
+            if not live:
+                raise InvalidInputError(
+                    "interval_minutes is required unless the config is live", field="interval_minutes"
+                )
+            return
         minimum = self._min_interval_minutes
         if minutes < minimum:
             raise InvalidInputError(

@@ -72,7 +72,8 @@ class ConfigRun(msgspec.Struct, frozen=True):
     symbol: str
     exchange: str
     timeframes: list[str]
-    interval_minutes: int
+    interval_minutes: int | None
+    """None for a live config (streamed; a trigger still runs it once over REST)."""
     history_start: HistoryStart | None = None
     """Where the config's history starts (None: the last DEFAULT_HISTORY_CANDLES, then onwards)."""
 

@@ -184,6 +184,7 @@ class Scheduler:
             due = await configs_db.due_configs(conn, now)
         for record in due:
             config = ConfigRun.from_record(record)
+            assert config.interval_minutes is not None  # live configs are never due
             interval = timedelta(minutes=config.interval_minutes)
             due_at: datetime = record["next_run_at"]
             # Keep the cadence, but never replay ticks missed while the service was down.

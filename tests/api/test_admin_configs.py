@@ -15,7 +15,7 @@ from tests.fakes.binance import FakeBinance
 
 URL = "/api/v1/admin/data-collection/configs"
 CONFIG_FIELDS = {
-    "id", "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "job_id", "description",
+    "id", "symbol", "exchange", "timeframes", "interval_minutes", "live", "enabled", "job_id", "description",
     "created_at", "updated_at", "created_by", "last_run_at", "next_run_at", "history_start", "paused_reason",
     "paused_at",
 }
@@ -48,7 +48,7 @@ async def test_crud_round_trip_with_the_reference_fields(admin: Api, db: asyncpg
     assert set(created) == CONFIG_FIELDS
     assert {k: v for k, v in created.items() if k not in ("id", "created_at", "next_run_at")} == {
         "symbol": "ETHUSDT", "exchange": "binance", "timeframes": ["1m", "5m", "15m", "1h", "4h", "1d"],
-        "interval_minutes": 10, "enabled": True, "job_id": f"collect_data_{config_id}",
+        "interval_minutes": 10, "live": False, "enabled": True, "job_id": f"collect_data_{config_id}",
         "description": "Ethereum data collection", "updated_at": None, "created_by": TEST_ADMIN_EMAIL,
         "last_run_at": None, "history_start": None, "paused_reason": None, "paused_at": None,
     }
@@ -296,7 +296,7 @@ async def test_routes_are_in_the_openapi_document(admin: Api) -> None:
     update = doc["components"]["schemas"]["UpdateConfig"]
     assert update.get("required", []) == []
     assert set(update["properties"]) == {
-        "symbol", "exchange", "timeframes", "interval_minutes", "enabled", "description", "history_start",
+        "symbol", "exchange", "timeframes", "interval_minutes", "live", "enabled", "description", "history_start",
     }
 
 

@@ -45,7 +45,7 @@ def access_of(method: str, path: str) -> str:
         return "admin"
     if path.startswith("/api/v1/data-collector/"):
         return "read" if method == "GET" else "admin"
-    if path.startswith("/api/v1/klines") or path in ("/api/v1/coverage", "/api/v1/exchanges"):
+    if path.startswith("/api/v1/klines") or path in ("/api/v1/coverage", "/api/v1/exchanges", "/api/v1/live"):
         return "read"
     if path == "/api/v1/events":
         # A read that never ends: held to the read rules over a real connection (tests/e2e/test_events.py);

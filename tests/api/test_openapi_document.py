@@ -51,6 +51,7 @@ OPERATIONS = {
     "getKlines": ("GET", "/api/v1/klines", "klines"),
     "listExchanges": ("GET", "/api/v1/exchanges", "exchanges"),
     "getCoverage": ("GET", "/api/v1/coverage", "klines"),
+    "listLiveConnections": ("GET", "/api/v1/live", "klines"),
     "listConfigs": ("GET", "/api/v1/admin/data-collection/configs", "admin"),
     "createConfig": ("POST", "/api/v1/admin/data-collection/configs", "admin"),
     "getConfig": ("GET", "/api/v1/admin/data-collection/configs/{config_id}", "admin"),

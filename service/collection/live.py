@@ -1,0 +1,480 @@
+"""Live collection: a venue's kline streams into klines, gap-free across reconnects.
+
+`LiveVenue` keeps the venue's live series subscribed over as few connections as its limits allow
+(`Shard`: one connection, up to `max_streams_per_connection` streams, subscribed after connecting
+at the venue's control-message pace). What the streams say is written so:
+
+- a candle the venue marks closed is written at once with its ledger range, the closed candles of
+  every series that arrived together in one transaction (`store_pages`, the page path's own);
+- the open candle of each series is kept in memory and flushed about once a second, every series in
+  one statement, never over a candle already stored closed;
+- after every (re)connect the shard's series are collected over REST from where their stored
+  candles end (the collector's own resume), which fills whatever the stream missed while it was
+  away; closed candles the stream delivered meanwhile are written again after it, so the final
+  values win over an open one the REST answer may have carried. Until that heal is done a series
+  is not reported fresh.
+
+A shard reconnects on any drop (network, the venue's ping timeout, a stalled stream, the venue's
+`serverShutdown`), with a growing pause, and before the venue's own cut (Binance 24 h).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from service.collection.collector import Collector, Pair
+from service.collection.coverage import VERIFIED
+from service.collection.validation import check_klines
+from service.db import klines as klines_db
+from service.db import live as live_db
+from service.db.pool import Pool, connection
+from service.errors import DatabaseUnavailableError, RowRefusedError
+from service.exchanges.base import CLOCK_SKEW_ALLOWANCE_MS, ExchangeClient
+from service.exchanges.grid import Grid
+from service.exchanges.streams import KlineStream, StreamCandle
+from service.logging import get_logger
+from service.records import Kline, KlinePage, LedgerRange
+
+__all__ = ["LiveVenue", "SeriesLive", "ShardState"]
+
+log = get_logger(__name__)
+
+#: A stream silent this long (no candle, no reply; Binance pushes every 2 s) is stalled: reconnect.
+RECEIVE_TIMEOUT = 30.0
+#: Open candles are flushed this often (seconds), all series in one statement.
+OPEN_FLUSH_SECONDS = 1.0
+#: A candle whose close has not come this long after its close time (our clock) is read over REST:
+#: the venue sends an illiquid symbol's close with its next trade, minutes later at times.
+CLOSE_GRACE_SECONDS = 3.0
+#: Pause before reconnecting: the first, and the longest it grows to (doubling).
+RECONNECT_FIRST = 0.5
+RECONNECT_MAX = 30.0
+
+
+@dataclass
+class SeriesLive:
+    """What /api/v1/live shows of one streamed series."""
+
+    symbol: str
+    timeframe: str
+    stream: str
+    fresh: bool = False
+    """Healed since the last (re)connect: every candle up to the stream's is stored."""
+    last_closed_open_ms: int | None = None
+    """Open time of the newest candle the stream closed."""
+    last_closed_at: float | None = None
+    """When (our clock) that closed candle was stored."""
+    open_seen_ms: int | None = None
+    """Open time of the newest candle the stream showed open and has not closed yet."""
+    closing: bool = False
+    """A REST read of its late close (or a heal) is under way."""
+
+
+@dataclass
+class ShardState:
+    """What /api/v1/live shows of one connection."""
+
+    streams: set[str] = field(default_factory=set)
+    connected_since: float | None = None
+    reconnects: int = 0
+    messages: int = 0
+    last_message_at: float | None = None
+    recent: list[float] = field(default_factory=list)
+    """Arrival times of the last second's messages (for messages per second)."""
+
+    def messages_per_second(self, now: float) -> float:
+        self.recent = [t for t in self.recent if t > now - 1.0]
+        return float(len(self.recent))
+
+
+class _Sink:
+    """The heal's progress goes to the log only (a live series has no task to report to)."""
+
+    def __init__(self, venue: str) -> None:
+        self._venue = venue
+
+    async def report(self, progress: int, message: str, *, eta_seconds: float | None = None) -> None:
+        """Progress of a heal is not shown anywhere but the log of its end."""
+
+    def waiting(self, reason: str, until: float) -> None:
+        log.info("live_heal_waiting", exchange=self._venue, reason=reason, until=until)
+
+
+class LiveVenue:
+    """One venue's live series: shards of stream connections, the writers, and their state."""
+
+    def __init__(
+        self,
+        venue: str,
+        stream: KlineStream,
+        client: ExchangeClient,
+        session: aiohttp.ClientSession,
+        pool: Pool,
+        collector: Collector,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.venue = venue
+        self._stream = stream
+        self._client = client
+        self._session = session
+        self._pool = pool
+        self._collector = collector
+        self._clock = clock
+        self.series: dict[str, SeriesLive] = {}
+        """By stream name."""
+        self.shards: list[Shard] = []
+        self._ids: dict[str, int] = {}
+        self._closed: dict[str, list[Kline]] = {}
+        self._open: dict[str, Kline] = {}
+        self._closed_ready = asyncio.Event()
+        self._message_ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        # While heals run, the closed candles written meanwhile, to be written again after them.
+        self._heals_running = 0
+        self._written_during_heals: dict[str, list[Kline]] = {}
+
+    # -- the set of live series ---------------------------------------------------------------
+
+    async def sync(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Stream exactly these (symbol, timeframe) series from now on: new ones are subscribed
+        (after their series rows exist), dropped ones unsubscribed."""
+        wanted = {self._stream.stream_name(symbol, tf): (symbol, tf) for symbol, tf in pairs}
+        new = [name for name in wanted if name not in self.series]
+        if new:
+            async with connection(self._pool) as conn:
+                start = await klines_db.run_start(conn, self.venue, [wanted[name] for name in new])
+            for name in new:
+                symbol, tf = wanted[name]
+                self._ids[name] = start.series[symbol, tf].series_id
+                self.series[name] = SeriesLive(symbol, tf, name)
+        for name in [n for n in self.series if n not in wanted]:
+            del self.series[name]
+            self._open.pop(name, None)
+        for shard in self.shards:
+            shard.want(shard.state.streams & set(wanted))
+        placed = {name for shard in self.shards for name in shard.state.streams}
+        waiting = sorted(set(wanted) - placed)
+        for shard in self.shards:
+            room = self._stream.max_streams_per_connection - len(shard.state.streams)
+            if room > 0 and waiting:
+                shard.want(shard.state.streams | set(waiting[:room]))
+                waiting = waiting[room:]
+        size = self._stream.max_streams_per_connection
+        for chunk in (waiting[i : i + size] for i in range(0, len(waiting), size)):
+            shard = Shard(self, self._stream, self._session, set(chunk))
+            self.shards.append(shard)
+            self.spawn(shard.run())
+        for shard in [s for s in self.shards if not s.state.streams]:
+            self.shards.remove(shard)
+            shard.stop()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` for as long as this venue is live (stopped with it)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("live_task_failed", exchange=self.venue, error=f"{exc.__class__.__name__}: {exc}"[:500])
+
+    def next_message_id(self) -> int:
+        return next(self._message_ids)
+
+    async def run(self) -> None:
+        """Write what the shards receive until cancelled; then stop every shard."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._write_closed_loop())
+                group.create_task(self._flush_open_loop())
+                group.create_task(self._close_late_loop())
+        finally:
+            for shard in self.shards:
+                shard.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- what a shard hands over --------------------------------------------------------------
+
+    def received(self, candle: StreamCandle) -> None:
+        name = self._stream.stream_name(candle.symbol, candle.timeframe)
+        if name not in self.series:
+            return  # unsubscribed meanwhile
+        if candle.closed:
+            self._closed.setdefault(name, []).append(candle.kline)
+            self._closed_ready.set()
+            if (opened := self._open.get(name)) is not None and opened.open_time <= candle.kline.open_time:
+                del self._open[name]
+            series = self.series[name]
+            if series.open_seen_ms is not None and series.open_seen_ms <= candle.kline.open_time:
+                series.open_seen_ms = None
+        else:
+            self._open[name] = candle.kline
+            self.series[name].open_seen_ms = candle.kline.open_time
+
+    def stale(self, names: set[str]) -> None:
+        """These series' stream is gone: they may miss candles until healed."""
+        for name in names:
+            if (series := self.series.get(name)) is not None:
+                series.fresh = False
+
+    async def heal(self, names: set[str], *, closing: bool = False) -> None:
+        """Collect the series over REST from where their stored candles end to now, then write the
+        closed candles the stream gave meanwhile again (final values win), and call them fresh.
+
+        `closing`: a read of late closes on a live stream; the series stay fresh meanwhile."""
+        names = {n for n in names if n in self.series}
+        if not names:
+            return
+        if not closing:
+            for name in names:
+                self.series[name].fresh = False
+        # What the stream had shown open before this read is read final by it (or is still open).
+        reading = {n: self.series[n].open_seen_ms for n in names}
+        pairs = [Pair(self.series[n].symbol, self.series[n].timeframe) for n in sorted(names)]
+        self._heals_running += 1
+        try:
+            result = await self._collector.collect(pairs, _Sink(self.venue))
+        finally:
+            self._heals_running -= 1
+            again = {n: self._written_during_heals.pop(n) for n in names if n in self._written_during_heals}
+            if not self._heals_running:
+                self._written_during_heals.clear()
+            for name, klines in again.items():
+                self._closed.setdefault(name, []).extend(klines)
+            if again:
+                self._closed_ready.set()
+        failed = {(p.symbol, p.timeframe) for p in result.pairs if p.error is not None}
+        for name in names:
+            series = self.series.get(name)
+            if series is None:
+                continue
+            ok = (series.symbol, series.timeframe) not in failed
+            if not closing:
+                series.fresh = ok
+            if ok and series.open_seen_ms is not None and series.open_seen_ms == reading[name]:
+                # Read after its close time: stored final unless the venue still had it open, in
+                # which case the next open update or close says so again.
+                series.open_seen_ms = None
+        log.info(
+            "live_healed", exchange=self.venue, series=len(names), written=result.candles_written,
+            failed=result.pairs_failed,
+        )
+
+    # -- writers ------------------------------------------------------------------------------
+
+    async def _write_closed_loop(self) -> None:
+        while True:
+            await self._closed_ready.wait()
+            self._closed_ready.clear()
+            batch, self._closed = self._closed, {}
+            if self._heals_running:
+                for name, klines in batch.items():
+                    self._written_during_heals.setdefault(name, []).extend(klines)
+            try:
+                await self._write_closed(batch)
+            except DatabaseUnavailableError:
+                # Kept, in front of what came since, and tried again in a second.
+                for name, klines in batch.items():
+                    self._closed[name] = klines + self._closed.get(name, [])
+                log.warning("live_write_postponed", exchange=self.venue, series=len(batch))
+                await asyncio.sleep(1.0)
+                self._closed_ready.set()
+
+    async def _write_closed(self, batch: dict[str, list[Kline]]) -> None:
+        pages: list[klines_db.PageWrite] = []
+        now_ms = int(self._clock() * 1000)
+        for name, klines in batch.items():
+            series = self.series.get(name)
+            if series is None:
+                continue
+            grid = self._client.grid(series.timeframe)
+            by_open = {k.open_time: k for k in klines}  # one candle per slot, the newest word
+            ordered = [by_open[t] for t in sorted(by_open)]
+            valid, rejected = check_klines(ordered, grid, now_ms)
+            # Final as the venue says, if its close time has passed by our clock, give or take the
+            # clocks' skew (the venue closes by its own); a close from the future stays open.
+            page = KlinePage(valid, as_of_ms=now_ms + CLOCK_SKEW_ALLOWANCE_MS, closed=len(valid))
+            encoded = klines_db.encode_page(self._ids[name], [page], stored_until=ordered[-1].open_time)
+            ranges = _runs(valid, grid)
+            pages.append(klines_db.PageWrite(encoded, ranges, [(r.kline, r.reason) for r in rejected]))
+            if valid:
+                series.last_closed_open_ms = valid[-1].open_time
+                series.last_closed_at = self._clock()
+        if pages:
+            async with connection(self._pool) as conn:
+                await klines_db.store_pages(conn, pages)
+
+    async def _flush_open_loop(self) -> None:
+        while True:
+            await asyncio.sleep(OPEN_FLUSH_SECONDS)
+            if not self._open:
+                continue
+            batch, self._open = self._open, {}
+            now_ms = int(self._clock() * 1000)
+            rows: list[tuple[int, Kline]] = []
+            for name, kline in batch.items():
+                series = self.series.get(name)
+                if series is None:
+                    continue
+                valid, _ = check_klines([kline], self._client.grid(series.timeframe), now_ms)
+                rows.extend((self._ids[name], k) for k in valid)  # a refused one waits for its close
+            try:
+                async with connection(self._pool) as conn:
+                    await live_db.upsert_open_candles(conn, rows)
+            except (DatabaseUnavailableError, RowRefusedError) as exc:
+                log.warning("live_open_flush_failed", exchange=self.venue, error=str(exc)[:300])
+
+    async def _close_late_loop(self) -> None:
+        """Read over REST the candles whose close is late (see CLOSE_GRACE_SECONDS): the heal's
+        resume starts at the oldest candle stored open, so it stores that one final."""
+        while True:
+            await asyncio.sleep(1.0)
+            now_ms = int(self._clock() * 1000)
+            late = {
+                name for name, series in self.series.items()
+                if series.open_seen_ms is not None and not series.closing
+                and self._client.grid(series.timeframe).next_open(series.open_seen_ms) + CLOSE_GRACE_SECONDS * 1000
+                <= now_ms
+            }  # fmt: skip
+            if late:
+                log.info("live_closes_late", exchange=self.venue, series=len(late))
+                self.spawn(self._close_late(late))
+
+    async def _close_late(self, names: set[str]) -> None:
+        for name in names:
+            self.series[name].closing = True
+        try:
+            await self.heal(names, closing=True)
+        finally:
+            for name in names:
+                if (series := self.series.get(name)) is not None:
+                    series.closing = False
+
+    # -- for /api/v1/live ---------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+
+def _runs(klines: Sequence[Kline], grid: Grid) -> list[LedgerRange]:
+    """The verified ranges the candles prove: one per run of consecutive slots."""
+    ranges: list[LedgerRange] = []
+    for k in klines:
+        end = grid.next_open(k.open_time)
+        if ranges and ranges[-1].end == k.open_time:
+            ranges[-1] = LedgerRange(ranges[-1].start, end, VERIFIED)
+        else:
+            ranges.append(LedgerRange(k.open_time, end, VERIFIED))
+    return ranges
+
+
+class Shard:
+    """One stream connection and the streams it carries."""
+
+    def __init__(
+        self, venue: LiveVenue, stream: KlineStream, session: aiohttp.ClientSession, streams: set[str]
+    ) -> None:
+        self._venue = venue
+        self._stream = stream
+        self._session = session
+        self.state = ShardState(streams=set(streams))
+        self._subscribed: set[str] = set()
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def want(self, streams: set[str]) -> None:
+        if streams != self.state.streams:
+            self.state.streams = set(streams)
+            self._changed.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        pause = RECONNECT_FIRST
+        first = True
+        while not self._stopped and self.state.streams:
+            try:
+                await self._connected(first)
+                pause = RECONNECT_FIRST
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "live_connection_failed", exchange=self._venue.venue, error=f"{exc.__class__.__name__}: {exc}"[:300]
+                )
+            finally:
+                self.state.connected_since = None
+                self._subscribed = set()
+                self._venue.stale(self.state.streams)  # until healed after the next connect
+            first = False
+            self.state.reconnects += 1
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RECONNECT_MAX)
+
+    async def _connected(self, first: bool) -> None:
+        venue = self._venue
+        async with self._session.ws_connect(
+            self._stream.connect_url(), autoping=True, heartbeat=None,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=RECEIVE_TIMEOUT),
+        ) as ws:
+            self.state.connected_since = venue.now()
+            log.info("live_connected", exchange=venue.venue, streams=len(self.state.streams), reconnect=not first)
+            pacer = asyncio.create_task(self._pace_control(ws))
+            try:
+                async for message in ws:
+                    if message.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    now = venue.now()
+                    self.state.messages += 1
+                    self.state.last_message_at = now
+                    self.state.recent.append(now)
+                    said = self._stream.parse(message.data.encode())
+                    for candle in said.candles:
+                        venue.received(candle)
+                    if said.reconnect:
+                        log.info("live_reconnect_asked", exchange=venue.venue)
+                        break
+                    if now - (self.state.connected_since or now) > self._stream.max_connection_seconds:
+                        break
+            finally:
+                pacer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pacer
+
+    async def _pace_control(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Send the subscription changes, a batch per control message, at the venue's pace; each
+        batch subscribed is healed over REST (its series may have missed candles before it)."""
+        gap = 1.0 / self._stream.control_messages_per_second
+        batch = self._stream.max_per_subscribe
+        while True:
+            self._changed.clear()
+            drop = sorted(self._subscribed - self.state.streams)
+            for i in range(0, len(drop), batch):
+                part = drop[i : i + batch]
+                await ws.send_str(self._stream.unsubscribe(part, self._venue.next_message_id()))
+                self._subscribed -= set(part)
+                await asyncio.sleep(gap)
+            add = sorted(self.state.streams - self._subscribed)
+            for i in range(0, len(add), batch):
+                part = add[i : i + batch]
+                await ws.send_str(self._stream.subscribe(part, self._venue.next_message_id()))
+                self._subscribed |= set(part)
+                # Outlives this connection: the candles it fetches are as good after a drop.
+                self._venue.spawn(self._venue.heal(set(part)))
+                await asyncio.sleep(gap)
+            await self._changed.wait()

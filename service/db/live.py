@@ -1,0 +1,87 @@
+"""What live collection reads and writes beside the page path: the live configs, and open candles.
+
+Closed candles from a stream go through klines.store_pages like any page (with their ledger range);
+the open candle of each streamed series is flushed about once a second, all series in one statement,
+and never over a candle already stored closed (a late update must not reopen a final candle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from service.db.pool import Connection, domain_errors, open_connection
+from service.records import Kline
+
+__all__ = ["check_lock", "live_series", "take_venue_lock", "upsert_open_candles"]
+
+
+async def take_venue_lock(dsn: str, exchange: str, *, statement_cache_size: int) -> asyncpg.Connection[Any] | None:
+    """A connection of its own holding the venue's live lock (a session advisory lock), or None if
+    another process holds it. The lock ends with the connection: a process killed loses it at once
+    (when the server notices the connection is gone), and a peer takes the venue's streams over."""
+    conn = await open_connection(dsn, statement_cache_size=statement_cache_size)
+    try:
+        with domain_errors():
+            taken = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext('live:' || $1))", exchange, timeout=5)
+    except BaseException:
+        conn.terminate()
+        raise
+    if not taken:
+        await conn.close()
+        return None
+    return conn
+
+
+async def check_lock(conn: asyncpg.Connection[Any]) -> None:
+    """DatabaseUnavailableError if the lock's connection no longer answers (the lock is lost with it)."""
+    with domain_errors():
+        await conn.fetchval("SELECT 1", timeout=5)
+
+
+async def live_series(conn: Connection, exchange: str) -> list[tuple[str, str]]:
+    """(symbol, timeframe) of every enabled live config of `exchange` that is not paused for its listing."""
+    rows = await conn.fetch(
+        """
+        SELECT c.symbol, tf FROM data_collection_configs c, unnest(c.timeframes) AS tf
+         WHERE c.exchange = $1 AND c.live AND c.enabled AND c.paused_reason IS NULL
+         ORDER BY c.symbol, tf
+        """,
+        exchange,
+    )
+    return [(r["symbol"], r["tf"]) for r in rows]
+
+
+_UPSERT_OPEN = """
+INSERT INTO klines AS k (series_id, open_time, open, high, low, close, volume, close_time, quote_volume, trades,
+                         taker_buy_base_volume, taker_buy_quote_volume, is_closed)
+SELECT u.series_id, u.open_time, u.open::numeric, u.high::numeric, u.low::numeric, u.close::numeric,
+       u.volume::numeric, u.close_time, u.quote_volume::numeric, u.trades, u.taker_buy_base_volume::numeric,
+       u.taker_buy_quote_volume::numeric, false
+  FROM unnest($1::int[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[],
+              $9::text[], $10::bigint[], $11::text[], $12::text[])
+       AS u(series_id, open_time, open, high, low, close, volume, close_time, quote_volume, trades,
+            taker_buy_base_volume, taker_buy_quote_volume)
+ON CONFLICT (series_id, open_time) DO UPDATE
+   SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
+       volume = EXCLUDED.volume, close_time = EXCLUDED.close_time, quote_volume = EXCLUDED.quote_volume,
+       trades = EXCLUDED.trades, taker_buy_base_volume = EXCLUDED.taker_buy_base_volume,
+       taker_buy_quote_volume = EXCLUDED.taker_buy_quote_volume
+ WHERE NOT k.is_closed
+"""
+
+
+async def upsert_open_candles(conn: Connection, candles: Sequence[tuple[int, Kline]]) -> None:
+    """Store each (series id, candle) as the series' open candle, unless that slot is stored closed."""
+    if not candles:
+        return
+    ks = [k for _, k in candles]
+    await conn.execute(
+        _UPSERT_OPEN,
+        [sid for sid, _ in candles], [k.open_time for k in ks], [k.open for k in ks], [k.high for k in ks],
+        [k.low for k in ks], [k.close for k in ks], [k.volume for k in ks], [k.close_time for k in ks],
+        [k.quote_volume for k in ks], [k.trades for k in ks], [k.taker_buy_base_volume for k in ks],
+        [k.taker_buy_quote_volume for k in ks],
+    )
