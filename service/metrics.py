@@ -28,6 +28,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: HTTP answers are milliseconds; exports and long reads take seconds.
 _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: A streamed close is stored within a second or two of its close time; a late one minutes after.
+_LIVE_LAG_BUCKETS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 #: A scheduler wakes when a run is due; a late run is seconds or minutes late (a busy or restarted process).
 _SCHEDULER_LAG_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
@@ -126,6 +128,27 @@ class Metrics:
         self.last_page_write = Gauge(
             "kline_last_page_write_timestamp_seconds", "When the last page-write transaction committed (epoch).",
             registry=self.registry,
+        )
+        self.live_connections = Gauge(
+            "kline_live_connections", "Open stream connections of live configs in this process.",
+            ["exchange"], registry=self.registry,
+        )
+        self.live_messages = Counter(
+            "kline_live_messages", "Messages received on the stream connections.", ["exchange"], registry=self.registry,
+        )
+        self.live_reconnects = Counter(
+            "kline_live_reconnects", "Stream connections opened again after a drop, a stall or the venue's notice.",
+            ["exchange"], registry=self.registry,
+        )
+        self.live_late_closes = Counter(
+            "kline_live_late_closes",
+            "Streamed candles whose close did not come within a few seconds of their close time: read over REST.",
+            ["exchange"], registry=self.registry,
+        )
+        self.live_close_lag = Histogram(
+            "kline_live_close_lag_seconds",
+            "From a streamed candle's close time (our clock) to its closed row being stored.",
+            ["exchange"], buckets=_LIVE_LAG_BUCKETS, registry=self.registry,
         )
         self._scrape = _ScrapeCollector()
         self.registry.register(self._scrape)

@@ -41,6 +41,7 @@ from service.exchanges.base import CLOCK_SKEW_ALLOWANCE_MS, ExchangeClient
 from service.exchanges.grid import Grid
 from service.exchanges.streams import KlineStream, StreamCandle
 from service.logging import get_logger
+from service.metrics import Metrics
 from service.records import Kline, KlinePage, LedgerRange
 
 __all__ = ["LiveVenue", "SeriesLive", "ShardState"]
@@ -121,8 +122,10 @@ class LiveVenue:
         collector: Collector,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.venue = venue
+        self.metrics = metrics
         self._stream = stream
         self._client = client
         self._session = session
@@ -315,6 +318,12 @@ class LiveVenue:
         if pages:
             async with connection(self._pool) as conn:
                 await klines_db.store_pages(conn, pages)
+            if self.metrics is not None:
+                stored = self._clock()
+                lag = self.metrics.live_close_lag.labels(self.venue)
+                for klines in batch.values():
+                    for k in klines:
+                        lag.observe(max(stored - (k.close_time + 1) / 1000, 0.0))
 
     async def _flush_open_loop(self) -> None:
         while True:
@@ -353,6 +362,8 @@ class LiveVenue:
                 self.spawn(self._close_late(late))
 
     async def _close_late(self, names: set[str]) -> None:
+        if self.metrics is not None:
+            self.metrics.live_late_closes.labels(self.venue).inc(len(names))
         for name in names:
             self.series[name].closing = True
         try:
@@ -434,12 +445,20 @@ class Shard:
         ) as ws:
             self.state.connected_since = venue.now()
             log.info("live_connected", exchange=venue.venue, streams=len(self.state.streams), reconnect=not first)
+            metrics = venue.metrics
+            if metrics is not None:
+                metrics.live_connections.labels(venue.venue).inc()
+                if not first:
+                    metrics.live_reconnects.labels(venue.venue).inc()
+            counted = None if metrics is None else metrics.live_messages.labels(venue.venue)
             pacer = asyncio.create_task(self._pace_control(ws))
             try:
                 async for message in ws:
                     if message.type != aiohttp.WSMsgType.TEXT:
                         continue
                     now = venue.now()
+                    if counted is not None:
+                        counted.inc()
                     self.state.messages += 1
                     self.state.last_message_at = now
                     self.state.recent.append(now)
@@ -455,6 +474,8 @@ class Shard:
                 pacer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pacer
+                if metrics is not None:
+                    metrics.live_connections.labels(venue.venue).dec()
 
     async def _pace_control(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Send the subscription changes, a batch per control message, at the venue's pace; each

@@ -28,6 +28,7 @@ from service.errors import DatabaseUnavailableError
 from service.exchanges.streams import KlineStream
 from service.exchanges.venue_set import VenueSet
 from service.logging import get_logger
+from service.metrics import Metrics
 
 __all__ = ["LIVE_POLL_SECONDS", "LiveStreams"]
 
@@ -52,6 +53,7 @@ class LiveStreams:
         *,
         statement_cache_size: int,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self._dsn = dsn
         self._pool = pool
@@ -61,6 +63,7 @@ class LiveStreams:
         self._session = session
         self._statement_cache_size = statement_cache_size
         self._clock = clock
+        self._metrics = metrics
         self._tasks: list[asyncio.Task[None]] = []
         self.running: dict[str, LiveVenue] = {}
         """The venues this process streams now."""
@@ -103,7 +106,7 @@ class LiveStreams:
     async def _stream(self, venue: str, lock: asyncpg.Connection[Any]) -> None:
         live = LiveVenue(
             venue, self._streams[venue], self._venues[venue], self._session, self._pool, self._collectors[venue],
-            clock=self._clock,
+            clock=self._clock, metrics=self._metrics,
         )
         log.info("live_started", exchange=venue)
         self.running[venue] = live

@@ -148,6 +148,7 @@ async def open_runtime(
                     if (stream := make_stream(VENUES[venue], venue_settings)) is not None
                 },
                 collectors, session, statement_cache_size=settings.db_statement_cache_size, clock=clock,
+                metrics=metrics,
             )
             jobs = CollectionJobs(
                 pool, venues, registry, collectors, clock=clock,

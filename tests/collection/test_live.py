@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.settings import Settings
 from tests.collection.test_collect import MINUTE, T0
@@ -54,6 +55,16 @@ async def candles(api: Api, start_ms: int) -> dict[int, dict[str, Any]]:
     )
     assert response.status_code == 200, response.text
     return {ms_of(c["open_time"]): c for c in response.json()["klines"]}
+
+
+def samples(text: str) -> dict[str, float]:
+    """The Binance samples of the live metrics, by sample name."""
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text) for sample in family.samples
+        if sample.name.startswith("kline_live_") and sample.labels.get("exchange") == "binance"
+        and "le" not in sample.labels
+    }
 
 
 async def live_series(api: Api) -> dict[str, Any] | None:
@@ -107,6 +118,7 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
         await stream.push(STREAM, row(OPEN, "100.12345678901234567890", volume="13.000000000000000001"), closed=True)
         closed = await until(lambda: _candle_with(api, OPEN, is_closed=True), timeout=3, what="close stored")
         seen = await live_series(api)
+        metrics = samples((await api.http.get("/metrics")).text)
         runs = await db.fetchval(
             "SELECT count(*) FROM job_execution_logs WHERE job_name = $1", f"collect_data_{config['id']}"
         )
@@ -120,6 +132,11 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
     assert seen["connection"]["exchange"] == "binance" and STREAM in seen["connection"]["streams"]
     assert seen["connection"]["connected"] and seen["connection"]["messages"] >= 3
     assert runs == 0  # never scheduled
+    assert metrics["kline_live_connections"] == 1
+    assert metrics["kline_live_messages_total"] >= 3
+    assert metrics["kline_live_close_lag_seconds_count"] == 1
+    assert metrics["kline_live_close_lag_seconds_sum"] < 5  # pushed a moment after its close
+    assert stream.violations == 0
 
 
 async def _candle_with(api: Api, open_ms: int, **fields: Any) -> dict[str, Any] | None:
@@ -215,6 +232,8 @@ async def test_a_close_the_stream_never_sends_is_read_over_rest_just_after_its_c
         await until(lambda: _candle_with(api, OPEN, close="100.25"), what="open candle flushed")
         stored = await until(lambda: _candle_with(api, OPEN, is_closed=True), timeout=20, what="closed over REST")
         closed_at = clock.ms()
+        late = samples((await api.http.get("/metrics")).text).get("kline_live_late_closes_total", 0)
     venue = {r[0]: r for r in fake.get_klines("BTCUSDT", "1m")}[OPEN]
     assert (stored["close"], stored["volume"]) == (venue[4], venue[5])
     assert closed_at < OPEN + MINUTE + 15_000  # a few seconds after its close, not at a reconnect
+    assert late >= 1
