@@ -31,6 +31,9 @@ while this stream is served by a web process):
 - `event: execution_log`: an execution log row was opened or closed. `data`: `id, job_name,
   job_type, symbol, exchange, status, records_collected, error_type, error_message, task_id,
   started_at, finished_at, duration_seconds`.
+- `event: candle`: a candle of a live config, as its stream showed it: the open candle at most once
+  a second per series, and its close once stored. `data`: `exchange, symbol, timeframe, open_time`
+  (epoch ms), `open, high, low, close, volume` (decimal strings, as the venue sent them), `is_closed`.
 - `event: resync`: events may have been missed (the stream fell behind, or the server's database
   connection was reopened): read the current state through the API again.
 
@@ -45,7 +48,7 @@ class EventsController(Controller):
     guards = [requires_reader]  # public unless PUBLIC_READS=false
 
     @get(
-        operation_id="streamEvents", summary="Live task and execution-log changes (Server-Sent Events)",
+        operation_id="streamEvents", summary="Live task, execution-log and candle changes (Server-Sent Events)",
         description=_DESCRIPTION,
         responses={
             200: ResponseSpec(None, description="The event stream", media_type="text/event-stream"),

@@ -297,6 +297,7 @@ class LiveVenue:
 
     async def _write_closed(self, batch: dict[str, list[Kline]]) -> None:
         pages: list[klines_db.PageWrite] = []
+        announced: list[dict[str, Any]] = []
         now_ms = int(self._clock() * 1000)
         for name, klines in batch.items():
             series = self.series.get(name)
@@ -309,6 +310,8 @@ class LiveVenue:
             # Final as the venue says, if its close time has passed by our clock, give or take the
             # clocks' skew (the venue closes by its own); a close from the future stays open.
             page = KlinePage(valid, as_of_ms=now_ms + CLOCK_SKEW_ALLOWANCE_MS, closed=len(valid))
+            final = page.closed_count()
+            announced.extend(self._event(series, k, closed=i < final) for i, k in enumerate(valid))
             encoded = klines_db.encode_page(self._ids[name], [page], stored_until=ordered[-1].open_time)
             ranges = _runs(valid, grid)
             pages.append(klines_db.PageWrite(encoded, ranges, [(r.kline, r.reason) for r in rejected]))
@@ -318,6 +321,7 @@ class LiveVenue:
         if pages:
             async with connection(self._pool) as conn:
                 await klines_db.store_pages(conn, pages)
+                await live_db.announce_candles(conn, announced)
             if self.metrics is not None:
                 stored = self._clock()
                 lag = self.metrics.live_close_lag.labels(self.venue)
@@ -333,15 +337,18 @@ class LiveVenue:
             batch, self._open = self._open, {}
             now_ms = int(self._clock() * 1000)
             rows: list[tuple[int, Kline]] = []
+            announced: list[dict[str, Any]] = []
             for name, kline in batch.items():
                 series = self.series.get(name)
                 if series is None:
                     continue
                 valid, _ = check_klines([kline], self._client.grid(series.timeframe), now_ms)
                 rows.extend((self._ids[name], k) for k in valid)  # a refused one waits for its close
+                announced.extend(self._event(series, k, closed=False) for k in valid)
             try:
                 async with connection(self._pool) as conn:
                     await live_db.upsert_open_candles(conn, rows)
+                    await live_db.announce_candles(conn, announced)
             except (DatabaseUnavailableError, RowRefusedError) as exc:
                 log.warning("live_open_flush_failed", exchange=self.venue, error=str(exc)[:300])
 
@@ -372,6 +379,14 @@ class LiveVenue:
             for name in names:
                 if (series := self.series.get(name)) is not None:
                     series.closing = False
+
+    def _event(self, series: SeriesLive, k: Kline, *, closed: bool) -> dict[str, Any]:
+        """A `candle` event of the event stream, its prices the venue's decimal text."""
+        return {
+            "exchange": self.venue, "symbol": series.symbol, "timeframe": series.timeframe,
+            "open_time": k.open_time, "open": k.open, "high": k.high, "low": k.low, "close": k.close,
+            "volume": k.volume, "is_closed": closed,
+        }
 
     # -- for /api/v1/live ---------------------------------------------------------------------
 

@@ -17,9 +17,13 @@ from service.db.pool import CONNECTION_LOST, domain_errors, open_connection
 from service.errors import DatabaseUnavailableError
 from service.logging import get_logger
 
-__all__ = ["Listener", "NotificationCallback"]
+__all__ = ["EVENTS_CHANNEL", "Listener", "NotificationCallback"]
 
 log = get_logger(__name__)
+
+#: The channel of the live event stream: task and execution-log changes (triggers of migration
+#: 0007), and streamed candles (service/db/live.py).
+EVENTS_CHANNEL = "kline_collector_events"
 
 #: Called with a notification's payload, or with None when notifications may have been missed.
 NotificationCallback = Callable[[str | None], None]

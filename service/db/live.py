@@ -7,15 +7,41 @@ and never over a candle already stored closed (a late update must not reopen a f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
+from service.db.listener import EVENTS_CHANNEL
 from service.db.pool import Connection, domain_errors, open_connection
 from service.records import Kline
 
-__all__ = ["check_lock", "live_series", "take_venue_lock", "upsert_open_candles"]
+__all__ = ["announce_candles", "check_lock", "live_series", "take_venue_lock", "upsert_open_candles"]
+
+#: A notification's payload must stay under PostgreSQL's 8000 bytes.
+_PAYLOAD_BYTES = 7000
+
+
+async def announce_candles(conn: Connection, candles: Sequence[Mapping[str, Any]]) -> None:
+    """Tell every process's event stream of these candles (`candle` events), a few to a notification."""
+    batch: list[str] = []
+    size = 0
+    for candle in candles:
+        text = json.dumps(candle, separators=(",", ":"))
+        if batch and size + len(text) > _PAYLOAD_BYTES:
+            await _notify(conn, batch)
+            batch, size = [], 0
+        batch.append(text)
+        size += len(text) + 1
+    if batch:
+        await _notify(conn, batch)
+
+
+async def _notify(conn: Connection, candles: list[str]) -> None:
+    await conn.execute(
+        "SELECT pg_notify($1, $2)", EVENTS_CHANNEL, '{"type":"candles","candles":[' + ",".join(candles) + "]}"
+    )
 
 
 async def take_venue_lock(dsn: str, exchange: str, *, statement_cache_size: int) -> asyncpg.Connection[Any] | None:

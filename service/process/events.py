@@ -1,4 +1,5 @@
-"""The live event stream: every task and execution-log change, from every process, to every subscriber.
+"""The live event stream: every task and execution-log change, and every streamed candle (its open
+updates at most once a second, and its close), from every process, to every subscriber.
 
 A trigger announces each change on EVENTS_CHANNEL (migration 0007) when its transaction commits, so
 a task run by a worker reaches a browser connected to a web process. The hub fans each
@@ -15,13 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from service.db.listener import EVENTS_CHANNEL
 from service.logging import get_logger
 
 __all__ = ["EVENTS_CHANNEL", "RESYNC", "EventHub"]
 
 log = get_logger(__name__)
 
-EVENTS_CHANNEL = "kline_collector_events"
 #: Sent when events may have been missed.
 RESYNC: dict[str, Any] = {"type": "resync"}
 _QUEUE_SIZE = 1000
@@ -47,12 +48,15 @@ class EventHub:
             except ValueError:
                 log.warning("event_not_json", payload=payload[:200])
                 return
+        # Streamed candles come several to a notification: one event each.
+        events = [{"type": "candle", **c} for c in event["candles"]] if event.get("type") == "candles" else [event]
         for queue in self._queues:
-            if queue.full():  # a slow reader: drop what it has not read, and tell it so
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(RESYNC)
-            queue.put_nowait(event)
+            for one in events:
+                if queue.full():  # a slow reader: drop what it has not read, and tell it so
+                    while not queue.empty():
+                        queue.get_nowait()
+                    queue.put_nowait(RESYNC)
+                queue.put_nowait(one)
 
     @asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any] | None]]:

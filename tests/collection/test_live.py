@@ -109,7 +109,10 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
     the scheduler never runs it; /api/v1/live shows the connection and the series."""
     clock = Clock(start=(OPEN + 55_000) / 1000)  # five seconds before the open candle closes
     fake.generate_klines("BTCUSDT", "1m", OPEN - 60 * MINUTE, 60)  # the hour before, closed
-    async with live_service(fake, make_settings, clock) as (api, stream, config):
+    async with (
+        live_service(fake, make_settings, clock) as (api, stream, config),
+        api.app.state.runtime.events.subscribe() as events,
+    ):
         history = await candles(api, OPEN - 60 * MINUTE)
         await stream.push(STREAM, row(OPEN, "100.25"), closed=False)
         await stream.push(STREAM, row(OPEN, "100.75", high="102.0"), closed=False)
@@ -117,6 +120,11 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
         await until(lambda: clock.ms() >= OPEN + MINUTE, what="the minute over")
         await stream.push(STREAM, row(OPEN, "100.12345678901234567890", volume="13.000000000000000001"), closed=True)
         closed = await until(lambda: _candle_with(api, OPEN, is_closed=True), timeout=3, what="close stored")
+        told = []
+        while not any(e["is_closed"] for e in told):
+            event = await asyncio.wait_for(events.get(), 5)
+            if event is not None and event.get("type") == "candle":
+                told.append(event)
         seen = await live_series(api)
         metrics = samples((await api.http.get("/metrics")).text)
         runs = await db.fetchval(
@@ -132,6 +140,10 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
     assert seen["connection"]["exchange"] == "binance" and STREAM in seen["connection"]["streams"]
     assert seen["connection"]["connected"] and seen["connection"]["messages"] >= 3
     assert runs == 0  # never scheduled
+    # The event stream told of the open candle (as flushed: its latest values then) and of the close.
+    said = {(e["open_time"], e["close"], e["is_closed"]) for e in told}
+    assert {(OPEN, "100.75", False), (OPEN, "100.12345678901234567890", True)} <= said
+    assert said <= {(OPEN, "100.25", False), (OPEN, "100.75", False), (OPEN, "100.12345678901234567890", True)}
     assert metrics["kline_live_connections"] == 1
     assert metrics["kline_live_messages_total"] >= 3
     assert metrics["kline_live_close_lag_seconds_count"] == 1
