@@ -55,6 +55,8 @@ OPEN_FLUSH_SECONDS = 1.0
 #: A candle whose close has not come this long after its close time (our clock) is read over REST:
 #: the venue sends an illiquid symbol's close with its next trade, minutes later at times.
 CLOSE_GRACE_SECONDS = 3.0
+#: A replacement connection takes over once every stream has spoken on it, or after this long.
+HANDOVER_SECONDS = 5.0
 #: Pause before reconnecting: the first, and the longest it grows to (doubling).
 RECONNECT_FIRST = 0.5
 RECONNECT_MAX = 30.0
@@ -325,9 +327,10 @@ class LiveVenue:
             if self.metrics is not None:
                 stored = self._clock()
                 lag = self.metrics.live_close_lag.labels(self.venue)
-                for klines in batch.values():
-                    for k in klines:
-                        lag.observe(max(stored - (k.close_time + 1) / 1000, 0.0))
+                for event in announced:
+                    if event["is_closed"]:
+                        close_ms = self._client.grid(event["timeframe"]).next_open(event["open_time"])
+                        lag.observe(max(stored - close_ms / 1000, 0.0))
 
     async def _flush_open_loop(self) -> None:
         while True:
@@ -406,8 +409,26 @@ def _runs(klines: Sequence[Kline], grid: Grid) -> list[LedgerRange]:
     return ranges
 
 
+class _Connection:
+    """One open connection of a shard: what it has subscribed, and which streams spoke on it."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.subscribed: set[str] = set()
+        self.spoken: set[str] = set()
+        self.spoke = asyncio.Event()
+        """Set when every subscribed stream has sent a message on this connection."""
+
+
 class Shard:
-    """One stream connection and the streams it carries."""
+    """One stream connection and the streams it carries.
+
+    The connection is replaced make-before-break when the venue asks (`serverShutdown`) or before
+    its own cut: a new connection is opened and subscribed while the old one goes on; once every
+    stream has spoken on the new one (or after HANDOVER_SECONDS) the old one is closed. Nothing is
+    missed, so nothing is healed. A connection that drops has no successor: the shard reconnects,
+    pausing longer each time, and heals its series over REST.
+    """
 
     def __init__(
         self, venue: LiveVenue, stream: KlineStream, session: aiohttp.ClientSession, streams: set[str]
@@ -416,7 +437,6 @@ class Shard:
         self._stream = stream
         self._session = session
         self.state = ShardState(streams=set(streams))
-        self._subscribed: set[str] = set()
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
@@ -437,7 +457,9 @@ class Shard:
         first = True
         while not self._stopped and self.state.streams:
             try:
-                await self._connected(first)
+                successor = await self._serve(await self._open(reconnect=not first), previous=None)
+                while successor is not None:  # rotated: the new connection goes on
+                    successor = await successor
                 pause = RECONNECT_FIRST
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning(
@@ -445,72 +467,112 @@ class Shard:
                 )
             finally:
                 self.state.connected_since = None
-                self._subscribed = set()
                 self._venue.stale(self.state.streams)  # until healed after the next connect
             first = False
             self.state.reconnects += 1
             await asyncio.sleep(pause)
             pause = min(pause * 2, RECONNECT_MAX)
 
-    async def _connected(self, first: bool) -> None:
+    async def _open(self, *, reconnect: bool) -> _Connection:
         venue = self._venue
-        async with self._session.ws_connect(
+        ws = await self._session.ws_connect(
             self._stream.connect_url(), autoping=True, heartbeat=None,
             timeout=aiohttp.ClientWSTimeout(ws_receive=RECEIVE_TIMEOUT),
-        ) as ws:
-            self.state.connected_since = venue.now()
-            log.info("live_connected", exchange=venue.venue, streams=len(self.state.streams), reconnect=not first)
-            metrics = venue.metrics
-            if metrics is not None:
-                metrics.live_connections.labels(venue.venue).inc()
-                if not first:
-                    metrics.live_reconnects.labels(venue.venue).inc()
-            counted = None if metrics is None else metrics.live_messages.labels(venue.venue)
-            pacer = asyncio.create_task(self._pace_control(ws))
-            try:
-                async for message in ws:
-                    if message.type != aiohttp.WSMsgType.TEXT:
-                        continue
-                    now = venue.now()
-                    if counted is not None:
-                        counted.inc()
-                    self.state.messages += 1
-                    self.state.last_message_at = now
-                    self.state.recent.append(now)
-                    said = self._stream.parse(message.data.encode())
-                    for candle in said.candles:
-                        venue.received(candle)
-                    if said.reconnect:
-                        log.info("live_reconnect_asked", exchange=venue.venue)
-                        break
-                    if now - (self.state.connected_since or now) > self._stream.max_connection_seconds:
-                        break
-            finally:
-                pacer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pacer
-                if metrics is not None:
-                    metrics.live_connections.labels(venue.venue).dec()
+        )
+        log.info("live_connected", exchange=venue.venue, streams=len(self.state.streams), reconnect=reconnect)
+        if venue.metrics is not None:
+            venue.metrics.live_connections.labels(venue.venue).inc()
+            if reconnect:
+                venue.metrics.live_reconnects.labels(venue.venue).inc()
+        return _Connection(ws)
 
-    async def _pace_control(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _serve(
+        self, conn: _Connection, *, previous: _Connection | None
+    ) -> asyncio.Task[asyncio.Task[Any] | None] | None:
+        """Read the connection until it ends; the successor's task if it was replaced, else None."""
+        venue = self._venue
+        metrics = venue.metrics
+        counted = None if metrics is None else metrics.live_messages.labels(venue.venue)
+        opened_at = venue.now()
+        # A successor's series were never without a stream: nothing to heal.
+        pacer = asyncio.create_task(self._pace_control(conn, heal=previous is None))
+        handover = None if previous is None else asyncio.create_task(self._hand_over(previous, conn))
+        successor: asyncio.Task[asyncio.Task[Any] | None] | None = None
+        if previous is None:
+            self.state.connected_since = opened_at
+        try:
+            async for message in conn.ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                now = venue.now()
+                if counted is not None:
+                    counted.inc()
+                self.state.messages += 1
+                self.state.last_message_at = now
+                self.state.recent.append(now)
+                said = self._stream.parse(message.data.encode())
+                for candle in said.candles:
+                    venue.received(candle)
+                    conn.spoken.add(self._stream.stream_name(candle.symbol, candle.timeframe))
+                if conn.spoken >= conn.subscribed and conn.subscribed:
+                    conn.spoke.set()
+                if successor is None and not self._stopped and (
+                    said.reconnect or now - opened_at > self._stream.max_connection_seconds
+                ):
+                    log.info("live_rotating", exchange=venue.venue, asked=said.reconnect)
+                    successor = asyncio.create_task(self._successor(conn))
+        except asyncio.CancelledError:
+            if successor is not None:
+                successor.cancel()  # the shard stops: its new connection with it
+            raise
+        finally:
+            for task in (pacer, handover):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
+                        await task
+            await conn.ws.close()
+            if metrics is not None:
+                metrics.live_connections.labels(venue.venue).dec()
+        # Replaced: the new connection goes on (unless it failed; then this one's end is a drop).
+        if successor is not None and (
+            not successor.done() or (not successor.cancelled() and successor.exception() is None)
+        ):
+            return successor
+        return None
+
+    async def _successor(self, old: _Connection) -> asyncio.Task[Any] | None:
+        new = await self._open(reconnect=False)
+        return await self._serve(new, previous=old)
+
+    async def _hand_over(self, old: _Connection, new: _Connection) -> None:
+        """Close the old connection once every stream has spoken on the new one (or after a while)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new.spoke.wait(), HANDOVER_SECONDS)
+        self.state.connected_since = self._venue.now()
+        await old.ws.close()
+
+    async def _pace_control(self, conn: _Connection, *, heal: bool) -> None:
         """Send the subscription changes, a batch per control message, at the venue's pace; each
-        batch subscribed is healed over REST (its series may have missed candles before it)."""
+        batch subscribed is healed over REST (its series may have missed candles before it), unless
+        the connection takes over from a live one."""
         gap = 1.0 / self._stream.control_messages_per_second
         batch = self._stream.max_per_subscribe
         while True:
             self._changed.clear()
-            drop = sorted(self._subscribed - self.state.streams)
+            drop = sorted(conn.subscribed - self.state.streams)
             for i in range(0, len(drop), batch):
                 part = drop[i : i + batch]
-                await ws.send_str(self._stream.unsubscribe(part, self._venue.next_message_id()))
-                self._subscribed -= set(part)
+                await conn.ws.send_str(self._stream.unsubscribe(part, self._venue.next_message_id()))
+                conn.subscribed -= set(part)
                 await asyncio.sleep(gap)
-            add = sorted(self.state.streams - self._subscribed)
+            add = sorted(self.state.streams - conn.subscribed)
             for i in range(0, len(add), batch):
                 part = add[i : i + batch]
-                await ws.send_str(self._stream.subscribe(part, self._venue.next_message_id()))
-                self._subscribed |= set(part)
-                # Outlives this connection: the candles it fetches are as good after a drop.
-                self._venue.spawn(self._venue.heal(set(part)))
+                await conn.ws.send_str(self._stream.subscribe(part, self._venue.next_message_id()))
+                conn.subscribed |= set(part)
+                if heal:
+                    # Outlives this connection: the candles it fetches are as good after a drop.
+                    self._venue.spawn(self._venue.heal(set(part)))
                 await asyncio.sleep(gap)
             await self._changed.wait()

@@ -249,3 +249,31 @@ async def test_a_close_the_stream_never_sends_is_read_over_rest_just_after_its_c
     assert (stored["close"], stored["volume"]) == (venue[4], venue[5])
     assert closed_at < OPEN + MINUTE + 15_000  # a few seconds after its close, not at a reconnect
     assert late >= 1
+
+
+async def test_the_venues_shutdown_notice_is_met_by_a_new_connection_before_the_old_one_closes(
+    fake: FakeBinance, make_settings: Callable[..., Settings]
+) -> None:
+    """Binance's `serverShutdown`: a second connection is opened and subscribed while the first goes
+    on; once the stream has spoken on the new one the old one is closed. The series never stops
+    being fresh (nothing to heal: no reconnect), and closes go on being stored."""
+    clock = Clock(start=(OPEN + 55_000) / 1000)
+    fake.generate_klines("BTCUSDT", "1m", OPEN - 10 * MINUTE, 10)
+    async with live_service(fake, make_settings, clock) as (api, stream, _):
+        [first] = stream.connections
+        await stream.shutdown_notice()
+        await until(lambda: len(stream.connections) == 2 and stream.connections[1].subscribed(STREAM), what="new one")
+        freshness = [(await live_series(api) or {}).get("fresh")]
+        await stream.push(STREAM, row(OPEN, "100.5"), closed=False)  # speaks on both
+        await until(lambda: not first.open, what="the old connection closed")
+        await until(lambda: clock.ms() >= OPEN + MINUTE, what="the minute over")
+        await stream.push(STREAM, row(OPEN, "100.75"), closed=True)
+        stored = await until(lambda: _candle_with(api, OPEN, is_closed=True), timeout=3, what="close stored")
+        freshness.append((await live_series(api) or {}).get("fresh"))
+        seen = await live_series(api)
+        reconnects = samples((await api.http.get("/metrics")).text).get("kline_live_reconnects_total", 0)
+
+    assert stream.connections_opened == 2 and first.closed_reason == "client"
+    assert freshness == [True, True]
+    assert stored["close"] == "100.75"
+    assert seen is not None and seen["connection"]["reconnects"] == 0 and reconnects == 0
