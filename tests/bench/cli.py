@@ -29,6 +29,7 @@ from tests.bench.scenarios import (
     bulk_outcome,
     bulk_run,
     console,
+    live_streams,
     memory_outcome,
     pacing,
     probe_outcome,
@@ -39,9 +40,11 @@ from tests.bench.scenarios import (
     venues_at_once,
 )
 
-SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+SCENARIOS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 # Which fake exchange each scenario talks to (9 starts one per venue itself, just before it runs).
-_FAKE_OF = {1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup", 7: "bulk", 8: "startup"}
+_FAKE_OF = {
+    1: "ref", 2: "bulk", 3: "bulk", 4: "pace", 5: "bulk", 6: "startup", 7: "bulk", 8: "startup", 10: "live",
+}
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,7 +55,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes: every scenario in seconds")
     parser.add_argument(
         "--scenario", type=int, nargs="+", action="extend", choices=SCENARIOS, metavar="N",
-        help="run only these scenarios (1-9; 3 and 5 run the backfill of 2); default: all",
+        help="run only these scenarios (1-10; 3 and 5 run the backfill of 2); default: all",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the raw numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database, logs)")
@@ -128,6 +131,9 @@ async def _run(
         if 9 in scenarios:
             checks["before 9"] = cpu_check_ms()
             outcomes.append(await venues_at_once(bench))
+        if 10 in scenarios:
+            checks["before 10"] = cpu_check_ms()
+            outcomes.append(await live_streams(bench))
         if 4 in scenarios:
             checks["before 4"] = cpu_check_ms()
             outcomes.append(await pacing(bench))

@@ -77,6 +77,9 @@ class Sizes:
     venue_timeframes: tuple[str, ...] = ("1m", "5m", "1h")
     venue_history: int = 3000
     venue_latency_ms: float = 50.0
+    # Scenario 10, live streams: symbols x (1s, 1m) streams, and how long closes are pushed.
+    live_symbols: int = 1000
+    live_seconds: int = 30
 
     @property
     def ref_target_s(self) -> float:
@@ -90,7 +93,7 @@ QUICK = Sizes(
     quick=True, ref_symbols=10, ref_runs=1, bulk_symbols=4, bulk_candles=25_000, pace_symbols=20,
     pace_timeframes=("1m", "5m", "15m", "1h", "4h"), startup_runs=2, readers_max_s=15.0,
     readers_max_requests=20_000, console_runs=1,
-    venue_symbols=2, venue_timeframes=("1m", "1h"), venue_history=600,
+    venue_symbols=2, venue_timeframes=("1m", "1h"), venue_history=600, live_symbols=50, live_seconds=5,
 )
 
 
@@ -133,6 +136,11 @@ class Bench:
                 "--candles", "100", "--future-candles", "60",
             ],
             "startup": ["--symbols", "10", "--timeframes", "1m", "--candles", "10"],
+            # Scenario 10's REST side: the heals after (re)connecting read the symbols' recent 1m candles.
+            "live": [
+                "--weight-limit", "60000", "--symbols", str(s.live_symbols), "--timeframes", "1m",
+                "--candles", "10", "--future-candles", "600",
+            ],
         }
 
     async def service(
@@ -1330,3 +1338,142 @@ def _venue_rows(out: Outcome, s: Sizes) -> None:
                 out.add(figure, value, "", f"n/a: {needs} (< {LIMIT_BOUND_WINDOWS:g}): not limit-bound")
             else:
                 out.add(figure, value, "", f"n/a: {needs}; not the binding limit")
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. Live streams
+# ---------------------------------------------------------------------------------------------
+
+#: Scenario 10's streams per symbol: 1s candles close every second (the load), 1m every minute.
+LIVE_TIMEFRAMES = ("1s", "1m")
+
+
+def _stream_row(open_ms: int, step_ms: int, close: str) -> list[Any]:
+    """A kline row for the fake stream: plausible prices, closing 1 ms before the next opens."""
+    return [open_ms, "100.0", "101.0", "99.0", close, "1.5", open_ms + step_ms - 1, "150.0", 3, "0.5", "50.0", "0"]
+
+
+def _lag_share(before: dict[str, float], after: dict[str, float], within: float) -> tuple[float | None, float, float]:
+    """From the service's kline_live_close_lag_seconds histogram: (share of closes stored within
+    `within` s, closes counted, the smallest bucket bound holding 99% of them) over the interval."""
+    prefix = 'kline_live_close_lag_seconds_bucket{exchange="binance",le="'
+
+    def bucket(values: dict[str, float], le: str) -> float:
+        return values.get(f'{prefix}{le}"}}', 0.0)
+
+    bounds = sorted(
+        (float(k[len(prefix):-2]), k[len(prefix):-2]) for k in after if k.startswith(prefix) and "+Inf" not in k
+    )
+    total = bucket(after, "+Inf") - bucket(before, "+Inf")
+    if total <= 0:
+        return None, 0.0, math.inf
+    share = next((bucket(after, le) - bucket(before, le) for b, le in bounds if b >= within), total) / total
+    p99 = next((b for b, le in bounds if (bucket(after, le) - bucket(before, le)) / total >= 0.99), math.inf)
+    return share, total, p99
+
+
+async def live_streams(b: Bench) -> Outcome:
+    """Live configs on Binance's streams (the fake stream runs in this process and pushes what the
+    venue would): every symbol's 1s candle closes each second, its 1m candle is updated every 2 s."""
+    from tests.fakes.binance_stream import FakeBinanceStream
+
+    s = b.sizes
+    fake = b.fakes["live"]
+    symbols = bench_symbols(s.live_symbols)
+    streams = {tf: [f"{symbol.lower()}@kline_{tf}" for symbol in symbols] for tf in LIVE_TIMEFRAMES}
+    everything = [name for names in streams.values() for name in names]
+    name, dsn = await b.pg.clone("live")
+    out = Outcome(10, "live streams")
+    async with FakeBinanceStream() as stream:
+        svc = await b.service("live", dsn, fake, {"BINANCE_WS_URL": stream.url, "DEFAULT_HISTORY_CANDLES": "10"})
+        stop_rss = asyncio.Event()
+        try:
+            say(f"scenario 10: {len(everything):,} streams ({len(symbols):,} symbols x {', '.join(LIVE_TIMEFRAMES)})")
+            # The configs straight into the table: a thousand API calls would time the API, not the streams.
+            listed = ",".join(repr(x) for x in symbols)
+            await _execute(
+                dsn,
+                "INSERT INTO data_collection_configs (symbol, exchange, timeframes, live) SELECT s, 'binance', "
+                f"'{{{','.join(LIVE_TIMEFRAMES)}}}', true FROM unnest(ARRAY[{listed}]) AS s",
+            )
+            t0 = time.perf_counter()
+            await stream.wait_subscribed(everything, timeout=300)
+            subscribed_s = time.perf_counter() - t0
+            await _all_fresh(svc, len(everything), timeout=300)
+            ready_s = time.perf_counter() - t0
+
+            rss = asyncio.create_task(_poll_rss(svc, stop_rss, every=0.2))
+            metrics0, fake0, cpu0, wall0 = await svc.metric_values(), await fake.stats(), svc.cpu_seconds(), time.time()
+            pushed = await _push_for(stream, streams, s.live_seconds)
+            await asyncio.sleep(3.0)  # the last closes: stored within this, or counted late
+            metrics1, fake1, cpu1, wall1 = await svc.metric_values(), await fake.stats(), svc.cpu_seconds(), time.time()
+            stop_rss.set()
+            peak_rss = await rss
+
+            dropped = await stream.drop_all()
+            t1 = time.perf_counter()
+            await _all_fresh(svc, len(everything), timeout=120, reconnected=True)
+            healed_s = time.perf_counter() - t1
+            fake2 = await fake.stats()
+        finally:
+            stop_rss.set()
+            await b.stop(svc)
+            await b.pg.drop(name)
+
+    share, closes, p99 = _lag_share(metrics0, metrics1, 2.0)
+    core = (cpu1 - cpu0) / (wall1 - wall0)
+    steady_requests = fake1["requests"] - fake0["requests"]
+    heal_requests = fake2["requests"] - fake1["requests"]
+    out.raw = {
+        "streams": len(everything), "symbols": len(symbols), "subscribed_s": subscribed_s, "ready_s": ready_s,
+        "messages_pushed": pushed, "closes_counted": closes, "share_within_2s": share, "p99_bucket_s": p99,
+        "service_core_share": core, "steady_rest_requests": steady_requests, "peak_rss": peak_rss,
+        "connections_dropped": dropped, "healed_s": healed_s, "heal_rest_requests": heal_requests,
+        "violations": stream.violations,
+    }
+    out.add(f"{len(everything):,} streams on one process: subscribed / all healed and fresh",
+            f"{secs(subscribed_s)} / {secs(ready_s)}")
+    out.add(f"steady {s.live_seconds} s: messages pushed / closes stored", f"{pushed:,} / {closes:,.0f}")
+    out.add("  closes stored within 2 s of their close (p99 bucket)",
+            "n/a" if share is None else f"{100 * share:.2f}% (p99 <= {p99:g} s)", "p99 <= 2 s",
+            "n/a" if share is None else ("PASS" if p99 <= 2.0 else "MISS"))
+    out.add("  service CPU, share of one core", f"{100 * core:.0f}%", "<= 50%",
+            at_most(core, 0.5, lambda v: f"{100 * v:.0f}%"))
+    out.add("  REST requests in steady state", count(steady_requests), "0", "PASS" if steady_requests == 0 else "MISS")
+    out.add("  peak RSS", megabytes(peak_rss), "<= 200 MB", at_most(peak_rss, 200e6, megabytes))
+    out.add("  stream message-rate violations (5/s per connection)", count(stream.violations), "0",
+            "PASS" if stream.violations == 0 else "MISS")
+    out.add(f"every connection dropped at once ({dropped}): all series fresh again", secs(healed_s), "<= 30 s",
+            at_most(healed_s, 30.0))
+    out.add("  REST requests to heal (one per series is the least)", f"{heal_requests:,} for {len(everything):,}")
+    return out
+
+
+async def _all_fresh(svc: Service, streams: int, *, timeout: float, reconnected: bool = False) -> None:
+    """Until /api/v1/live shows `streams` series, every one fresh (after a reconnect, if asked)."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        conns = await svc.get("/api/v1/live")
+        series = [x for c in conns for x in c["series"]]
+        ok = len(series) == streams and all(x["fresh"] for x in series)
+        if ok and (not reconnected or all(c["reconnects"] > 0 for c in conns)):
+            return
+        await asyncio.sleep(0.25)
+    raise BenchError(f"the live series were not all fresh within {timeout} s{svc.tail()}")
+
+
+async def _push_for(stream: Any, streams: dict[str, list[str]], seconds: int) -> int:
+    """For `seconds` seconds, at each second's turn: every 1s stream's close of the second that just
+    ended, and (every other second) every 1m stream's open candle, as Binance pushes them."""
+    pushed = 0
+    end = time.time() + seconds
+    while (now := time.time()) < end:
+        await asyncio.sleep(math.ceil(now) - now + 0.05)  # just past the turn of the second
+        second = int(time.time()) * 1000
+        for name in streams["1s"]:
+            pushed += await stream.push(name, _stream_row(second - 1000, 1000, "100.5"), closed=True)
+        if (second // 1000) % 2 == 0:
+            minute = second - second % 60_000
+            for name in streams["1m"]:
+                pushed += await stream.push(name, _stream_row(minute, 60_000, "100.25"), closed=False)
+    return pushed
