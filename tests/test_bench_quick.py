@@ -25,6 +25,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "7": ("routes", "requests", "status_5xx", "backfill_candles"),
     "8": ("overview", "tasks", "configs", "logs", "candles"),  # needs a Chromium, as the browser tests do
     "9": ("venues", "limit_errors", "series_failed", "wall_s", "service_cpu_s"),
+    "10": ("streams", "share_within_2s", "service_core_share", "steady_rest_requests", "peak_rss", "healed_s"),
 }
 
 
@@ -64,4 +65,5 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
         assert run["service_cpu_s"] > 0 and run["fake_cpu_s"] > 0, run
     for page, figures in scenarios["8"]["figures"].items():
         assert figures["bytes"][0] > 0 and figures["loaded_s"][0] > 0, (page, figures)
+    assert scenarios["10"]["figures"]["violations"] == 0  # the stream's 5 messages a second per connection
     assert "ratio / verdict" in text, text
