@@ -100,7 +100,7 @@ class CreateConfig(Schema):
     interval_minutes: IntervalMinutes | None = None
     """Required unless `live`; optional and unused for a live config."""
     live: bool = False
-    """Collect from the venue's kline stream (binance, binance_usdm) instead of on an interval."""
+    """Collect from the venue's kline stream (binance, binance_usdm, bybit, okx) instead of on an interval."""
     exchange: ExchangeName = DEFAULT_VENUE
     enabled: bool = True
     description: Description | None = None

@@ -496,6 +496,9 @@ class Shard:
         opened_at = venue.now()
         # A successor's series were never without a stream: nothing to heal.
         pacer = asyncio.create_task(self._pace_control(conn, heal=previous is None))
+        keeping = None if (keepalive := self._stream.keepalive()) is None else asyncio.create_task(
+            self._keep_alive(conn, *keepalive)
+        )
         handover = None if previous is None else asyncio.create_task(self._hand_over(previous, conn))
         successor: asyncio.Task[asyncio.Task[Any] | None] | None = None
         if previous is None:
@@ -526,7 +529,7 @@ class Shard:
                 successor.cancel()  # the shard stops: its new connection with it
             raise
         finally:
-            for task in (pacer, handover):
+            for task in (pacer, handover, keeping):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
@@ -540,6 +543,13 @@ class Shard:
         ):
             return successor
         return None
+
+    @staticmethod
+    async def _keep_alive(conn: _Connection, seconds: float, text: str) -> None:
+        """The venue's keepalive from our side (Bybit's ping, OKX's `ping`)."""
+        while True:
+            await asyncio.sleep(seconds)
+            await conn.ws.send_str(text)
 
     async def _successor(self, old: _Connection) -> asyncio.Task[Any] | None:
         new = await self._open(reconnect=False)

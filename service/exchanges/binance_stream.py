@@ -75,6 +75,9 @@ class BinanceKlineStream:
     def unsubscribe(self, names: list[str], message_id: int) -> str:
         return json.dumps({"method": "UNSUBSCRIBE", "params": names, "id": message_id})
 
+    def keepalive(self) -> tuple[float, str] | None:
+        return None  # the venue pings every 20 s; aiohttp answers with a pong
+
     def parse(self, data: bytes) -> StreamMessage:
         event = _decode_event.decode(data)
         if event.data is None:

@@ -19,10 +19,12 @@ from service.exchanges.base import ExchangeClient, RequestObserver
 from service.exchanges.binance import BinanceClient, fallback_weight_limit
 from service.exchanges.binance_stream import BinanceKlineStream
 from service.exchanges.bybit import BybitClient
+from service.exchanges.bybit_stream import BybitKlineStream
 from service.exchanges.coinbase import CoinbaseClient
 from service.exchanges.kraken import KrakenClient
 from service.exchanges.limiter import WeightLimiter
 from service.exchanges.okx import OkxClient
+from service.exchanges.okx_stream import OkxKlineStream
 from service.exchanges.sharing import SharedBudgets
 from service.exchanges.streams import KlineStream
 from service.exchanges.venues import VenueSpec
@@ -91,8 +93,15 @@ def make_client(
     )
 
 
-def make_stream(spec: VenueSpec, settings: VenueSettings) -> KlineStream | None:
-    """The venue's kline stream client, or None where live collection is not built for it yet."""
-    if spec.family == "binance" and settings.ws_url is not None:
+def make_stream(spec: VenueSpec, settings: VenueSettings, client: ExchangeClient) -> KlineStream | None:
+    """The venue's kline stream client (its candles on `client`'s grids), or None where live
+    collection is not built for it yet."""
+    if settings.ws_url is None:
+        return None
+    if spec.family == "binance":
         return BinanceKlineStream(settings.ws_url)
+    if spec.family == "bybit":
+        return BybitKlineStream(settings.ws_url, client.grid)
+    if spec.family == "okx":
+        return OkxKlineStream(settings.ws_url, client.grid, product=spec.product)
     return None

@@ -73,7 +73,8 @@ _LIMITS: Final[dict[str, int]] = {CANDLES: 40, HISTORY_CANDLES: 20, INSTRUMENTS:
 # 1970-01-01 was a Thursday; 1Wutc weeks open on Monday 00:00 UTC.
 _MONDAY_OFFSET_MS: Final = 4 * 86_400_000
 # Where a row's `vol` is the base currency; for derivatives it counts contracts and `volCcy` is the base.
-_VOL_IN_BASE: Final = frozenset({"SPOT", "MARGIN"})
+#: The instTypes whose `vol` counts the base currency (for the others it counts contracts).
+VOL_IN_BASE: Final = frozenset({"SPOT", "MARGIN"})
 # The venue's "try again" codes: service unavailable, endpoint timeout, system busy, system error.
 _TRANSIENT_CODES: Final = frozenset({"50001", "50004", "50013", "50026"})
 _RATE_LIMITED: Final = "50011"
@@ -154,7 +155,7 @@ class OkxClient(WindowedClient):
     _marks_open_candle = True  # confirm "0"
 
     def _setup(self, spec: VenueSpec) -> None:
-        self._vol_in_base = spec.product in _VOL_IN_BASE
+        self._vol_in_base = spec.product in VOL_IN_BASE
         # Listing times (epoch ms) by instId, from the instrument list; None where the venue gives none.
         self._list_times: dict[str, int | None] = {}
 

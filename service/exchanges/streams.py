@@ -75,6 +75,11 @@ class KlineStream(Protocol):
         """Stream names one control message carries."""
         ...
 
+    def keepalive(self) -> tuple[float, str] | None:
+        """(seconds, text): a message the client sends that often to keep the connection (Bybit's
+        `{"op":"ping"}`, OKX's `ping`); None where the venue pings and the client answers (Binance)."""
+        ...
+
     def parse(self, data: bytes) -> StreamMessage:
         """One text message; StreamMessage([]) for replies and events that carry no candle."""
         ...

@@ -145,7 +145,7 @@ async def open_runtime(
                 {
                     venue: stream
                     for venue, venue_settings in settings.venues.items()
-                    if (stream := make_stream(VENUES[venue], venue_settings)) is not None
+                    if (stream := make_stream(VENUES[venue], venue_settings, venues[venue])) is not None
                 },
                 collectors, session, statement_cache_size=settings.db_statement_cache_size, clock=clock,
                 metrics=metrics,
