@@ -55,6 +55,9 @@ ON CONFLICT (series_id, open_time) DO UPDATE
    SET {", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)}
  WHERE ({", ".join(f"klines.{c}" for c in _VALUE_COLUMNS)})
        IS DISTINCT FROM ({", ".join(f"EXCLUDED.{c}" for c in _VALUE_COLUMNS)})
+   -- A candle stored closed holds final values: an answer that still saw it open (a REST read
+   -- older than a stream's close, a venue's stale page) never reopens it.
+   AND (EXCLUDED.is_closed OR NOT klines.is_closed)
 RETURNING series_id
 """
 _UPSERT_FROM_STAGING = (

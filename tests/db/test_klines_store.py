@@ -140,3 +140,20 @@ async def test_a_run_start_racing_another_that_creates_its_series_reads_what_tha
         await pool.release(other)
     assert (run.listing_start, run.grid_offset_ms) == (0, 345_600_000)
     assert await db.fetchval("SELECT count(*) FROM series") == 1
+
+
+async def test_a_candle_stored_closed_is_never_reopened_by_a_staler_answer(
+    pool: asyncpg.Pool, db: asyncpg.Connection[Any]
+) -> None:
+    """A closed candle holds final values: a later answer that still saw it open (a REST read older
+    than a stream's close) changes nothing; a later closed answer (a correction) still does."""
+    async with pool.acquire() as conn:
+        series = await series_id(conn, "BTCUSDT")
+        await store(conn, series, [candle(0, close="2.00000000")], stored_until=None, now_ms=10 * MINUTE)
+        stale = KlinePage([candle(0, close="1.50000000")], as_of_ms=30_000)  # answered mid-candle: open
+        written = await klines_db.store_page(conn, klines_db.encode_page(series, [stale], stored_until=0))
+        kept = await db.fetchrow("SELECT close::text, is_closed FROM klines WHERE open_time = 0")
+        corrected = await store(conn, series, [candle(0, close="3.00000000")], stored_until=0, now_ms=10 * MINUTE)
+    assert written == 0 and (kept["close"], kept["is_closed"]) == ("2.00000000", True)
+    assert corrected == 1
+    assert await db.fetchval("SELECT close::text FROM klines WHERE open_time = 0") == "3.00000000"
