@@ -100,7 +100,8 @@ class CreateConfig(Schema):
     interval_minutes: IntervalMinutes | None = None
     """Required unless `live`; optional and unused for a live config."""
     live: bool = False
-    """Collect from the venue's kline stream (binance, binance_usdm, bybit, okx) instead of on an interval."""
+    """Collect continuously instead of on an interval: from the venue's kline stream (binance,
+    binance_usdm, bybit, okx), or over REST at each candle's close (coinbase, kraken)."""
     exchange: ExchangeName = DEFAULT_VENUE
     enabled: bool = True
     description: Description | None = None

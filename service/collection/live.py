@@ -117,7 +117,7 @@ class LiveVenue:
     def __init__(
         self,
         venue: str,
-        stream: KlineStream,
+        stream: KlineStream | None,
         client: ExchangeClient,
         session: aiohttp.ClientSession,
         pool: Pool,
@@ -136,7 +136,8 @@ class LiveVenue:
         self._clock = clock
         self.series: dict[str, SeriesLive] = {}
         """By stream name."""
-        self.shards: list[Shard] = []
+        self.shards: list[Shard | RestCloser] = []
+        """The stream connections; for a venue without a stream, its one REST closer."""
         self._ids: dict[str, int] = {}
         self._closed: dict[str, list[Kline]] = {}
         self._open: dict[str, Kline] = {}
@@ -152,7 +153,11 @@ class LiveVenue:
     async def sync(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Stream exactly these (symbol, timeframe) series from now on: new ones are subscribed
         (after their series rows exist), dropped ones unsubscribed."""
-        wanted = {self._stream.stream_name(symbol, tf): (symbol, tf) for symbol, tf in pairs}
+        stream = self._stream
+        wanted = {
+            (f"{symbol}@{tf}" if stream is None else stream.stream_name(symbol, tf)): (symbol, tf)
+            for symbol, tf in pairs
+        }
         new = [name for name in wanted if name not in self.series]
         if new:
             async with connection(self._pool) as conn:
@@ -164,18 +169,25 @@ class LiveVenue:
         for name in [n for n in self.series if n not in wanted]:
             del self.series[name]
             self._open.pop(name, None)
+        if stream is None:  # a venue without a stream: its series are closed over REST
+            if not self.shards:
+                closer = RestCloser(self)
+                self.shards.append(closer)
+                self.spawn(closer.run())
+            self.shards[0].want(set(wanted))
+            return
         for shard in self.shards:
             shard.want(shard.state.streams & set(wanted))
         placed = {name for shard in self.shards for name in shard.state.streams}
         waiting = sorted(set(wanted) - placed)
         for shard in self.shards:
-            room = self._stream.max_streams_per_connection - len(shard.state.streams)
+            room = stream.max_streams_per_connection - len(shard.state.streams)
             if room > 0 and waiting:
                 shard.want(shard.state.streams | set(waiting[:room]))
                 waiting = waiting[room:]
-        size = self._stream.max_streams_per_connection
+        size = stream.max_streams_per_connection
         for chunk in (waiting[i : i + size] for i in range(0, len(waiting), size)):
-            shard = Shard(self, self._stream, self._session, set(chunk))
+            shard = Shard(self, stream, self._session, set(chunk))
             self.shards.append(shard)
             self.spawn(shard.run())
         for shard in [s for s in self.shards if not s.state.streams]:
@@ -213,6 +225,7 @@ class LiveVenue:
     # -- what a shard hands over --------------------------------------------------------------
 
     def received(self, candle: StreamCandle) -> None:
+        assert self._stream is not None  # only shards hand candles over
         name = self._stream.stream_name(candle.symbol, candle.timeframe)
         if name not in self.series:
             return  # unsubscribed meanwhile
@@ -396,6 +409,9 @@ class LiveVenue:
     def now(self) -> float:
         return self._clock()
 
+    def grid(self, timeframe: str) -> Grid:
+        return self._client.grid(timeframe)
+
 
 def _runs(klines: Sequence[Kline], grid: Grid) -> list[LedgerRange]:
     """The verified ranges the candles prove: one per run of consecutive slots."""
@@ -407,6 +423,52 @@ def _runs(klines: Sequence[Kline], grid: Grid) -> list[LedgerRange]:
         else:
             ranges.append(LedgerRange(k.open_time, end, VERIFIED))
     return ranges
+
+
+class RestCloser:
+    """A venue without a usable candle stream (Coinbase Exchange has none; Kraken's has no closed
+    marker): each live series is read over REST once its candle's close time plus
+    CLOSE_GRACE_SECONDS has passed, which stores that candle final (and the one now open)."""
+
+    def __init__(self, venue: LiveVenue) -> None:
+        self._venue = venue
+        self.state = ShardState()
+        self._task: asyncio.Task[None] | None = None
+
+    def want(self, streams: set[str]) -> None:
+        self.state.streams = set(streams)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        venue = self._venue
+        self.state.connected_since = venue.now()
+        read_through: dict[str, int] = {}
+        while True:
+            now_ms = int(venue.now() * 1000)
+            due: dict[str, int] = {}
+            for name in self.state.streams:
+                series = venue.series.get(name)
+                if series is None:
+                    continue
+                grid = venue.grid(series.timeframe)
+                # The newest candle whose close (plus the grace) has passed.
+                closed = grid.shift(grid.align_open(now_ms - int(CLOSE_GRACE_SECONDS * 1000)), -1)
+                if read_through.get(name) != closed:
+                    due[name] = closed
+            if due:
+                fresh = all(name in read_through for name in due)
+                await venue.heal(set(due), closing=fresh)
+                for name, closed in due.items():
+                    read_through[name] = closed
+                    if (series := venue.series.get(name)) is not None:
+                        series.last_closed_open_ms, series.last_closed_at = closed, venue.now()
+                self.state.messages += len(due)
+                self.state.last_message_at = venue.now()
+            await asyncio.sleep(1.0)
 
 
 class _Connection:

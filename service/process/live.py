@@ -47,7 +47,7 @@ class LiveStreams:
         dsn: str,
         pool: Pool,
         venues: VenueSet,
-        streams: Mapping[str, KlineStream],
+        streams: Mapping[str, KlineStream | None],
         collectors: Mapping[str, Collector],
         session: aiohttp.ClientSession,
         *,
@@ -67,11 +67,6 @@ class LiveStreams:
         self._tasks: list[asyncio.Task[None]] = []
         self.running: dict[str, LiveVenue] = {}
         """The venues this process streams now."""
-
-    @property
-    def venues(self) -> frozenset[str]:
-        """The enabled venues that have streams: where a config may be live."""
-        return frozenset(self._streams)
 
     def start(self) -> None:
         if not self._tasks:

@@ -143,9 +143,8 @@ async def open_runtime(
             live = LiveStreams(
                 dsn, pool, venues,
                 {
-                    venue: stream
+                    venue: make_stream(VENUES[venue], venue_settings, venues[venue])
                     for venue, venue_settings in settings.venues.items()
-                    if (stream := make_stream(VENUES[venue], venue_settings, venues[venue])) is not None
                 },
                 collectors, session, statement_cache_size=settings.db_statement_cache_size, clock=clock,
                 metrics=metrics,
@@ -202,8 +201,7 @@ async def open_runtime(
                 health,
                 accounts=accounts,
                 configs=Configs(
-                    pool, jobs, scheduler, min_interval_minutes=settings.min_interval_minutes,
-                    live_venues=live.venues, clock=clock,
+                    pool, jobs, scheduler, min_interval_minutes=settings.min_interval_minutes, clock=clock
                 ),
                 database_start=DatabaseStart(start_with_database),
                 runner=runner,

@@ -97,14 +97,12 @@ class Configs:
         scheduler: Scheduler,
         *,
         min_interval_minutes: int,
-        live_venues: frozenset[str],
         clock: Callable[[], float],
     ) -> None:
         self._pool = pool
         self._jobs = jobs
         self._scheduler = scheduler
         self._min_interval_minutes = min_interval_minutes
-        self._live_venues = live_venues
         self._clock = clock
 
     async def list_configs(
@@ -139,12 +137,12 @@ class Configs:
         """Store a config and schedule it (its first run is due at once; paused if its symbol does not trade).
 
         InvalidInputError for an unknown exchange, symbol or timeframe, a too short interval or a bad
-        or future history_start, no interval on a config that is not live, live on a venue without
-        streams; ConflictError (`config_id`) if the pair has a config already.
+        or future history_start, no interval on a config that is not live; ConflictError
+        (`config_id`) if the pair has a config already.
         """
         self._jobs.check_exchange(exchange)
         frames = self._jobs.venues.timeframes(exchange, timeframes)
-        self._check_schedule(exchange, interval_minutes, live)
+        self._check_schedule(interval_minutes, live)
         start_at, from_listing = self._history_columns(history_start)
         name = await self._resolve_symbol(exchange, symbol)
         try:
@@ -190,11 +188,10 @@ class Configs:
             columns["interval_minutes"] = changes.interval_minutes
         if changes.live is not UNSET:
             columns["live"] = changes.live
-        if {"interval_minutes", "live", "exchange"} & set(columns):
+        if {"interval_minutes", "live"} & set(columns):
             interval = columns.get("interval_minutes", current["interval_minutes"])
-            self._check_schedule(
-                exchange, interval if isinstance(interval, int) else None, bool(columns.get("live", current["live"]))
-            )
+            live = bool(columns.get("live", current["live"]))
+            self._check_schedule(interval if isinstance(interval, int) else None, live)
         if changes.symbol is not UNSET:
             columns["symbol"] = await self._resolve_symbol(exchange, changes.symbol)
         elif changes.exchange is not UNSET:  # and its symbol, spelt as that venue spells it
@@ -278,14 +275,9 @@ class Configs:
             )
         return moment, False
 
-    def _check_schedule(self, exchange: str, minutes: int | None, live: bool) -> None:
-        """InvalidInputError unless the config is live (on a venue with streams) or has an interval
-        of at least MIN_INTERVAL_MINUTES."""
-        if live and exchange not in self._live_venues:
-            streamed = ", ".join(sorted(self._live_venues)) or "none"
-            raise InvalidInputError(
-                f"live collection is not available on {exchange} yet (venues with streams: {streamed})", field="live"
-            )
+    def _check_schedule(self, minutes: int | None, live: bool) -> None:
+        """InvalidInputError unless the config is live (every venue is: streamed, or closed over
+        REST) or has an interval of at least MIN_INTERVAL_MINUTES."""
         if minutes is None:
             if not live:
                 raise InvalidInputError(

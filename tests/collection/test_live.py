@@ -212,23 +212,24 @@ async def test_disabling_a_live_config_unsubscribes_its_stream(
         await stream.wait_subscribed([STREAM], timeout=10)
 
 
-async def test_a_config_needs_an_interval_unless_it_is_live_and_live_only_where_the_venue_streams(
+async def test_a_config_needs_an_interval_unless_it_is_live(
     fake: FakeBinance, make_settings: Callable[..., Settings]
 ) -> None:
-    """Without `live`, `interval_minutes` is required (422 naming it); `live` on a venue without a
-    stream client is a 422 naming `live`; nothing is stored either way."""
-    settings = make_settings(exchanges="binance,kraken", kraken_api_url="http://127.0.0.1:9")
-    async with serve_app(settings) as api:
+    """Without `live`, `interval_minutes` is required (422 naming it), and nothing is stored; a live
+    config turned back to polling needs one too, and is then scheduled."""
+    async with serve_app(make_settings()) as api:
         no_interval = await api.http.post(CONFIGS, json={"symbol": "BTCUSDT", "timeframes": ["1m"]})
-        kraken = await api.http.post(
-            CONFIGS, json={"symbol": "XBTUSD", "exchange": "kraken", "timeframes": ["1m"], "live": True}
-        )
         listed = await api.http.get(CONFIGS)
+        live = (await api.http.post(CONFIGS, json={"symbol": "BTCUSDT", "timeframes": ["1m"], "live": True})).json()
+        off_alone = await api.http.put(f"{CONFIGS}/{live['id']}", json={"live": False})
+        off = await api.http.put(f"{CONFIGS}/{live['id']}", json={"live": False, "interval_minutes": 5})
     assert no_interval.status_code == 422, no_interval.text
     assert "interval_minutes" in no_interval.text
-    assert kraken.status_code == 422, kraken.text
-    assert "live" in kraken.json()["detail"] and "kraken" in kraken.json()["detail"]
     assert listed.json() == []
+    assert off_alone.status_code == 422 and "interval_minutes" in off_alone.text, off_alone.text
+    assert off.status_code == 200, off.text
+    assert (off.json()["live"], off.json()["interval_minutes"]) == (False, 5)
+    assert off.json()["next_run_at"] is not None  # polled again, on its interval
 
 
 async def test_a_close_the_stream_never_sends_is_read_over_rest_just_after_its_close_time(

@@ -99,3 +99,31 @@ async def _with(api: Api, venue: str, symbol: str, **fields: Any) -> dict[str, A
     if found is not None and all(found[k] == v for k, v in fields.items()):
         return found
     return None
+
+
+@pytest.mark.parametrize("venue", ["coinbase", "kraken"])
+async def test_a_live_config_on_a_venue_without_a_usable_stream_is_closed_over_rest_at_each_close(
+    venue: str, fake: FakeBinance, make_settings: Callable[..., Settings]
+) -> None:
+    """Coinbase Exchange has no candle stream and Kraken's has no closed marker: a live config there
+    is read over REST just after each candle's close time, so each close is stored final within
+    seconds, with no interval and no scheduled run."""
+    clock = Clock(start=(OPEN + 30_000) / 1000, speed=10)  # a minute in 6 s
+    async with kit_for(venue, fake, clock) as kit:
+        kit.generate("1m", OPEN - 20 * MINUTE, 20 + 10)  # to the open candle, and the minutes to come
+        async with serve_app(settings_for(make_settings, kit), clock) as api:
+            await api.wait_idle()
+            body = {"symbol": kit.spellings[0], "exchange": venue, "timeframes": ["1m"], "live": True}
+            response = await api.http.post(CONFIGS, json=body)
+            assert response.status_code == 201, response.text
+            name = f"{kit.symbol}@1m"
+            await until(lambda: _fresh(api, name), what="the first read")
+            closed = await until(
+                lambda: _with(api, venue, kit.symbol, is_closed=True), timeout=15, what="the open candle closed"
+            )
+            stored_at = clock.ms()
+            seen = await live_of(api, name)
+    final = kit.final("1m")[OPEN]
+    assert closed["close"] == final[3]
+    assert OPEN + MINUTE <= stored_at < OPEN + MINUTE + 15_000  # read just after its close time
+    assert seen is not None and seen["connection"]["exchange"] == venue
