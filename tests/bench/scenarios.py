@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -1415,6 +1415,7 @@ async def live_streams(b: Bench) -> Outcome:
             await _all_fresh(svc, len(everything), timeout=120, reconnected=True)
             healed_s = time.perf_counter() - t1
             fake2 = await fake.stats()
+            polled = None if s.quick else await _poll_only(svc, fake, dsn, symbols)
         finally:
             stop_rss.set()
             await b.stop(svc)
@@ -1429,7 +1430,7 @@ async def live_streams(b: Bench) -> Outcome:
         "messages_pushed": pushed, "closes_counted": closes, "share_within_2s": share, "p99_bucket_s": p99,
         "service_core_share": core, "steady_rest_requests": steady_requests, "peak_rss": peak_rss,
         "connections_dropped": dropped, "healed_s": healed_s, "heal_rest_requests": heal_requests,
-        "violations": stream.violations,
+        "violations": stream.violations, "poll_only": polled,
     }
     out.add(f"{len(everything):,} streams on one process: subscribed / all healed and fresh",
             f"{secs(subscribed_s)} / {secs(ready_s)}")
@@ -1446,7 +1447,58 @@ async def live_streams(b: Bench) -> Outcome:
     out.add(f"every connection dropped at once ({dropped}): all series fresh again", secs(healed_s), "<= 30 s",
             at_most(healed_s, 30.0))
     out.add("  REST requests to heal (one per series is the least)", f"{heal_requests:,} for {len(everything):,}")
+    if polled is None:
+        out.add("poll-only beside it (the 1m series every minute)", "n/a (quick)")
+    else:
+        out.add(f"poll-only beside it: the {len(symbols):,} 1m series every minute (the shortest interval)",
+                f"close to stored p50 {secs(polled['lag_p50_s'])}, p99 {secs(polled['lag_p99_s'])}")
+        out.add("  REST requests per minute / service CPU, share of one core",
+                f"{polled['requests_per_minute']:,.0f} / {100 * polled['core_share']:.0f}%")
+        out.add("  (1s candles cannot be polled: the shortest interval is a minute)", "")
     return out
+
+
+async def _poll_only(svc: Service, fake: FakeExchange, dsn: str, symbols: list[str]) -> dict[str, Any]:
+    """The same symbols' 1m series as interval configs of one minute (MIN_INTERVAL_MINUTES), the
+    fastest polling allows: how long after each candle's close it is stored, and what it costs."""
+    say("scenario 10: the 1m series polled every minute instead (about two minutes)")
+    listed = ",".join(repr(x) for x in symbols)
+    await _execute(
+        dsn,
+        "DELETE FROM data_collection_configs; "
+        "INSERT INTO data_collection_configs (symbol, exchange, timeframes, interval_minutes, next_run_at) "
+        f"SELECT s, 'binance', '{{1m}}', 1, now() FROM unnest(ARRAY[{listed}]) AS s; "
+        "SELECT pg_notify('kline_collector_tasks', 'configs:changed')",
+    )
+    # A minute's turn a little after the polls started, then a minute and some for every series' run.
+    boundary = (math.floor(time.time() / 60) + 1) * 60
+    if boundary - time.time() < 5:
+        boundary += 60
+    fake0, cpu0, wall0 = await fake.stats(), svc.cpu_seconds(), time.time()
+    await asyncio.sleep(boundary + 70 - time.time())
+    fake1, cpu1, wall1 = await fake.stats(), svc.cpu_seconds(), time.time()
+    closed_at = datetime.fromtimestamp(boundary, UTC)
+    conn = await asyncpg.connect(dsn)
+    try:
+        # The first run of each config sent after the candle's close (+1 s: the venue's clock) stores it final.
+        lags = [
+            float(r["lag"]) for r in await conn.fetch(
+                """
+                SELECT EXTRACT(EPOCH FROM min(finished_at) - $1) AS lag FROM job_execution_logs
+                 WHERE status = 'success' AND started_at >= $1 + interval '1 second' GROUP BY job_name
+                """,
+                closed_at,
+            )
+        ]  # fmt: skip
+    finally:
+        await conn.close()
+    minutes = (wall1 - wall0) / 60
+    return {
+        "series": len(symbols), "runs_measured": len(lags),
+        "lag_p50_s": percentile(lags, 0.5), "lag_p99_s": percentile(lags, 0.99),
+        "requests_per_minute": (fake1["requests"] - fake0["requests"]) / minutes,
+        "core_share": (cpu1 - cpu0) / (wall1 - wall0),
+    }
 
 
 async def _all_fresh(svc: Service, streams: int, *, timeout: float, reconnected: bool = False) -> None:
