@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,8 +56,13 @@ OPEN_FLUSH_SECONDS = 1.0
 #: A candle whose close has not come this long after its close time (our clock) is read over REST:
 #: the venue sends an illiquid symbol's close with its next trade, minutes later at times.
 CLOSE_GRACE_SECONDS = 3.0
-#: A replacement connection takes over once every stream has spoken on it, or after this long.
+#: A replacement connection takes over once every stream has spoken on it, or after this long
+#: (counted from its last subscribe); streams that had not spoken by then are healed.
 HANDOVER_SECONDS = 5.0
+#: A heal that failed (the venue or the database away) is tried again after this long.
+HEAL_RETRY_SECONDS = 5.0
+#: A connection that lasted this long resets the reconnect pause; a shorter one doubles it.
+STABLE_CONNECTION_SECONDS = 60.0
 #: Pause before reconnecting: the first, and the longest it grows to (doubling).
 RECONNECT_FIRST = 0.5
 RECONNECT_MAX = 30.0
@@ -78,7 +84,10 @@ class SeriesLive:
     open_seen_ms: int | None = None
     """Open time of the newest candle the stream showed open and has not closed yet."""
     closing: bool = False
-    """A REST read of its late close (or a heal) is under way."""
+    """A REST read of its late close is under way."""
+    healing: bool = False
+    """A heal is under way: what the stream says of it waits until it is done, so that the heal
+    starts where the stored candles really end."""
 
 
 @dataclass
@@ -90,11 +99,20 @@ class ShardState:
     reconnects: int = 0
     messages: int = 0
     last_message_at: float | None = None
-    recent: list[float] = field(default_factory=list)
+    recent: deque[float] = field(default_factory=deque)
     """Arrival times of the last second's messages (for messages per second)."""
 
+    def arrived(self, now: float) -> None:
+        self.messages += 1
+        self.last_message_at = now
+        recent = self.recent
+        recent.append(now)
+        while recent[0] <= now - 1.0:  # a second's worth, never more
+            recent.popleft()
+
     def messages_per_second(self, now: float) -> float:
-        self.recent = [t for t in self.recent if t > now - 1.0]
+        while self.recent and self.recent[0] <= now - 1.0:
+            self.recent.popleft()
         return float(len(self.recent))
 
 
@@ -144,9 +162,6 @@ class LiveVenue:
         self._closed_ready = asyncio.Event()
         self._message_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
-        # While heals run, the closed candles written meanwhile, to be written again after them.
-        self._heals_running = 0
-        self._written_during_heals: dict[str, list[Kline]] = {}
 
     # -- the set of live series ---------------------------------------------------------------
 
@@ -229,17 +244,25 @@ class LiveVenue:
         name = self._stream.stream_name(candle.symbol, candle.timeframe)
         if name not in self.series:
             return  # unsubscribed meanwhile
+        series = self.series[name]
+        kline = candle.kline
         if candle.closed:
-            self._closed.setdefault(name, []).append(candle.kline)
+            self._closed.setdefault(name, []).append(kline)
             self._closed_ready.set()
-            if (opened := self._open.get(name)) is not None and opened.open_time <= candle.kline.open_time:
+            if (opened := self._open.get(name)) is not None and opened.open_time <= kline.open_time:
                 del self._open[name]
-            series = self.series[name]
-            if series.open_seen_ms is not None and series.open_seen_ms <= candle.kline.open_time:
+            if series.open_seen_ms is not None and series.open_seen_ms <= kline.open_time:
                 series.open_seen_ms = None
-        else:
-            self._open[name] = candle.kline
-            self.series[name].open_seen_ms = candle.kline.open_time
+            if series.last_closed_open_ms is None or kline.open_time > series.last_closed_open_ms:
+                series.last_closed_open_ms = kline.open_time
+            return
+        if series.last_closed_open_ms is not None and kline.open_time <= series.last_closed_open_ms:
+            return  # a late word on a candle already closed (the other connection, mid-rotation)
+        opened = self._open.get(name)
+        if opened is None or opened.open_time <= kline.open_time:
+            self._open[name] = kline
+        if series.open_seen_ms is None or kline.open_time < series.open_seen_ms:
+            series.open_seen_ms = kline.open_time  # the oldest candle shown open and not yet closed
 
     def stale(self, names: set[str]) -> None:
         """These series' stream is gone: they may miss candles until healed."""
@@ -248,47 +271,50 @@ class LiveVenue:
                 series.fresh = False
 
     async def heal(self, names: set[str], *, closing: bool = False) -> None:
-        """Collect the series over REST from where their stored candles end to now, then write the
-        closed candles the stream gave meanwhile again (final values win), and call them fresh.
+        """Collect the series over REST from where their stored candles end to now, and call them
+        fresh. Meanwhile what the stream says of them waits (written after, so the final values
+        win, and the heal starts where the stored candles really end); a series that fails is
+        healed again after a pause.
 
-        `closing`: a read of late closes on a live stream; the series stay fresh meanwhile."""
-        names = {n for n in names if n in self.series}
+        `closing`: a read of late closes on a live stream; the series stay fresh and their stream's
+        candles are written as they come."""
+        names = {n for n in names if n in self.series and not self.series[n].healing}
         if not names:
             return
         if not closing:
             for name in names:
                 self.series[name].fresh = False
+                self.series[name].healing = True
         # What the stream had shown open before this read is read final by it (or is still open).
         reading = {n: self.series[n].open_seen_ms for n in names}
         pairs = [Pair(self.series[n].symbol, self.series[n].timeframe) for n in sorted(names)]
-        self._heals_running += 1
+        failed: set[tuple[str, str]] = {(p.symbol, p.timeframe) for p in pairs}
+        written = 0
         try:
             result = await self._collector.collect(pairs, _Sink(self.venue))
+            failed = {(p.symbol, p.timeframe) for p in result.pairs if p.error is not None}
+            written = result.candles_written
         finally:
-            self._heals_running -= 1
-            again = {n: self._written_during_heals.pop(n) for n in names if n in self._written_during_heals}
-            if not self._heals_running:
-                self._written_during_heals.clear()
-            for name, klines in again.items():
-                self._closed.setdefault(name, []).extend(klines)
-            if again:
-                self._closed_ready.set()
-        failed = {(p.symbol, p.timeframe) for p in result.pairs if p.error is not None}
-        for name in names:
-            series = self.series.get(name)
-            if series is None:
-                continue
-            ok = (series.symbol, series.timeframe) not in failed
-            if not closing:
-                series.fresh = ok
-            if ok and series.open_seen_ms is not None and series.open_seen_ms == reading[name]:
-                # Read after its close time: stored final unless the venue still had it open, in
-                # which case the next open update or close says so again.
-                series.open_seen_ms = None
-        log.info(
-            "live_healed", exchange=self.venue, series=len(names), written=result.candles_written,
-            failed=result.pairs_failed,
-        )
+            for name in names:
+                if (series := self.series.get(name)) is None:
+                    continue
+                ok = (series.symbol, series.timeframe) not in failed
+                if not closing:
+                    series.healing = False
+                    series.fresh = ok
+                if closing and ok and series.open_seen_ms is not None and series.open_seen_ms == reading[name]:
+                    # Read after its close time: stored final unless the venue still had it open,
+                    # in which case the next open update or close says so again.
+                    series.open_seen_ms = None
+            self._closed_ready.set()  # what waited for the heal goes now
+        retry = {n for n in names if n in self.series and (self.series[n].symbol, self.series[n].timeframe) in failed}
+        if retry and not closing:
+            self.spawn(self._heal_later(retry))
+        log.info("live_healed", exchange=self.venue, series=len(names), written=written, failed=len(failed))
+
+    async def _heal_later(self, names: set[str]) -> None:
+        await asyncio.sleep(HEAL_RETRY_SECONDS)
+        await self.heal(names)
 
     # -- writers ------------------------------------------------------------------------------
 
@@ -296,25 +322,31 @@ class LiveVenue:
         while True:
             await self._closed_ready.wait()
             self._closed_ready.clear()
-            batch, self._closed = self._closed, {}
-            if self._heals_running:
-                for name, klines in batch.items():
-                    self._written_during_heals.setdefault(name, []).extend(klines)
+            # Series under heal keep theirs until it is done (heal sets the event again then).
+            batch = {n: ks for n, ks in self._closed.items() if not self._healing(n)}
+            for name in batch:
+                del self._closed[name]
+            if not batch:
+                continue
             try:
                 await self._write_closed(batch)
-            except DatabaseUnavailableError:
-                # Kept, in front of what came since, and tried again in a second.
+            except Exception as exc:  # the database down, or a refusal: kept, in front of what came since
                 for name, klines in batch.items():
                     self._closed[name] = klines + self._closed.get(name, [])
-                log.warning("live_write_postponed", exchange=self.venue, series=len(batch))
+                log.warning("live_write_postponed", exchange=self.venue, series=len(batch), error=str(exc)[:300])
                 await asyncio.sleep(1.0)
                 self._closed_ready.set()
+
+    def _healing(self, name: str) -> bool:
+        series = self.series.get(name)
+        return series is not None and series.healing
 
     async def _write_closed(self, batch: dict[str, list[Kline]]) -> None:
         pages: list[klines_db.PageWrite] = []
         announced: list[dict[str, Any]] = []
         now_ms = int(self._clock() * 1000)
-        for name, klines in batch.items():
+        # In series order: batches that meet in PostgreSQL lock rows in the same order (no deadlock).
+        for name, klines in sorted(batch.items(), key=lambda item: self._ids.get(item[0], 0)):
             series = self.series.get(name)
             if series is None:
                 continue
@@ -331,7 +363,6 @@ class LiveVenue:
             ranges = _runs(valid, grid)
             pages.append(klines_db.PageWrite(encoded, ranges, [(r.kline, r.reason) for r in rejected]))
             if valid:
-                series.last_closed_open_ms = valid[-1].open_time
                 series.last_closed_at = self._clock()
         if pages:
             async with connection(self._pool) as conn:
@@ -350,7 +381,9 @@ class LiveVenue:
             await asyncio.sleep(OPEN_FLUSH_SECONDS)
             if not self._open:
                 continue
-            batch, self._open = self._open, {}
+            batch = {n: k for n, k in self._open.items() if not self._healing(n)}
+            for name in batch:
+                del self._open[name]
             now_ms = int(self._clock() * 1000)
             rows: list[tuple[int, Kline]] = []
             announced: list[dict[str, Any]] = []
@@ -477,9 +510,11 @@ class _Connection:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.subscribed: set[str] = set()
+        self.subscribed_all = asyncio.Event()
+        """Set once the shard's streams have all been subscribed here."""
         self.spoken: set[str] = set()
         self.spoke = asyncio.Event()
-        """Set when every subscribed stream has sent a message on this connection."""
+        """Set when every stream of the shard has sent a message on this connection."""
 
 
 class Shard:
@@ -518,20 +553,24 @@ class Shard:
         pause = RECONNECT_FIRST
         first = True
         while not self._stopped and self.state.streams:
+            began = self._venue.now()
             try:
                 successor = await self._serve(await self._open(reconnect=not first), previous=None)
                 while successor is not None:  # rotated: the new connection goes on
                     successor = await successor
-                pause = RECONNECT_FIRST
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning(
                     "live_connection_failed", exchange=self._venue.venue, error=f"{exc.__class__.__name__}: {exc}"[:300]
                 )
+            except Exception:  # a message it could not read, a bug: logged, and the stream is opened again
+                log.exception("live_connection_broken", exchange=self._venue.venue)
             finally:
                 self.state.connected_since = None
                 self._venue.stale(self.state.streams)  # until healed after the next connect
             first = False
             self.state.reconnects += 1
+            if self._venue.now() - began >= STABLE_CONNECTION_SECONDS:
+                pause = RECONNECT_FIRST  # a connection that held: the venue is fine again
             await asyncio.sleep(pause)
             pause = min(pause * 2, RECONNECT_MAX)
 
@@ -556,8 +595,9 @@ class Shard:
         metrics = venue.metrics
         counted = None if metrics is None else metrics.live_messages.labels(venue.venue)
         opened_at = venue.now()
-        # A successor's series were never without a stream: nothing to heal.
-        pacer = asyncio.create_task(self._pace_control(conn, heal=previous is None))
+        # A successor's streams that flow on the connection it replaces miss nothing: not healed.
+        flowing = set() if previous is None else previous.subscribed
+        pacer = asyncio.create_task(self._pace_control(conn, flowing=flowing))
         keeping = None if (keepalive := self._stream.keepalive()) is None else asyncio.create_task(
             self._keep_alive(conn, *keepalive)
         )
@@ -572,23 +612,21 @@ class Shard:
                 now = venue.now()
                 if counted is not None:
                     counted.inc()
-                self.state.messages += 1
-                self.state.last_message_at = now
-                self.state.recent.append(now)
+                self.state.arrived(now)
                 said = self._stream.parse(message.data.encode())
                 for candle in said.candles:
                     venue.received(candle)
                     conn.spoken.add(self._stream.stream_name(candle.symbol, candle.timeframe))
-                if conn.spoken >= conn.subscribed and conn.subscribed:
+                if conn.subscribed_all.is_set() and conn.spoken >= self.state.streams:
                     conn.spoke.set()
                 if successor is None and not self._stopped and (
                     said.reconnect or now - opened_at > self._stream.max_connection_seconds
                 ):
                     log.info("live_rotating", exchange=venue.venue, asked=said.reconnect)
                     successor = asyncio.create_task(self._successor(conn))
-        except asyncio.CancelledError:
+        except BaseException:
             if successor is not None:
-                successor.cancel()  # the shard stops: its new connection with it
+                successor.cancel()  # stopped or broken: its new connection with it
             raise
         finally:
             for task in (pacer, handover, keeping):
@@ -618,16 +656,23 @@ class Shard:
         return await self._serve(new, previous=old)
 
     async def _hand_over(self, old: _Connection, new: _Connection) -> None:
-        """Close the old connection once every stream has spoken on the new one (or after a while)."""
+        """Close the old connection once every stream of the shard is subscribed on the new one and
+        has spoken there (or HANDOVER_SECONDS after the last subscribe); heal the streams that had
+        not spoken by then, or all of them if the old connection ended first."""
+        await new.subscribed_all.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(new.spoke.wait(), HANDOVER_SECONDS)
         self.state.connected_since = self._venue.now()
+        old_ended = old.ws.closed
         await old.ws.close()
+        silent = (set(self.state.streams) if old_ended else self.state.streams - new.spoken) & new.subscribed
+        if silent:
+            self._venue.spawn(self._venue.heal(silent))
 
-    async def _pace_control(self, conn: _Connection, *, heal: bool) -> None:
+    async def _pace_control(self, conn: _Connection, *, flowing: set[str]) -> None:
         """Send the subscription changes, a batch per control message, at the venue's pace; each
-        batch subscribed is healed over REST (its series may have missed candles before it), unless
-        the connection takes over from a live one."""
+        batch subscribed is healed over REST (its series may have missed candles before it), but
+        for the streams `flowing` on the connection this one replaces."""
         gap = 1.0 / self._stream.control_messages_per_second
         batch = self._stream.max_per_subscribe
         while True:
@@ -643,8 +688,10 @@ class Shard:
                 part = add[i : i + batch]
                 await conn.ws.send_str(self._stream.subscribe(part, self._venue.next_message_id()))
                 conn.subscribed |= set(part)
-                if heal:
+                if to_heal := set(part) - flowing:
                     # Outlives this connection: the candles it fetches are as good after a drop.
-                    self._venue.spawn(self._venue.heal(set(part)))
+                    self._venue.spawn(self._venue.heal(to_heal))
                 await asyncio.sleep(gap)
+            if conn.subscribed >= self.state.streams:
+                conn.subscribed_all.set()
             await self._changed.wait()

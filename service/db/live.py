@@ -17,7 +17,9 @@ from service.db.listener import EVENTS_CHANNEL
 from service.db.pool import Connection, domain_errors, open_connection
 from service.records import Kline
 
-__all__ = ["announce_candles", "check_lock", "live_series", "take_venue_lock", "upsert_open_candles"]
+__all__ = [
+    "announce_candles", "check_lock", "live_series", "open_lock_connection", "take_venue_lock", "upsert_open_candles",
+]
 
 #: A notification's payload must stay under PostgreSQL's 8000 bytes.
 _PAYLOAD_BYTES = 7000
@@ -44,21 +46,21 @@ async def _notify(conn: Connection, candles: list[str]) -> None:
     )
 
 
-async def take_venue_lock(dsn: str, exchange: str, *, statement_cache_size: int) -> asyncpg.Connection[Any] | None:
-    """A connection of its own holding the venue's live lock (a session advisory lock), or None if
-    another process holds it. The lock ends with the connection: a process killed loses it at once
-    (when the server notices the connection is gone), and a peer takes the venue's streams over."""
-    conn = await open_connection(dsn, statement_cache_size=statement_cache_size)
-    try:
-        with domain_errors():
-            taken = await conn.fetchval("SELECT pg_try_advisory_lock(hashtext('live:' || $1))", exchange, timeout=5)
-    except BaseException:
-        conn.terminate()
-        raise
-    if not taken:
-        await conn.close()
-        return None
-    return conn
+async def open_lock_connection(dsn: str, *, statement_cache_size: int) -> asyncpg.Connection[Any]:
+    """A connection of its own for a venue's live lock (a session lock: it needs a session that is
+    this process's alone, so DATABASE_URL must reach PostgreSQL directly, not a transaction pooler)."""
+    return await open_connection(dsn, statement_cache_size=statement_cache_size)
+
+
+async def take_venue_lock(conn: asyncpg.Connection[Any], exchange: str) -> bool:
+    """Whether this connection now holds the venue's live lock (a session advisory lock), False
+    while another process holds it. The lock ends with the connection: a process killed loses it
+    when the server notices, and a peer takes the venue's streams over."""
+    with domain_errors():
+        taken: bool = await conn.fetchval(
+            "SELECT pg_try_advisory_lock(hashtext('live:' || $1))", exchange, timeout=5
+        )
+    return taken
 
 
 async def check_lock(conn: asyncpg.Connection[Any]) -> None:

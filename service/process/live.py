@@ -79,20 +79,36 @@ class LiveStreams:
         self._tasks = []
 
     async def _venue(self, venue: str) -> None:
-        """Forever: wait for live configs, take the lock, stream while both last."""
-        while True:
-            try:
-                if await self._live_pairs(venue):
-                    lock = await live_db.take_venue_lock(
-                        self._dsn, venue, statement_cache_size=self._statement_cache_size
-                    )
+        """Forever: wait for live configs, take the lock, stream while both last. A process waiting
+        for the lock keeps its one connection and asks again on it each poll."""
+        lock: asyncpg.Connection[Any] | None = None
+        try:
+            while True:
+                try:
+                    if await self._live_pairs(venue):
+                        if lock is None:
+                            lock = await live_db.open_lock_connection(
+                                self._dsn, statement_cache_size=self._statement_cache_size
+                            )
+                        held = lock
+                        if await live_db.take_venue_lock(held, venue):
+                            lock = None  # the lock goes with its connection, whatever ends the streaming
+                            try:
+                                await self._stream(venue, held)
+                            finally:
+                                with contextlib.suppress(Exception):
+                                    await held.close(timeout=2)
+                except DatabaseUnavailableError as exc:
+                    log.warning("live_paused", exchange=venue, error=str(exc)[:300])
                     if lock is not None:
-                        await self._stream(venue, lock)
-            except DatabaseUnavailableError as exc:
-                log.warning("live_paused", exchange=venue, error=str(exc)[:300])
-            except Exception:  # a bug must not end live collection for good: logged, then tried again
-                log.exception("live_failed", exchange=venue)
-            await asyncio.sleep(LIVE_POLL_SECONDS)
+                        lock.terminate()
+                        lock = None
+                except Exception:  # a bug must not end live collection for good: logged, then tried again
+                    log.exception("live_failed", exchange=venue)
+                await asyncio.sleep(LIVE_POLL_SECONDS)
+        finally:
+            if lock is not None:
+                lock.terminate()
 
     async def _live_pairs(self, venue: str) -> list[tuple[str, str]]:
         async with connection(self._pool) as conn:
@@ -121,6 +137,4 @@ class LiveStreams:
             writing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writing
-            with contextlib.suppress(Exception):
-                await lock.close(timeout=2)
             log.info("live_stopped", exchange=venue)
