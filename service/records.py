@@ -8,8 +8,8 @@ from typing import Literal
 import msgspec
 
 __all__ = [
-    "BudgetGrant", "Kline", "KlinePage", "LedgerRange", "ListingState", "RangeKind", "SymbolInfo", "TickerPrice",
-    "WindowGrant",
+    "BudgetGrant", "Kline", "KlinePage", "LedgerRange", "ListingState", "LiveConnectionState", "LiveSeriesState",
+    "RangeKind", "SymbolInfo", "TickerPrice", "WindowGrant",
 ]
 
 
@@ -142,6 +142,31 @@ class WindowGrant(msgspec.Struct, frozen=True):
     paused_until: float | None
     """Epoch seconds until which every process holds its requests (a ban or limit answer one met)."""
     paused_reason: str | None
+
+
+class LiveSeriesState(msgspec.Struct, frozen=True):
+    """One streamed series as its venue's live streams last saw it."""
+
+    symbol: str
+    timeframe: str
+    stream: str
+    fresh: bool
+    last_closed_open_ms: int | None
+    lag_seconds: float | None
+
+
+class LiveConnectionState(msgspec.Struct, frozen=True):
+    """One stream connection (or a venue's REST closer) as the process streaming it last saw it;
+    times are epoch seconds."""
+
+    exchange: str
+    connected_since: float | None
+    streams: list[str]
+    messages: int
+    messages_per_second: float
+    last_message_at: float | None
+    reconnects: int
+    series: list[LiveSeriesState]
 
 
 #: A ledger range's kind. `unavailable` is never stored: a report shows it where the venue no longer

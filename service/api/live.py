@@ -1,7 +1,7 @@
 """GET /api/v1/live: the stream connections of live configs, and how fresh each streamed series is.
 
-Shows the streams of the process that answers: with the default deployment (one `serve`) that is
-every live stream; where workers collect, each shows its own.
+Any process answers for every venue: the process streaming a venue publishes its state about once
+a second (service/db/live.py); a state older than a few seconds is left out (its process is gone).
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from service.api.enums import ExchangeChoice
 from service.api.openapi import error_responses
 from service.api.schemas import Schema
 from service.auth.guards import requires_reader
+from service.db import live as live_db
+from service.db.pool import connection
 from service.exchanges.grid import TimeframeName
 
 __all__ = ["LiveController"]
+
+#: A venue's published state older than this belongs to a process that stopped streaming it.
+STATE_MAX_AGE_SECONDS = 10.0
 
 
 class LiveSeries(Schema):
@@ -53,6 +58,10 @@ def _at(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 
 
+def _at_ms(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
 class LiveController(Controller):
     path = "/api/v1/live"
     tags = ["klines"]
@@ -63,30 +72,22 @@ class LiveController(Controller):
         responses=error_responses(401),
     )
     async def live(self, runtime: RuntimeDep) -> list[LiveConnection]:
-        answer: list[LiveConnection] = []
-        for venue, live in runtime.live.running.items():
-            now = live.now()
-            client = runtime.exchanges[venue]
-            for shard in live.shards:
-                state = shard.state
-                series: list[LiveSeries] = []
-                for name in sorted(state.streams):
-                    found = live.series.get(name)
-                    if found is None:
-                        continue
-                    closed = found.last_closed_open_ms
-                    lag = None
-                    if closed is not None:
-                        lag = round(now - client.grid(found.timeframe).next_open(closed) / 1000, 3)
-                    series.append(LiveSeries(
-                        symbol=found.symbol, timeframe=found.timeframe, stream=name, fresh=found.fresh,
-                        last_closed_open_time=None if closed is None else _at(closed / 1000), lag_seconds=lag,
-                    ))  # fmt: skip
-                answer.append(LiveConnection(
-                    exchange=ExchangeChoice(venue), connected=state.connected_since is not None,
-                    connected_since=_at(state.connected_since), streams=sorted(state.streams),
-                    stream_count=len(state.streams), messages=state.messages,
-                    messages_per_second=state.messages_per_second(now), last_message_at=_at(state.last_message_at),
-                    reconnects=state.reconnects, series=series,
-                ))  # fmt: skip
-        return answer
+        async with connection(runtime.pool) as conn:
+            states = await live_db.live_states(conn, max_age_seconds=STATE_MAX_AGE_SECONDS)
+        return [
+            LiveConnection(
+                exchange=ExchangeChoice(c.exchange), connected=c.connected_since is not None,
+                connected_since=_at(c.connected_since), streams=c.streams, stream_count=len(c.streams),
+                messages=c.messages, messages_per_second=c.messages_per_second, last_message_at=_at(c.last_message_at),
+                reconnects=c.reconnects,
+                series=[
+                    LiveSeries(
+                        symbol=x.symbol, timeframe=x.timeframe, stream=x.stream, fresh=x.fresh,
+                        last_closed_open_time=_at_ms(x.last_closed_open_ms),
+                        lag_seconds=x.lag_seconds,
+                    )
+                    for x in c.series
+                ],
+            )
+            for c in states
+        ]

@@ -43,7 +43,7 @@ from service.exchanges.grid import Grid
 from service.exchanges.streams import KlineStream, StreamCandle
 from service.logging import get_logger
 from service.metrics import Metrics
-from service.records import Kline, KlinePage, LedgerRange
+from service.records import Kline, KlinePage, LedgerRange, LiveConnectionState, LiveSeriesState
 
 __all__ = ["LiveVenue", "SeriesLive", "ShardState"]
 
@@ -444,6 +444,26 @@ class LiveVenue:
 
     def grid(self, timeframe: str) -> Grid:
         return self._client.grid(timeframe)
+
+    def snapshot(self) -> list[LiveConnectionState]:
+        """Its connections (or REST closer) and their series as they stand, for /api/v1/live."""
+        now = self._clock()
+        connections: list[LiveConnectionState] = []
+        for shard in self.shards:
+            state = shard.state
+            series: list[LiveSeriesState] = []
+            for name in sorted(state.streams):
+                found = self.series.get(name)
+                if found is None:
+                    continue
+                closed = found.last_closed_open_ms
+                lag = None if closed is None else round(now - self.grid(found.timeframe).next_open(closed) / 1000, 3)
+                series.append(LiveSeriesState(found.symbol, found.timeframe, name, found.fresh, closed, lag))
+            connections.append(LiveConnectionState(
+                self.venue, state.connected_since, sorted(state.streams), state.messages,
+                state.messages_per_second(now), state.last_message_at, state.reconnects, series,
+            ))  # fmt: skip
+        return connections
 
 
 def _runs(klines: Sequence[Kline], grid: Grid) -> list[LedgerRange]:

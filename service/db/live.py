@@ -12,14 +12,43 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from service.db.listener import EVENTS_CHANNEL
 from service.db.pool import Connection, domain_errors, open_connection
-from service.records import Kline
+from service.records import Kline, LiveConnectionState
 
 __all__ = [
-    "announce_candles", "check_lock", "live_series", "open_lock_connection", "take_venue_lock", "upsert_open_candles",
+    "announce_candles", "check_lock", "drop_state", "live_series", "live_states", "open_lock_connection",
+    "publish_state", "take_venue_lock", "upsert_open_candles",
 ]
+
+_states = msgspec.json.Decoder(list[LiveConnectionState])
+_encode = msgspec.json.Encoder()
+
+
+async def publish_state(conn: Connection, exchange: str, state: list[LiveConnectionState]) -> None:
+    """The venue's live streams as this process sees them now (for every process's /api/v1/live)."""
+    await conn.execute(
+        """
+        INSERT INTO live_state (exchange, state) VALUES ($1, $2::text::jsonb)
+        ON CONFLICT (exchange) DO UPDATE SET state = EXCLUDED.state, updated_at = now()
+        """,
+        exchange, _encode.encode(state).decode(),
+    )
+
+
+async def drop_state(conn: Connection, exchange: str) -> None:
+    await conn.execute("DELETE FROM live_state WHERE exchange = $1", exchange)
+
+
+async def live_states(conn: Connection, *, max_age_seconds: float) -> list[LiveConnectionState]:
+    """Every venue's stream connections, as published within `max_age_seconds` (older: a process gone)."""
+    rows = await conn.fetch(
+        "SELECT state::text FROM live_state WHERE updated_at > now() - make_interval(secs => $1) ORDER BY exchange",
+        max_age_seconds,
+    )
+    return [conn_state for row in rows for conn_state in _states.decode(row["state"])]
 
 #: A notification's payload must stay under PostgreSQL's 8000 bytes.
 _PAYLOAD_BYTES = 7000

@@ -65,8 +65,6 @@ class LiveStreams:
         self._clock = clock
         self._metrics = metrics
         self._tasks: list[asyncio.Task[None]] = []
-        self.running: dict[str, LiveVenue] = {}
-        """The venues this process streams now."""
 
     def start(self) -> None:
         if not self._tasks:
@@ -120,7 +118,6 @@ class LiveStreams:
             clock=self._clock, metrics=self._metrics,
         )
         log.info("live_started", exchange=venue)
-        self.running[venue] = live
         writing = asyncio.create_task(live.run())
         try:
             while not writing.done():
@@ -129,12 +126,16 @@ class LiveStreams:
                 if not pairs:
                     break  # nothing live any more: leave the lock to whoever gets configs next
                 await live_db.check_lock(lock)
+                async with connection(self._pool) as conn:
+                    await live_db.publish_state(conn, venue, live.snapshot())
                 await asyncio.wait([writing], timeout=LIVE_POLL_SECONDS)
             if writing.done():
                 writing.result()  # a writer's bug surfaces here
         finally:
-            del self.running[venue]
             writing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writing
+            with contextlib.suppress(Exception):  # else it ages out of /api/v1/live within seconds
+                async with connection(self._pool) as conn:
+                    await live_db.drop_state(conn, venue)
             log.info("live_stopped", exchange=venue)

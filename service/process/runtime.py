@@ -83,7 +83,7 @@ class Runtime:
     quarter), trusted only while the listener listens (its connection drops with the database)."""
     live: LiveStreams
     """The live configs' streams this process runs (a process that runs tasks takes a venue's
-    streams when no peer has them), for /api/v1/live."""
+    streams when no peer has them)."""
 
 
 @asynccontextmanager

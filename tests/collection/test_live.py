@@ -125,7 +125,7 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
             event = await asyncio.wait_for(events.get(), 5)
             if event is not None and event.get("type") == "candle":
                 told.append(event)
-        seen = await live_series(api)
+        seen = await until(lambda: _live_closed_at(api, OPEN), what="/api/v1/live (published each second)")
         metrics = samples((await api.http.get("/metrics")).text)
         runs = await db.fetchval(
             "SELECT count(*) FROM job_execution_logs WHERE job_name = $1", f"collect_data_{config['id']}"
@@ -149,6 +149,12 @@ async def test_a_live_config_stores_each_close_at_once_and_keeps_the_open_candle
     assert metrics["kline_live_close_lag_seconds_count"] == 1
     assert metrics["kline_live_close_lag_seconds_sum"] < 5  # pushed a moment after its close
     assert stream.violations == 0
+
+
+async def _live_closed_at(api: Api, open_ms: int) -> dict[str, Any] | None:
+    series = await live_series(api)
+    closed = None if series is None else series["last_closed_open_time"]
+    return series if closed is not None and ms_of(closed) == open_ms else None
 
 
 async def _candle_with(api: Api, open_ms: int, **fields: Any) -> dict[str, Any] | None:

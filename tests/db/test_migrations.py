@@ -12,7 +12,7 @@ from tests.conftest import with_database
 
 async def test_a_migrated_database_is_at_head(db_dsn: str) -> None:
     """After `migrate` the database's alembic_version is the newest revision file's."""
-    assert head_revision() == "0013"
+    assert head_revision() == "0014"
     assert await current_revision(db_dsn) == head_revision()
 
 

@@ -50,6 +50,7 @@ async def test_the_streams_pass_to_a_peer_when_their_process_dies_or_stops(
             binance_url=fake.url, database_url=db_dsn, binance_ws_url=stream.url, default_history_candles=30
         )
         workers = [await processes.start("worker", env=env, name=f"worker-{i}") for i in (1, 2)]
+        web = await processes.start("serve", env={**env, "WEB_RUNS_TASKS": "false"}, name="web")
         await db.execute(
             "INSERT INTO data_collection_configs (symbol, exchange, timeframes, live)"
             " VALUES ('BTCUSDT', 'binance', '{1m}', true)"
@@ -59,6 +60,10 @@ async def test_the_streams_pass_to_a_peer_when_their_process_dies_or_stops(
         [peer] = [w for w in workers if w is not owner]
         await asyncio.sleep(1.0)  # both have polled the configs while the owner holds the lock
         assert streaming(workers) == [owner] and len(stream.connections) == 1
+        # The API-only process, which streams nothing itself, shows the owner's stream.
+        await web.wait_healthy()
+        shown = await until_shown(web)
+        assert [c["streams"] for c in shown] == [[STREAM]] and shown[0]["connected"]
 
         began = time.monotonic()
         if stop == "kill -9":
@@ -76,6 +81,16 @@ async def test_the_streams_pass_to_a_peer_when_their_process_dies_or_stops(
 
     assert took < (5.0 if stop == "sigterm" else 10.0), took
     assert (stored["close"], stored["is_closed"]) == ("2.0", True)
+
+
+async def until_shown(web: ServiceProcess) -> list[dict[str, Any]]:
+    """GET /api/v1/live on `web` until it shows a connection (published about once a second)."""
+    async with asyncio.timeout(10):
+        while True:
+            shown: list[dict[str, Any]] = (await web.http.get("/api/v1/live")).json()
+            if shown:
+                return shown
+            await asyncio.sleep(0.1)
 
 
 async def _stored(db: asyncpg.Connection[Any], open_ms: int) -> asyncpg.Record:
