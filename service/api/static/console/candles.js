@@ -1,10 +1,13 @@
 // Candles: a candlestick chart of any stored series, read from /api/v1/klines, with the coverage
 // ledger's holes (red) and exchange gaps (grey) drawn over it and listed under it (/api/v1/coverage).
+// A live series' chart moves with its `candle` events (/api/v1/events): the open candle at most once a
+// second, and each close.
 
 import { api, ApiError } from "./api.js";
 import { h, when } from "./dom.js";
 import { newChart, seconds } from "./charts.js";
 import { drawCoverage } from "./coverage.js";
+import { onEvent } from "./events.js";
 import { venueSelect } from "./venues.js";
 
 export function candlesPage(main) {
@@ -27,6 +30,7 @@ export function candlesPage(main) {
     h("label", {}, "Candles (newest)", h("input", { name: "limit", type: "number", min: 1, max: 5000, value: 500 })),
     h("div", {}, h("button", { type: "submit", class: "primary" }, "Show")));
   let chart = null;
+  let shown = null;  // { exchange, symbol, timeframe, series, last } of the chart on screen
 
   async function show() {
     const data = new FormData(form);
@@ -42,6 +46,8 @@ export function candlesPage(main) {
       series.setData(body.klines.map((k) => ({
         time: seconds(k.open_time), open: Number(k.open), high: Number(k.high), low: Number(k.low), close: Number(k.close),
       })));
+      const last = body.klines.length ? seconds(body.klines.at(-1).open_time) : 0;
+      shown = { exchange: body.exchange, symbol: body.symbol, timeframe: body.timeframe, series, last };
       holder.dataset.candles = String(body.count);
       title.textContent = `${body.symbol} ${body.timeframe} on ${body.exchange}`;
       title.hidden = false;
@@ -83,6 +89,21 @@ export function candlesPage(main) {
       `${when(hole.start)} – ${when(hole.end)}: ${hole.candles} candle${hole.candles === 1 ? "" : "s"} missing`)));
   }
 
+  // A candle event of the series on screen moves its chart (an older candle than the last drawn
+  // would be refused by the chart: those come only with a new Show).
+  const stopFollowing = onEvent((type, candle) => {
+    if (type !== "candle" || !shown || candle.exchange !== shown.exchange || candle.symbol !== shown.symbol
+        || candle.timeframe !== shown.timeframe) return;
+    const time = Math.floor(candle.open_time / 1000);
+    if (time < shown.last) return;
+    shown.last = time;
+    shown.series.update({
+      time, open: Number(candle.open), high: Number(candle.high), low: Number(candle.low), close: Number(candle.close),
+    });
+    holder.dataset.liveClose = candle.close;
+    holder.dataset.liveClosed = String(candle.is_closed);
+  });
+
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     show();
@@ -93,5 +114,8 @@ export function candlesPage(main) {
       h("p", { class: "notice" }, "Charts by TradingView Lightweight Charts™, ",
         h("a", { href: "https://www.tradingview.com/", rel: "noopener" }, "tradingview.com"))),
   );
-  return () => { if (chart) chart.remove(); };
+  return () => {
+    stopFollowing();
+    if (chart) chart.remove();
+  };
 }
