@@ -85,6 +85,8 @@ class SeriesLive:
     """Open time of the newest candle the stream showed open and has not closed yet."""
     closing: bool = False
     """A REST read of its late close is under way."""
+    refused: str | None = None
+    """Why the venue refused to subscribe its stream (it is never fresh then); None: subscribed."""
     healing: bool = False
     """A heal is under way: what the stream says of it waits until it is done, so that the heal
     starts where the stored candles really end."""
@@ -264,6 +266,20 @@ class LiveVenue:
         if series.open_seen_ms is None or kline.open_time < series.open_seen_ms:
             series.open_seen_ms = kline.open_time  # the oldest candle shown open and not yet closed
 
+    def asked(self, names: list[str]) -> None:
+        """These streams were just asked for (again): a refusal of before no longer stands."""
+        for name in names:
+            if (series := self.series.get(name)) is not None:
+                series.refused = None
+
+    def refused(self, names: list[str], why: str) -> None:
+        """The venue refused to subscribe these streams (all of a message's, when its answer names the
+        message): logged, and never reported fresh; tried again with the next connection."""
+        log.warning("live_subscribe_refused", exchange=self.venue, streams=names[:20], count=len(names), why=why)
+        for name in names:
+            if (series := self.series.get(name)) is not None:
+                series.refused, series.fresh = why, False
+
     def stale(self, names: set[str]) -> None:
         """These series' stream is gone: they may miss candles until healed."""
         for name in names:
@@ -301,7 +317,7 @@ class LiveVenue:
                 ok = (series.symbol, series.timeframe) not in failed
                 if not closing:
                     series.healing = False
-                    series.fresh = ok
+                    series.fresh = ok and series.refused is None
                 if closing and ok and series.open_seen_ms is not None and series.open_seen_ms == reading[name]:
                     # Read after its close time: stored final unless the venue still had it open,
                     # in which case the next open update or close says so again.
@@ -530,6 +546,8 @@ class _Connection:
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.subscribed: set[str] = set()
+        self.sent: dict[str, list[str]] = {}
+        """The names of each subscribe message by its id, until the venue answers."""
         self.subscribed_all = asyncio.Event()
         """Set once the shard's streams have all been subscribed here."""
         self.spoken: set[str] = set()
@@ -634,6 +652,8 @@ class Shard:
                     counted.inc()
                 self.state.arrived(now)
                 said = self._stream.parse(message.data.encode())
+                if said.refused is not None:
+                    venue.refused(conn.sent.get(said.refused[0] or "", []), said.refused[1])
                 for candle in said.candles:
                     venue.received(candle)
                     conn.spoken.add(self._stream.stream_name(candle.symbol, candle.timeframe))
@@ -706,8 +726,11 @@ class Shard:
             add = sorted(self.state.streams - conn.subscribed)
             for i in range(0, len(add), batch):
                 part = add[i : i + batch]
-                await conn.ws.send_str(self._stream.subscribe(part, self._venue.next_message_id()))
+                message_id = self._venue.next_message_id()
+                conn.sent[str(message_id)] = part
+                await conn.ws.send_str(self._stream.subscribe(part, message_id))
                 conn.subscribed |= set(part)
+                self._venue.asked(part)
                 if to_heal := set(part) - flowing:
                     # Outlives this connection: the candles it fetches are as good after a drop.
                     self._venue.spawn(self._venue.heal(to_heal))

@@ -47,6 +47,7 @@ class _Event(msgspec.Struct, frozen=True):
     data: _Data | None = None
     # A reply to a control message: {"result": null, "id": 1}, or {"error": {...}, "id": 1}.
     id: int | str | None = None
+    error: dict[str, object] | None = None
 
 
 _decode_event = msgspec.json.Decoder(_Event)
@@ -80,6 +81,8 @@ class BinanceKlineStream:
 
     def parse(self, data: bytes) -> StreamMessage:
         event = _decode_event.decode(data)
+        if event.error is not None:
+            return StreamMessage([], refused=(None if event.id is None else str(event.id), str(event.error)[:300]))
         if event.data is None:
             return StreamMessage([])
         if event.data.e == "serverShutdown":

@@ -37,6 +37,9 @@ class _Push(msgspec.Struct, frozen=True):
     topic: str | None = None
     data: list[_Candle] | None = None
     op: str | None = None  # a reply: subscribe, ping
+    success: bool | None = None
+    ret_msg: str | None = None
+    req_id: str | None = None
 
 
 _decode_push = msgspec.json.Decoder(_Push)
@@ -71,6 +74,8 @@ class BybitKlineStream:
 
     def parse(self, data: bytes) -> StreamMessage:
         push = _decode_push.decode(data)
+        if push.op == "subscribe" and push.success is False:
+            return StreamMessage([], refused=(push.req_id, push.ret_msg or "refused"))
         if push.topic is None or push.data is None or not push.topic.startswith("kline."):
             return StreamMessage([])
         _, code, symbol = push.topic.split(".", 2)

@@ -32,6 +32,8 @@ class _Push(msgspec.Struct, frozen=True):
     arg: _Arg | None = None
     data: list[list[str]] | None = None
     event: str | None = None  # subscribe, error, notice
+    msg: str | None = None
+    id: str | None = None
 
 
 _decode_push = msgspec.json.Decoder(_Push)
@@ -74,6 +76,8 @@ class OkxKlineStream:
         push = _decode_push.decode(data)
         if push.event == "notice":
             return StreamMessage([], reconnect=True)  # a service upgrade closes this connection soon
+        if push.event == "error":
+            return StreamMessage([], refused=(push.id, push.msg or "error"))
         if push.arg is None or push.data is None:
             return StreamMessage([])
         timeframe = _TIMEFRAMES.get(push.arg.channel)

@@ -35,6 +35,8 @@ class StreamMessage(msgspec.Struct, frozen=True):
     candles: list[StreamCandle]
     reconnect: bool = False
     """The venue asks to reconnect now (Binance's `serverShutdown`)."""
+    refused: tuple[str | None, str] | None = None
+    """The venue refused a control message: (the id it was sent with, if the answer names it; why)."""
 
 
 class KlineStream(Protocol):

@@ -79,12 +79,12 @@ async def live_series(api: Api) -> dict[str, Any] | None:
 
 @asynccontextmanager
 async def live_service(
-    fake: FakeBinance, make_settings: Callable[..., Settings], clock: Clock
+    fake: FakeBinance, make_settings: Callable[..., Settings], clock: Clock, **stream_options: Any
 ) -> AsyncIterator[tuple[Api, FakeBinanceStream, dict[str, Any]]]:
     """The service on the fakes, with BTCUSDT 1m configured live and healed (fresh)."""
     fake.now_ms = clock.ms
     async with (
-        FakeBinanceStream(now_ms=clock.ms) as stream,
+        FakeBinanceStream(now_ms=clock.ms, **stream_options) as stream,
         serve_app(make_settings(binance_ws_url=stream.url), clock) as api,
     ):
         await api.wait_idle()
@@ -285,3 +285,29 @@ async def test_the_venues_shutdown_notice_is_met_by_a_new_connection_before_the_
     assert freshness == [True, True]
     assert stored["close"] == "100.75"
     assert seen is not None and seen["connection"]["reconnects"] == 0 and reconnects == 0
+
+
+async def test_a_stream_the_venue_refuses_to_subscribe_is_never_reported_fresh(
+    fake: FakeBinance, make_settings: Callable[..., Settings], db: asyncpg.Connection[Any]
+) -> None:
+    """The venue refuses a SUBSCRIBE (here: the connection's stream cap, set to one): its error
+    answer marks the series, which /api/v1/live never shows fresh, even once its REST history is
+    healed; the series already streaming stays fresh."""
+    clock = Clock(start=T0 / 1000)
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        fake.generate_klines(symbol, "1m", OPEN - 10 * MINUTE, 10)
+    async with live_service(fake, make_settings, clock, max_streams=1) as (api, stream, _):
+        response = await api.http.post(CONFIGS, json={"symbol": "ETHUSDT", "timeframes": ["1m"], "live": True})
+        assert response.status_code == 201, response.text
+        await until(lambda: _healed_rows(db, "ETHUSDT"), what="the refused series' REST history")
+        await asyncio.sleep(1.5)  # /api/v1/live is published each second
+        shown = {s["stream"]: s["fresh"] for c in (await api.http.get("/api/v1/live")).json() for s in c["series"]}
+    assert "ethusdt@kline_1m" not in stream.subscriptions
+    assert shown == {STREAM: True, "ethusdt@kline_1m": False}
+
+
+async def _healed_rows(db: asyncpg.Connection[Any], symbol: str) -> bool:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM klines k JOIN series s ON s.id = k.series_id WHERE s.symbol = $1", symbol
+    )
+    return count >= 10
