@@ -6,6 +6,7 @@ which the database layer shares without depending on any exchange.
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import msgspec
@@ -20,6 +21,7 @@ __all__ = [
     "InvalidRequestError",
     "LimiterState",
     "RequestObserver",
+    "SharingBackoff",
     "TransientExchangeError",
     "WaitCallback",
 ]
@@ -28,6 +30,33 @@ __all__ = [
 # Our clock may run ahead of the exchange's: a candle counts as closed only if it closed this long
 # before we asked. Misjudging the other way costs nothing: an open candle is re-read by the next run.
 CLOCK_SKEW_ALLOWANCE_MS = 1000
+
+
+class SharingBackoff:
+    """How long a limiter whose budget shared through the database failed counts alone: 5 s after
+    the first failure, twice as long after each further one, up to a minute; a round trip that
+    succeeds shares again. The limiter says so in its own log events."""
+
+    FIRST = 5.0
+    MAX = 60.0
+
+    def __init__(self) -> None:
+        self.until = -math.inf
+        """Counting alone until then (the limiter's clock)."""
+        self._for = 0.0
+
+    def failed(self, now: float) -> float | None:
+        """A round trip failed at `now`: the seconds now spent alone if this is the first failure
+        (the limiter logs it), else None."""
+        first = self._for == 0.0
+        self._for = self.FIRST if first else min(2 * self._for, self.MAX)
+        self.until = now + self._for
+        return self._for if first else None
+
+    def succeeded(self) -> bool:
+        """A round trip answered: whether the limiter was counting alone until now (it logs it)."""
+        was_alone, self._for = self._for != 0.0, 0.0
+        return was_alone
 
 
 class ExchangeError(Exception):

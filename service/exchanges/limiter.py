@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-from service.exchanges.base import LimiterState, WaitCallback
+from service.exchanges.base import LimiterState, SharingBackoff, WaitCallback
 from service.logging import get_logger
 from service.records import BudgetGrant
 
@@ -47,10 +47,6 @@ _CHUNK_MAX = 120
 #: limit) is younger than this (limiter clock seconds); an older view is refreshed first, so a pause
 #: one process met reaches the others within this.
 _SHARED_MAX_AGE = 1.0
-#: After a failed round trip the process spends alone for this long (limiter clock), twice as long
-#: after each further failure, up to the cap; a round trip that succeeds shares again.
-_UNSHARED_FIRST = 5.0
-_UNSHARED_MAX = 60.0
 
 
 class SharedWeightBudget(Protocol):
@@ -124,8 +120,7 @@ class WeightLimiter:
         self._shared_used = 0
         self._synced_at = -math.inf
         # While a failing shared budget is left alone: until when, and for how long next time.
-        self._unshared_until = -math.inf
-        self._unshared_for = 0.0
+        self._alone = SharingBackoff()
         # Learnt here and not yet told to the other processes.
         self._pending_limit: tuple[int, bool] | None = None
         self._pending_pause: tuple[float, str] | None = None
@@ -215,7 +210,7 @@ class WeightLimiter:
 
     async def _admit(self, weight: int, window: int, now: float) -> bool:
         """Whether `weight` may be spent in `window` now (taken from the allowance if shared)."""
-        if self._shared is None or now < self._unshared_until:
+        if self._shared is None or now < self._alone.until:
             budget = self._budget()
             return budget is None or self._used + weight <= budget
         if self._spend_allowance(weight, now):
@@ -225,7 +220,7 @@ class WeightLimiter:
             now = self._clock()
             if int(now // WINDOW_SECONDS) != window or self._paused_until > now:
                 return False
-            if now < self._unshared_until:
+            if now < self._alone.until:
                 return await self._admit(weight, window, now)
             if self._spend_allowance(weight, now):
                 return True
@@ -260,7 +255,7 @@ class WeightLimiter:
             return
         async with self._shared_lock:
             now = self._clock()
-            if self._has_news() and now >= self._unshared_until:
+            if self._has_news() and now >= self._alone.until:
                 await self._sync(int(now // WINDOW_SECONDS), need=0, want=0)
 
     def _spend_allowance(self, weight: int, now: float) -> bool:
@@ -334,21 +329,14 @@ class WeightLimiter:
         return True
 
     def _unshared(self, exc: Exception) -> None:
-        first = self._unshared_for == 0.0
         if self._window == int(self._clock() // WINDOW_SECONDS):
             # Alone, count on from what every process had reserved when last seen.
             self._used = max(self._used, self._shared_used)
-        self._unshared_for = _UNSHARED_FIRST if first else min(2 * self._unshared_for, _UNSHARED_MAX)
-        self._unshared_until = self._clock() + self._unshared_for
-        if first:
-            log.warning(
-                "weight_budget_unshared", seconds=self._unshared_for,
-                error=f"{exc.__class__.__name__}: {exc}"[:500],
-            )
+        if (seconds := self._alone.failed(self._clock())) is not None:
+            log.warning("weight_budget_unshared", seconds=seconds, error=f"{exc.__class__.__name__}: {exc}"[:500])
 
     def _shared_again(self) -> None:
-        if self._unshared_for:
-            self._unshared_for = 0.0
+        if self._alone.succeeded():
             log.info("weight_budget_shared_again")
 
     def observe_used(self, used: int, *, sent_at: float | None = None) -> None:

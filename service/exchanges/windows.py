@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
-from service.exchanges.base import LimiterState, WaitCallback
+from service.exchanges.base import LimiterState, SharingBackoff, WaitCallback
 from service.logging import get_logger
 from service.records import WindowGrant
 
@@ -39,10 +39,6 @@ log = get_logger(__name__)
 _FIRST_ANSWER_ALLOWANCE = 0.5
 #: The answer times the shared count's allowance is the longest of.
 _ANSWERS_REMEMBERED = 16
-#: After a failed round trip the process counts alone for this long (limiter clock), twice as long
-#: after each further failure, up to the cap; a round trip that succeeds shares again.
-_UNSHARED_FIRST = 5.0
-_UNSHARED_MAX = 60.0
 
 
 class SharedWindow(Protocol):
@@ -96,9 +92,8 @@ class WindowLimiter:
         self._shared_used = 0
         self._shared_read_at = -math.inf
         self._answer_times: deque[float] = deque(maxlen=_ANSWERS_REMEMBERED)
-        # While a failing shared window is left alone: until when, and for how long next time.
-        self._unshared_until = -math.inf
-        self._unshared_for = 0.0
+        # While a failing shared window is left alone.
+        self._alone = SharingBackoff()
         # A pause met here and not yet told to the other processes.
         self._pending_pause: tuple[float, str] | None = None
 
@@ -166,7 +161,7 @@ class WindowLimiter:
                     await self._sleep(self._paused_until - now)
                     continue
                 self._expire(now)
-                if self._shared is not None and now >= self._unshared_until:
+                if self._shared is not None and now >= self._alone.until:
                     entry = await self._reserve_shared(cost, now)
                     if entry is not None:
                         return entry
@@ -239,7 +234,7 @@ class WindowLimiter:
         assert self._pending_pause is not None
         until, reason = self._pending_pause
         self._pending_pause = None
-        if self._clock() < self._unshared_until:
+        if self._clock() < self._alone.until:
             return  # counting alone: the others hear of it no more than of the count
         try:
             await self._shared.publish_pause(until=until, reason=reason)
@@ -247,15 +242,9 @@ class WindowLimiter:
             self._unshared(exc)
 
     def _unshared(self, exc: Exception) -> None:
-        first = self._unshared_for == 0.0
-        self._unshared_for = _UNSHARED_FIRST if first else min(2 * self._unshared_for, _UNSHARED_MAX)
-        self._unshared_until = self._clock() + self._unshared_for
-        if first:
-            log.warning(
-                "request_window_unshared", seconds=self._unshared_for, error=f"{exc.__class__.__name__}: {exc}"[:500]
-            )
+        if (seconds := self._alone.failed(self._clock())) is not None:
+            log.warning("request_window_unshared", seconds=seconds, error=f"{exc.__class__.__name__}: {exc}"[:500])
 
     def _shared_again(self) -> None:
-        if self._unshared_for:
-            self._unshared_for = 0.0
+        if self._alone.succeeded():
             log.info("request_window_shared_again")
