@@ -48,17 +48,16 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Final
 from urllib.parse import unquote
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from tests.fakes.binance import INTERVALS, PRODUCTS, USDM_INTERVALS, Product
-from tests.fakes.venue_server import SlidingWindow, VenueServer, dumps
+from tests.fakes.stream_server import ENDS, StreamConnectionBase, StreamServer, decimal_string, mono_ms
+from tests.fakes.venue_server import dumps
 
 USDM_PREFIX: Final = "/market"
 MAX_STREAMS: Final = 1024
@@ -71,16 +70,11 @@ _ID_STRING_RE: Final = re.compile(r"[A-Za-z0-9]{1,36}")
 _METHODS: Final = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _KEYS: Final = frozenset({"method", "params", "id"})
 _INT64: Final = range(-(2**63), 2**63)
-_ENDS: Final = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 # The ``k`` object's fields in Binance's order; the REST row's 12 fields map to t o h l c v T q n V Q B.
 K_FIELDS: Final[tuple[str, ...]] = ("t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B")
 _ROW_FIELDS: Final[tuple[str, ...]] = ("t", "o", "h", "l", "c", "v", "T", "q", "n", "V", "Q", "B")
 _INT_K: Final = frozenset({"t", "T", "f", "L", "n"})
 _DECIMAL_K: Final = frozenset({"o", "c", "h", "l", "v", "q", "V", "Q", "B"})
-
-
-def _mono_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,15 +91,6 @@ def parse_kline_stream(stream: str, product: Product = "spot") -> tuple[str, str
     if interval not in (INTERVALS if product == "spot" else USDM_INTERVALS):
         return None
     return symbol.upper(), interval
-
-
-def _decimal_string(value: Any) -> str:
-    """A price or volume as Binance writes it: a decimal string, never a float's exponent."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise TypeError(f"expected a decimal string or number, got {value!r}")
-    return format(Decimal(repr(value)) if isinstance(value, float) else Decimal(value), "f")
 
 
 def kline_payload(
@@ -150,7 +135,7 @@ def kline_payload(
     k: dict[str, Any] = {}
     for key in K_FIELDS:
         value = given.pop(key)
-        k[key] = int(value) if key in _INT_K else _decimal_string(value) if key in _DECIMAL_K else value
+        k[key] = int(value) if key in _INT_K else decimal_string(value) if key in _DECIMAL_K else value
     k.update(given)  # extra fields, after Binance's own
     return {"e": "kline", "E": event_time, "s": k["s"], "k": k}
 
@@ -189,41 +174,20 @@ class HandshakeRecord:
 
 
 @dataclass(eq=False)
-class StreamConnection:
-    """One client connection: its streams (in subscription order), its traffic and, once closed, why."""
+class StreamConnection(StreamConnectionBase):
+    """One client connection: its streams (in subscription order), its traffic and, once closed, why.
 
-    id: int
+    ``messages_received`` is what the limit counts (text, binary, ping, pong); ``messages_sent`` the text
+    messages (events, replies, notices; pings not included). ``closed_reason``, once closed: "client" (closed
+    or lost from its side), "rate_limit", "pong_timeout", "drop" (drop_all) or "stop".
+    """
+
     product: Product
-    path: str  # the handshake's path and query
     combined: bool  # events wrapped {"stream","data"}: /stream, or SET_PROPERTY combined
-    connected_ms: int  # the venue clock (now_ms) at the handshake
     max_messages_per_second: int
-    messages_received: int = 0  # what the limit counts: text, binary, ping, pong
-    messages_sent: int = 0  # text messages: events, replies, notices (pings not included)
     pings_sent: int = 0
     pongs_received: int = 0  # every pong, solicited or not
-    # Every control message as parsed (the raw text when it was not JSON), in arrival order.
-    control_messages: list[Any] = field(default_factory=list)
-    # None while open; then "client" (closed or lost from its side), "rate_limit", "pong_timeout",
-    # "drop" (drop_all) or "stop".
-    closed_reason: str | None = None
-    _streams: dict[str, None] = field(default_factory=dict, repr=False)
-    _window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
     _pending_pings: dict[bytes, float] = field(default_factory=dict, repr=False)  # payload -> loop time sent
-    _ws: web.WebSocketResponse | None = field(default=None, repr=False)
-    _transport: asyncio.BaseTransport | None = field(default=None, repr=False)
-
-    @property
-    def streams(self) -> list[str]:
-        """The subscribed stream names, in the order they were first subscribed."""
-        return list(self._streams)
-
-    def subscribed(self, stream: str) -> bool:
-        return stream in self._streams
-
-    @property
-    def open(self) -> bool:
-        return self.closed_reason is None
 
     def _answer_pong(self, payload: bytes) -> None:
         """A pong echoing a pending ping answers it and every older one."""
@@ -240,7 +204,7 @@ class StreamConnection:
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeBinanceStream(VenueServer[HandshakeRecord]):
+class FakeBinanceStream(StreamServer[HandshakeRecord, StreamConnection]):
     """Binance's spot and USD-M kline streams on 127.0.0.1: subscriptions, limits, keepalive, pushes."""
 
     def __init__(
@@ -256,9 +220,7 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
-        super().__init__(
-            latency_ms=0.0, fault_timeout_s=0.0, now_ms=now_ms, host=host, port=port, record_requests=record_requests
-        )
+        super().__init__(now_ms=now_ms, host=host, port=port, record_requests=record_requests)
         # Incoming messages allowed per second, per product; a connection keeps the figure it opened with.
         self.message_limits: dict[Product, int] = {
             "spot": max_messages_per_second, "usdm": usdm_max_messages_per_second,
@@ -266,18 +228,8 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
         self.ping_interval = ping_interval
         self.pong_timeout = pong_timeout
         self.max_streams = max_streams
-        self.stalled = False
-
-        self.connections_opened = 0
-        self.subscribe_messages = 0
-        self.messages_sent = 0
-        self.violations = 0
         self.pings_sent = 0
         self.pong_timeouts = 0
-        self.closed_connections: list[StreamConnection] = []
-        self._open: dict[int, StreamConnection] = {}
-        self._next_id = 1
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -287,20 +239,6 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
             app.router.add_get(f"{prefix}/ws", self._raw_handler(product))
             app.router.add_get(f"{prefix}/ws/{{stream}}", self._raw_handler(product))
             app.router.add_get(f"{prefix}/stream", self._combined_handler(product))
-
-    async def stop(self) -> None:
-        """Close every connection (1001 going away), then the server."""
-        conns = list(self._open.values())
-        for conn in conns:
-            self._end(conn, "stop")
-        await asyncio.gather(
-            *(conn._ws.close(code=WSCloseCode.GOING_AWAY) for conn in conns if conn._ws is not None),
-            return_exceptions=True,
-        )
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await super().stop()
 
     @property
     def url(self) -> str:
@@ -314,57 +252,21 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
 
     # -- what tests read ------------------------------------------------------------------------
 
-    @property
-    def connections(self) -> list[StreamConnection]:
-        """The open connections, oldest first."""
-        return list(self._open.values())
-
-    @property
-    def subscriptions(self) -> set[str]:
-        """Every stream name subscribed on some open connection (either product)."""
-        return {stream for conn in self._open.values() for stream in conn._streams}
-
     def subscriptions_of(self, product: Product) -> set[str]:
         return {stream for conn in self._open.values() if conn.product == product for stream in conn._streams}
 
     def _venue_stats(self) -> dict[str, Any]:
-        return {
-            "connections": len(self._open),
-            "connections_opened": self.connections_opened,
-            "subscriptions": len(self.subscriptions),
-            "subscribe_messages": self.subscribe_messages,
-            "messages_sent": self.messages_sent,
-            "violations": self.violations,
-            "pings_sent": self.pings_sent,
-            "pong_timeouts": self.pong_timeouts,
-        }
+        return {**super()._venue_stats(), "pings_sent": self.pings_sent, "pong_timeouts": self.pong_timeouts}
 
     async def wait_subscribed(
         self, streams: str | Iterable[str], timeout: float = 5.0, *, product: Product | None = None
     ) -> None:
         """Until every one of ``streams`` is subscribed on some open connection (of ``product``)."""
-        wanted = {streams} if isinstance(streams, str) else set(streams)
 
-        def missing() -> set[str]:
-            have = self.subscriptions if product is None else self.subscriptions_of(product)
-            return wanted - have
+        def have() -> set[str]:
+            return self.subscriptions if product is None else self.subscriptions_of(product)
 
-        await self._wait(lambda: not missing(), timeout, lambda: f"streams never subscribed: {sorted(missing())}")
-
-    async def wait_connections(self, count: int = 1, timeout: float = 5.0) -> list[StreamConnection]:
-        """Until at least ``count`` connections are open; returns them."""
-        await self._wait(
-            lambda: len(self._open) >= count, timeout, lambda: f"{len(self._open)} connections open, not {count}"
-        )
-        return self.connections
-
-    async def _wait(self, done: Callable[[], bool], timeout: float, why: Callable[[], str]) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not done():
-                    await asyncio.sleep(0.005)
-        except TimeoutError:
-            raise TimeoutError(why()) from None
+        await self._wait_subscribed(streams, timeout, have)
 
     # -- what tests do --------------------------------------------------------------------------
 
@@ -390,42 +292,22 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
         """Send ``payload`` as an event of ``stream`` (wrapped on combined connections) to its subscribers."""
         data = dumps(payload)
         wrapped = b'{"stream":' + dumps(stream) + b',"data":' + data + b"}"
-        sent = 0
-        for conn in list(self._open.values()):
-            if conn.subscribed(stream) and (product is None or conn.product == product):
-                sent += await self._send(conn, wrapped if conn.combined else data)
-        return sent
+        return await self._broadcast(
+            lambda conn: wrapped if conn.combined else data,
+            lambda conn: conn.subscribed(stream) and (product is None or conn.product == product),
+        )
 
     async def shutdown_notice(self) -> int:
         """Send ``serverShutdown`` (reconnect now) to every open connection; they stay open."""
         data = dumps({"e": "serverShutdown", "E": self.now_ms()})
         wrapped = b'{"stream":"!serverShutdown","data":' + data + b"}"
-        sent = 0
-        for conn in list(self._open.values()):
-            sent += await self._send(conn, wrapped if conn.combined else data)
-        return sent
+        return await self._broadcast(lambda conn: wrapped if conn.combined else data)
 
-    async def drop_all(self) -> int:
-        """Cut every open connection as the network would: the TCP connection is reset, no close frame.
-        Returns how many."""
-        conns = list(self._open.values())
-        for conn in conns:
-            self._end(conn, "drop")
-            transport = conn._transport
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
-            elif transport is not None:
-                transport.close()
-        await asyncio.sleep(0)
-        return len(conns)
-
-    def stall(self, stalled: bool = True) -> None:
-        """Go silent (True): no events, replies, notices or pings, and no pong timeouts, but nothing
-        closes and control messages still take effect. False resumes, the pings' clocks reset."""
-        self.stalled = stalled
-        if not stalled:
-            for conn in self._open.values():
-                conn._pending_pings.clear()
+    def _resume(self) -> None:
+        """A stall (`stall`) sends no events, replies, notices or pings and times no pong out; when it ends,
+        the pings' clocks reset."""
+        for conn in self._open.values():
+            conn._pending_pings.clear()
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -467,38 +349,20 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
         now = self.now_ms()
         self._note(101, lambda: HandshakeRecord(now, product, request.path_qs, 101))
         conn = StreamConnection(
-            id=self._next_id, product=product, path=request.path_qs, combined=combined, connected_ms=now,
+            id=self._take_id(), product=product, path=request.path_qs, combined=combined, connected_ms=now,
             max_messages_per_second=self.message_limits[product], _streams=unique, _ws=ws,
             _transport=transport,
         )  # fmt: skip
-        self._next_id += 1
-        self._open[conn.id] = conn
-        self.connections_opened += 1
-        keepalive = asyncio.create_task(self._keepalive(conn))
-        self._tasks.add(keepalive)
-        keepalive.add_done_callback(self._tasks.discard)
-        try:
-            await self._serve(conn, ws)
-        finally:
-            keepalive.cancel()
-            self._end(conn, "client")
-        return ws
-
-    def _end(self, conn: StreamConnection, reason: str) -> None:
-        """Mark ``conn`` closed (the first reason stays) and forget it as open."""
-        if conn.closed_reason is None:
-            conn.closed_reason = reason
-            self._open.pop(conn.id, None)
-            self.closed_connections.append(conn)
+        return await self._serve_connection(conn, ws, self._keepalive)
 
     async def _serve(self, conn: StreamConnection, ws: web.WebSocketResponse) -> None:
         """Read the client's messages until the connection ends."""
         while conn.open:
             msg = await ws.receive()
-            if msg.type in _ENDS:
+            if msg.type in ENDS:
                 return
             conn.messages_received += 1
-            if not conn._window.admit(_mono_ms(), conn.max_messages_per_second, RATE_WINDOW_MS):
+            if not conn._window.admit(mono_ms(), conn.max_messages_per_second, RATE_WINDOW_MS):
                 self.violations += 1
                 self._end(conn, "rate_limit")
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"Too many requests")
@@ -514,18 +378,6 @@ class FakeBinanceStream(VenueServer[HandshakeRecord]):
                 await self._send(conn, self._control(conn, msg.data))
             elif msg.type is WSMsgType.BINARY:
                 await self._send(conn, self._control(conn, msg.data.decode("utf-8", "replace")))
-
-    async def _send(self, conn: StreamConnection, data: bytes) -> bool:
-        """One text message to ``conn``, unless stalled or gone."""
-        if self.stalled or not conn.open or conn._ws is None:
-            return False
-        try:
-            await conn._ws.send_frame(data, WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError):
-            return False
-        conn.messages_sent += 1
-        self.messages_sent += 1
-        return True
 
     async def _keepalive(self, conn: StreamConnection) -> None:
         """Ping every `ping_interval`; close the connection when a ping waits over `pong_timeout`."""

@@ -43,16 +43,15 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from tests.fakes.bybit import INTERVALS, interval_shift
-from tests.fakes.venue_server import SlidingWindow, VenueServer, dumps
+from tests.fakes.stream_server import ENDS, StreamConnectionBase, StreamServer, decimal_string, mono_ms
+from tests.fakes.venue_server import dumps
 
 __all__ = [
     "BYBIT_KLINE_FIELDS", "MAX_ARGS", "SPOT_PATH", "BybitStreamConnection", "FakeBybitStream", "HandshakeRecord",
@@ -67,7 +66,6 @@ CLOSE_TIMEOUT_S: Final = 2.0  # how long a closing server waits for the client's
 
 _KLINE_TOPIC_RE: Final = re.compile(r"kline\.([^.]+)\.([^.]*)")
 _SYMBOL_RE: Final = re.compile(r"[A-Z0-9]{2,30}")
-_ENDS: Final = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 # A kline object's fields in Bybit's order.
 BYBIT_KLINE_FIELDS: Final[tuple[str, ...]] = (
     "start", "end", "interval", "open", "close", "high", "low", "volume", "turnover", "confirm", "timestamp",
@@ -77,10 +75,6 @@ BYBIT_KLINE_FIELDS: Final[tuple[str, ...]] = (
 _BINANCE_ROW: Final = {"start": 0, "open": 1, "high": 2, "low": 3, "close": 4, "volume": 5, "turnover": 7}
 _BYBIT_ROW: Final = {"start": 0, "open": 1, "high": 2, "low": 3, "close": 4, "volume": 5, "turnover": 6}
 _DECIMAL_FIELDS: Final = frozenset({"open", "close", "high", "low", "volume", "turnover"})
-
-
-def _mono_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,15 +88,6 @@ def parse_kline_topic(topic: str) -> tuple[str, str] | None:
     if m is None or m.group(1) not in INTERVALS or _SYMBOL_RE.fullmatch(m.group(2)) is None:
         return None
     return m.group(1), m.group(2)
-
-
-def _decimal_string(value: Any) -> str:
-    """A price or volume as Bybit writes it in a push: a decimal string, never a float's exponent."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise TypeError(f"expected a decimal string or number, got {value!r}")
-    return format(Decimal(repr(value)) if isinstance(value, float) else Decimal(value), "f")
 
 
 def kline_payload(
@@ -142,7 +127,7 @@ def kline_payload(
         if key in ("start", "end", "timestamp"):
             value = int(value)
         elif key in _DECIMAL_FIELDS:
-            value = _decimal_string(value)
+            value = decimal_string(value)
         k[key] = value
     k.update(given)  # extra fields, after Bybit's own
     return {"topic": topic, "data": [k], "ts": ts, "type": "snapshot"}
@@ -163,39 +148,18 @@ class HandshakeRecord:
 
 
 @dataclass(eq=False)
-class BybitStreamConnection:
-    """One client connection: its topics (in subscription order), its traffic and, once closed, why."""
+class BybitStreamConnection(StreamConnectionBase):
+    """One client connection: its topics (`streams`, in subscription order), its traffic and, once closed, why.
 
-    id: int
+    ``messages_received`` counts every frame (text, binary, ping, pong); ``messages_sent`` the text messages
+    (pushes and replies). ``closed_reason``, once closed: "client" (closed or lost from its side),
+    "rate_limit", "idle_timeout", "drop" (drop_all) or "stop".
+    """
+
     conn_id: str  # what the replies carry as "conn_id"
-    path: str  # the handshake's path and query
-    connected_ms: int  # the venue clock (now_ms) at the handshake
     max_messages_per_second: int | None
-    messages_received: int = 0  # every frame: text, binary, ping, pong
-    messages_sent: int = 0  # text messages: pushes and replies
     pings_received: int = 0  # JSON {"op":"ping"} requests
-    # Every control message as parsed (the raw text when it was not JSON), in arrival order.
-    control_messages: list[Any] = field(default_factory=list)
-    # None while open; then "client" (closed or lost from its side), "rate_limit", "idle_timeout",
-    # "drop" (drop_all) or "stop".
-    closed_reason: str | None = None
-    _topics: dict[str, None] = field(default_factory=dict, repr=False)
-    _window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
     _last_heard: float = field(default=0.0, repr=False)  # loop time of the last incoming frame
-    _ws: web.WebSocketResponse | None = field(default=None, repr=False)
-    _transport: asyncio.BaseTransport | None = field(default=None, repr=False)
-
-    @property
-    def streams(self) -> list[str]:
-        """The subscribed topics, in the order they were first subscribed."""
-        return list(self._topics)
-
-    def subscribed(self, topic: str) -> bool:
-        return topic in self._topics
-
-    @property
-    def open(self) -> bool:
-        return self.closed_reason is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,7 +167,7 @@ class BybitStreamConnection:
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeBybitStream(VenueServer[HandshakeRecord]):
+class FakeBybitStream(StreamServer[HandshakeRecord, BybitStreamConnection]):
     """Bybit v5's public spot kline stream on 127.0.0.1: subscriptions, heartbeat, idle timeout, pushes."""
 
     def __init__(
@@ -217,43 +181,17 @@ class FakeBybitStream(VenueServer[HandshakeRecord]):
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
-        super().__init__(
-            latency_ms=0.0, fault_timeout_s=0.0, now_ms=now_ms, host=host, port=port, record_requests=record_requests
-        )
+        super().__init__(now_ms=now_ms, host=host, port=port, record_requests=record_requests)
         self.idle_timeout = idle_timeout  # read at each check: a test may change it on a live fake
         self.max_messages_per_second = max_messages_per_second  # a connection keeps the figure it opened with
         self.max_args = max_args
-        self.stalled = False
-
-        self.connections_opened = 0
-        self.subscribe_messages = 0
-        self.messages_sent = 0
-        self.violations = 0
         self.pings_received = 0
         self.idle_timeouts = 0
-        self.closed_connections: list[BybitStreamConnection] = []
-        self._open: dict[int, BybitStreamConnection] = {}
-        self._next_id = 1
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _add_routes(self, app: web.Application) -> None:
         app.router.add_get(SPOT_PATH, self._accept)
-
-    async def stop(self) -> None:
-        """Close every connection (1001 going away), then the server."""
-        conns = list(self._open.values())
-        for conn in conns:
-            self._end(conn, "stop")
-        await asyncio.gather(
-            *(conn._ws.close(code=WSCloseCode.GOING_AWAY) for conn in conns if conn._ws is not None),
-            return_exceptions=True,
-        )
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await super().stop()
 
     @property
     def url(self) -> str:
@@ -262,50 +200,12 @@ class FakeBybitStream(VenueServer[HandshakeRecord]):
 
     # -- what tests read ------------------------------------------------------------------------
 
-    @property
-    def connections(self) -> list[BybitStreamConnection]:
-        """The open connections, oldest first."""
-        return list(self._open.values())
-
-    @property
-    def subscriptions(self) -> set[str]:
-        """Every topic subscribed on some open connection."""
-        return {topic for conn in self._open.values() for topic in conn._topics}
-
     def _venue_stats(self) -> dict[str, Any]:
-        return {
-            "connections": len(self._open),
-            "connections_opened": self.connections_opened,
-            "subscriptions": len(self.subscriptions),
-            "subscribe_messages": self.subscribe_messages,
-            "messages_sent": self.messages_sent,
-            "violations": self.violations,
-            "pings_received": self.pings_received,
-            "idle_timeouts": self.idle_timeouts,
-        }
+        return {**super()._venue_stats(), "pings_received": self.pings_received, "idle_timeouts": self.idle_timeouts}
 
     async def wait_subscribed(self, streams: str | Iterable[str], timeout: float = 5.0) -> None:
         """Until every one of ``streams`` (topics) is subscribed on some open connection."""
-        wanted = {streams} if isinstance(streams, str) else set(streams)
-        await self._wait(
-            lambda: wanted <= self.subscriptions, timeout,
-            lambda: f"topics never subscribed: {sorted(wanted - self.subscriptions)}",
-        )  # fmt: skip
-
-    async def wait_connections(self, count: int = 1, timeout: float = 5.0) -> list[BybitStreamConnection]:
-        """Until at least ``count`` connections are open; returns them."""
-        await self._wait(
-            lambda: len(self._open) >= count, timeout, lambda: f"{len(self._open)} connections open, not {count}"
-        )
-        return self.connections
-
-    async def _wait(self, done: Callable[[], bool], timeout: float, why: Callable[[], str]) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not done():
-                    await asyncio.sleep(0.005)
-        except TimeoutError:
-            raise TimeoutError(why()) from None
+        await self._wait_subscribed(streams, timeout, lambda: self.subscriptions, "topics")
 
     # -- what tests do --------------------------------------------------------------------------
 
@@ -321,34 +221,14 @@ class FakeBybitStream(VenueServer[HandshakeRecord]):
             data = payload.encode()
         else:
             data = payload if isinstance(payload, bytes) else dumps(payload)
-        sent = 0
-        for conn in list(self._open.values()):
-            if conn.subscribed(topic):
-                sent += await self._send(conn, data)
-        return sent
+        return await self._send_to_subscribers(topic, data)
 
-    async def drop_all(self) -> int:
-        """Cut every open connection as the network would: the TCP connection is reset, no close frame.
-        Returns how many."""
-        conns = list(self._open.values())
-        for conn in conns:
-            self._end(conn, "drop")
-            transport = conn._transport
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
-            elif transport is not None:
-                transport.close()
-        await asyncio.sleep(0)
-        return len(conns)
-
-    def stall(self, stalled: bool = True) -> None:
-        """Go silent (True): no pushes or replies (pongs included) and no idle timeouts, but nothing closes
-        and operations still take effect. False resumes, the idle clocks reset."""
-        self.stalled = stalled
-        if not stalled:
-            now = asyncio.get_running_loop().time()
-            for conn in self._open.values():
-                conn._last_heard = now
+    def _resume(self) -> None:
+        """A stall (`stall`) sends no pushes or replies (pongs included) and times no one out as idle; when it
+        ends, the idle clocks reset."""
+        now = asyncio.get_running_loop().time()
+        for conn in self._open.values():
+            conn._last_heard = now
 
     # -- connections ----------------------------------------------------------------------------
 
@@ -359,43 +239,25 @@ class FakeBybitStream(VenueServer[HandshakeRecord]):
         await ws.prepare(request)
         now = self.now_ms()
         self._note(101, lambda: HandshakeRecord(now, request.path_qs, 101))
-        conn_id = self._next_id
+        conn_id = self._take_id()
         conn = BybitStreamConnection(
             id=conn_id, conn_id=f"fakeconn{conn_id:012d}-spot", path=request.path_qs, connected_ms=now,
             max_messages_per_second=self.max_messages_per_second, _last_heard=asyncio.get_running_loop().time(),
             _ws=ws, _transport=transport,
         )  # fmt: skip
-        self._next_id += 1
-        self._open[conn.id] = conn
-        self.connections_opened += 1
-        watch = asyncio.create_task(self._watch_idle(conn))
-        self._tasks.add(watch)
-        watch.add_done_callback(self._tasks.discard)
-        try:
-            await self._serve(conn, ws)
-        finally:
-            watch.cancel()
-            self._end(conn, "client")
-        return ws
-
-    def _end(self, conn: BybitStreamConnection, reason: str) -> None:
-        """Mark ``conn`` closed (the first reason stays) and forget it as open."""
-        if conn.closed_reason is None:
-            conn.closed_reason = reason
-            self._open.pop(conn.id, None)
-            self.closed_connections.append(conn)
+        return await self._serve_connection(conn, ws, self._watch_idle)
 
     async def _serve(self, conn: BybitStreamConnection, ws: web.WebSocketResponse) -> None:
         """Read the client's messages until the connection ends."""
         loop = asyncio.get_running_loop()
         while conn.open:
             msg = await ws.receive()
-            if msg.type in _ENDS:
+            if msg.type in ENDS:
                 return
             conn.messages_received += 1
             conn._last_heard = loop.time()
             limit = conn.max_messages_per_second
-            if limit is not None and not conn._window.admit(_mono_ms(), limit, RATE_WINDOW_MS):
+            if limit is not None and not conn._window.admit(mono_ms(), limit, RATE_WINDOW_MS):
                 self.violations += 1
                 self._end(conn, "rate_limit")
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"Too many requests")
@@ -409,18 +271,6 @@ class FakeBybitStream(VenueServer[HandshakeRecord]):
             elif msg.type is WSMsgType.BINARY:
                 await self._send(conn, self._operation(conn, msg.data.decode("utf-8", "replace")))
             # a PONG frame only counts as activity
-
-    async def _send(self, conn: BybitStreamConnection, data: bytes) -> bool:
-        """One text message to ``conn``, unless stalled or gone."""
-        if self.stalled or not conn.open or conn._ws is None:
-            return False
-        try:
-            await conn._ws.send_frame(data, WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError):
-            return False
-        conn.messages_sent += 1
-        self.messages_sent += 1
-        return True
 
     async def _watch_idle(self, conn: BybitStreamConnection) -> None:
         """Close the connection once nothing has come from the client for `idle_timeout` seconds."""
@@ -474,12 +324,12 @@ class FakeBybitStream(VenueServer[HandshakeRecord]):
                 return self._reply(conn, False, "Params Error", req_id, op)
         if op == "subscribe":
             for topic in args:
-                if topic in conn._topics:
+                if topic in conn._streams:
                     return self._reply(conn, False, f"error:already subscribed,topic:{topic}", req_id, op)
-            conn._topics.update(dict.fromkeys(args))
+            conn._streams.update(dict.fromkeys(args))
         else:
             for topic in args:
-                conn._topics.pop(topic, None)
+                conn._streams.pop(topic, None)
         return self._reply(conn, True, "", req_id, op)
 
     @staticmethod

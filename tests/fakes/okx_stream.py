@@ -54,16 +54,15 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Final, Literal
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 
-from tests.fakes.venue_server import SlidingWindow, VenueServer, dumps
+from tests.fakes.stream_server import ENDS, StreamConnectionBase, StreamServer, decimal_string, mono_ms
+from tests.fakes.venue_server import SlidingWindow, dumps
 
 BUSINESS_PATH: Final = "/ws/v5/business"
 PUBLIC_PATH: Final = "/ws/v5/public"
@@ -106,12 +105,7 @@ _BINANCE_ROW_LEN: Final = 12
 _INST_ID_RE: Final = re.compile(r"[A-Z0-9]+(?:-[A-Z0-9]+)+")
 _REQUEST_ID_RE: Final = re.compile(r"[A-Za-z0-9]{1,32}")
 _OPS: Final = ("subscribe", "unsubscribe", "login")
-_ENDS: Final = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
 _TOO_MANY_CONNECTS: Final = dumps({"msg": "Too Many Requests", "code": "50011"})
-
-
-def _mono_ms() -> int:
-    return time.monotonic_ns() // 1_000_000
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,15 +124,6 @@ def parse_stream(stream: str) -> tuple[str, str]:
     if not sep or channel not in CHANNELS or not inst_id:
         raise ValueError(f"not a candle stream name (channel:instId): {stream!r}")
     return channel, inst_id
-
-
-def _okx_string(value: Any) -> str:
-    """A number as OKX writes it: a decimal string, never a float's exponent."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise TypeError(f"expected a decimal string or number, got {value!r}")
-    return format(Decimal(repr(value)) if isinstance(value, float) else Decimal(value), "f")
 
 
 def candle_row(kline: Mapping[str, Any] | Sequence[Any], *, closed: bool = False) -> list[str]:
@@ -169,7 +154,7 @@ def candle_row(kline: Mapping[str, Any] | Sequence[Any], *, closed: bool = False
         confirm = "1" if closed else "0"
     elif isinstance(confirm, bool):
         confirm = "1" if confirm else "0"
-    return [_okx_string(v) for v in values] + [_okx_string(confirm)]
+    return [decimal_string(v) for v in values] + [decimal_string(confirm)]
 
 
 def candle_payload(stream: str, kline: Mapping[str, Any] | Sequence[Any], *, closed: bool = False) -> dict[str, Any]:
@@ -209,40 +194,21 @@ class HandshakeRecord:
 
 
 @dataclass(eq=False)
-class StreamConnection:
-    """One client connection: its streams (in subscription order), its traffic and, once closed, why."""
+class StreamConnection(StreamConnectionBase):
+    """One client connection: its streams (``channel:instId``, in subscription order), its traffic and, once
+    closed, why.
 
-    id: int
+    ``messages_received`` counts every frame (text, binary, ping, pong); ``messages_sent`` the text messages
+    (pushes, events, pongs); ``control_messages`` every control message but the text "ping"; ``_window`` the
+    subscribe/unsubscribe/login requests of the last hour. ``closed_reason``, once closed: "client" (closed or
+    lost from its side), "idle" (4004), "too_long" (1009), "drop" (drop_all) or "stop".
+    """
+
     conn_id: str  # OKX's connId, in every event it sends
     endpoint: Endpoint
-    path: str  # the handshake's path and query
-    connected_ms: int  # the venue clock (now_ms) at the handshake
-    messages_received: int = 0  # every frame: text, binary, ping, pong
-    messages_sent: int = 0  # text messages: pushes, events, pongs
     pings_received: int = 0  # the text "ping"
     requests_refused: int = 0  # subscribe/unsubscribe/login over the hourly limit
-    # Every control message but the text "ping", as parsed (the raw text when it was not JSON), in order.
-    control_messages: list[Any] = field(default_factory=list)
-    # None while open; then "client" (closed or lost from its side), "idle" (4004), "too_long" (1009),
-    # "drop" (drop_all) or "stop".
-    closed_reason: str | None = None
-    _streams: dict[str, None] = field(default_factory=dict, repr=False)
-    _window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
     _last_received: float = field(default=0.0, repr=False)  # loop time of the client's last frame
-    _ws: web.WebSocketResponse | None = field(default=None, repr=False)
-    _transport: asyncio.BaseTransport | None = field(default=None, repr=False)
-
-    @property
-    def streams(self) -> list[str]:
-        """The subscribed stream names (``channel:instId``), in the order they were first subscribed."""
-        return list(self._streams)
-
-    def subscribed(self, stream: str) -> bool:
-        return stream in self._streams
-
-    @property
-    def open(self) -> bool:
-        return self.closed_reason is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +216,7 @@ class StreamConnection:
 # ---------------------------------------------------------------------------------------------
 
 
-class FakeOkxStream(VenueServer[HandshakeRecord]):
+class FakeOkxStream(StreamServer[HandshakeRecord, StreamConnection]):
     """OKX v5's candle channels on 127.0.0.1: subscriptions, limits, idle timeout, pushes."""
 
     def __init__(
@@ -266,29 +232,19 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
         port: int = 0,
         record_requests: bool = True,
     ) -> None:
-        super().__init__(
-            latency_ms=0.0, fault_timeout_s=0.0, now_ms=now_ms, host=host, port=port, record_requests=record_requests
-        )
+        super().__init__(now_ms=now_ms, host=host, port=port, record_requests=record_requests)
         self.idle_timeout = idle_timeout  # seconds without a client frame before 4004; None: never
         self.max_requests_per_hour = max_requests_per_hour
         self.max_request_bytes = max_request_bytes
         self.max_connects_per_second = max_connects_per_second
         # The instIds that exist (60018 for others); None: any of OKX's form (BTC-USDT, BTC-USDT-SWAP, …).
         self.instruments: set[str] | None = None if instruments is None else set(instruments)
-        self.stalled = False
-
-        self.connections_opened = 0
-        self.subscribe_messages = 0  # every message with "op":"subscribe", answered or not
-        self.messages_sent = 0
-        self.violations = 0  # requests over the hourly limit, too-long messages, handshakes over the limit
+        # subscribe_messages counts every message with "op":"subscribe", answered or not; violations, the
+        # requests over the hourly limit, the too-long messages and the handshakes over the limit.
         self.idle_timeouts = 0
         self.pings_received = 0
         self.connects_refused = 0
-        self.closed_connections: list[StreamConnection] = []
-        self._open: dict[int, StreamConnection] = {}
         self._connects = SlidingWindow()
-        self._next_id = 1
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -302,20 +258,6 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
         app.router.add_get(BUSINESS_PATH, business)
         app.router.add_get(PUBLIC_PATH, public)
 
-    async def stop(self) -> None:
-        """Close every connection (1001 going away), then the server."""
-        conns = list(self._open.values())
-        for conn in conns:
-            self._end(conn, "stop")
-        await asyncio.gather(
-            *(conn._ws.close(code=WSCloseCode.GOING_AWAY) for conn in conns if conn._ws is not None),
-            return_exceptions=True,
-        )
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await super().stop()
-
     @property
     def url(self) -> str:
         """The full ``/ws/v5/business`` endpoint, where the candle channels are."""
@@ -328,52 +270,13 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
 
     # -- what tests read ------------------------------------------------------------------------
 
-    @property
-    def connections(self) -> list[StreamConnection]:
-        """The open connections (either endpoint), oldest first."""
-        return list(self._open.values())
-
-    @property
-    def subscriptions(self) -> set[str]:
-        """Every stream name (``channel:instId``) subscribed on some open connection."""
-        return {stream for conn in self._open.values() for stream in conn._streams}
-
     def _venue_stats(self) -> dict[str, Any]:
         return {
-            "connections": len(self._open),
-            "connections_opened": self.connections_opened,
-            "subscriptions": len(self.subscriptions),
-            "subscribe_messages": self.subscribe_messages,
-            "messages_sent": self.messages_sent,
-            "violations": self.violations,
+            **super()._venue_stats(),
             "idle_timeouts": self.idle_timeouts,
             "pings_received": self.pings_received,
             "connects_refused": self.connects_refused,
         }
-
-    async def wait_subscribed(self, streams: str | Iterable[str], timeout: float = 5.0) -> None:
-        """Until every one of ``streams`` is subscribed on some open connection."""
-        wanted = {streams} if isinstance(streams, str) else set(streams)
-
-        def missing() -> set[str]:
-            return wanted - self.subscriptions
-
-        await self._wait(lambda: not missing(), timeout, lambda: f"streams never subscribed: {sorted(missing())}")
-
-    async def wait_connections(self, count: int = 1, timeout: float = 5.0) -> list[StreamConnection]:
-        """Until at least ``count`` connections are open; returns them."""
-        await self._wait(
-            lambda: len(self._open) >= count, timeout, lambda: f"{len(self._open)} connections open, not {count}"
-        )
-        return self.connections
-
-    async def _wait(self, done: Callable[[], bool], timeout: float, why: Callable[[], str]) -> None:
-        try:
-            async with asyncio.timeout(timeout):
-                while not done():
-                    await asyncio.sleep(0.005)
-        except TimeoutError:
-            raise TimeoutError(why()) from None
 
     # -- what tests do --------------------------------------------------------------------------
 
@@ -390,53 +293,31 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
             data = payload.encode()
         else:
             data = dumps(payload)
-        sent = 0
-        for conn in list(self._open.values()):
-            if conn.subscribed(stream):
-                sent += await self._send(conn, data)
-        return sent
+        return await self._send_to_subscribers(stream, data)
 
     async def notice(self, code: str = "64008", msg: str = UPGRADE_MSG) -> int:
         """Send ``{"event":"notice","code":…,"msg":…,"connId":…}`` to every open connection; they stay open
         (OKX closes them about 60 s later: script that with `drop_all`). Returns how many it reached."""
-        sent = 0
-        for conn in list(self._open.values()):
-            sent += await self._send(conn, _event(None, {"event": "notice", "code": code, "msg": msg}, conn.conn_id))
-        return sent
+        body = {"event": "notice", "code": code, "msg": msg}
+        return await self._broadcast(lambda conn: _event(None, body, conn.conn_id))
 
     async def shutdown_notice(self) -> int:
         """The service-upgrade notice (64008), as `FakeBinanceStream.shutdown_notice` sends Binance's."""
         return await self.notice()
 
-    async def drop_all(self) -> int:
-        """Cut every open connection as the network would: the TCP connection is reset, no close frame.
-        Returns how many."""
-        conns = list(self._open.values())
-        for conn in conns:
-            self._end(conn, "drop")
-            transport = conn._transport
-            if isinstance(transport, asyncio.Transport):
-                transport.abort()
-            elif transport is not None:
-                transport.close()
-        await asyncio.sleep(0)
-        return len(conns)
-
-    def stall(self, stalled: bool = True) -> None:
-        """Go silent (True): no pushes, replies, pongs or notices, and no idle timeouts, but nothing closes
-        and control messages still take effect. False resumes; the idle clocks restart."""
-        self.stalled = stalled
-        if not stalled:
-            now = asyncio.get_running_loop().time()
-            for conn in self._open.values():
-                conn._last_received = now
+    def _resume(self) -> None:
+        """A stall (`stall`) sends no pushes, replies, pongs or notices and times no one out as idle; when it
+        ends, the idle clocks restart."""
+        now = asyncio.get_running_loop().time()
+        for conn in self._open.values():
+            conn._last_received = now
 
     # -- connections ----------------------------------------------------------------------------
 
     async def _accept(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
         self.request_count += 1
         limit = self.max_connects_per_second
-        if limit is not None and not self._connects.admit(_mono_ms(), limit, 1_000):
+        if limit is not None and not self._connects.admit(mono_ms(), limit, 1_000):
             self.violations += 1
             self.connects_refused += 1
             self._note(429, lambda: HandshakeRecord(self.now_ms(), endpoint, request.path_qs, 429))
@@ -446,36 +327,19 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
         await ws.prepare(request)
         now = self.now_ms()
         self._note(101, lambda: HandshakeRecord(now, endpoint, request.path_qs, 101))
+        n = self._take_id()
         conn = StreamConnection(
-            id=self._next_id, conn_id=_conn_id(self._next_id), endpoint=endpoint, path=request.path_qs,
-            connected_ms=now, _last_received=asyncio.get_running_loop().time(), _ws=ws, _transport=transport,
+            id=n, conn_id=_conn_id(n), endpoint=endpoint, path=request.path_qs, connected_ms=now,
+            _last_received=asyncio.get_running_loop().time(), _ws=ws, _transport=transport,
         )  # fmt: skip
-        self._next_id += 1
-        self._open[conn.id] = conn
-        self.connections_opened += 1
-        watchdog = asyncio.create_task(self._idle_watchdog(conn))
-        self._tasks.add(watchdog)
-        watchdog.add_done_callback(self._tasks.discard)
-        try:
-            await self._serve(conn, ws)
-        finally:
-            watchdog.cancel()
-            self._end(conn, "client")
-        return ws
-
-    def _end(self, conn: StreamConnection, reason: str) -> None:
-        """Mark ``conn`` closed (the first reason stays) and forget it as open."""
-        if conn.closed_reason is None:
-            conn.closed_reason = reason
-            self._open.pop(conn.id, None)
-            self.closed_connections.append(conn)
+        return await self._serve_connection(conn, ws, self._idle_watchdog)
 
     async def _serve(self, conn: StreamConnection, ws: web.WebSocketResponse) -> None:
         """Read the client's messages until the connection ends."""
         loop = asyncio.get_running_loop()
         while conn.open:
             msg = await ws.receive()
-            if msg.type in _ENDS:
+            if msg.type in ENDS:
                 return
             conn.messages_received += 1
             conn._last_received = loop.time()
@@ -499,18 +363,6 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
                 continue
             for answer in self._control(conn, text):
                 await self._send(conn, answer)
-
-    async def _send(self, conn: StreamConnection, data: bytes) -> bool:
-        """One text message to ``conn``, unless stalled or gone."""
-        if self.stalled or not conn.open or conn._ws is None:
-            return False
-        try:
-            await conn._ws.send_frame(data, WSMsgType.TEXT)
-        except (ConnectionError, RuntimeError):
-            return False
-        conn.messages_sent += 1
-        self.messages_sent += 1
-        return True
 
     async def _idle_watchdog(self, conn: StreamConnection) -> None:
         """Close ``conn`` (4004) once the client has sent nothing for `idle_timeout` seconds, unless stalled."""
@@ -552,7 +404,7 @@ class FakeOkxStream(VenueServer[HandshakeRecord]):
             return [_error("60012", f"Invalid request: {text}", cid)]
         if op not in _OPS:
             return [_error("60019", f"Invalid op: {op}", cid, request_id)]
-        if not conn._window.admit(_mono_ms(), self.max_requests_per_hour, HOUR_MS):
+        if not conn._window.admit(mono_ms(), self.max_requests_per_hour, HOUR_MS):
             self.violations += 1
             conn.requests_refused += 1
             return [_error("60014", "Requests too frequent.", cid, request_id)]

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.fakes.binance_stream import FakeBinanceStream
+from tests.fakes.stream_testing import WAIT, receive_json
 
 T0 = 1_672_515_782_136
 # Binance's own example (web-socket-streams.md, "Kline/Candlestick Streams for UTC"), key order included.
@@ -24,7 +24,6 @@ DOC_EVENT = (
 # trades, taker base, taker quote, ignore.
 DOC_ROW = [1672515780000, "0.0010", "0.0025", "0.0015", "0.0020", "1000", 1672515839999, "1.0000", 100, "500",
            "0.500", "123456"]  # fmt: skip
-WAIT = 5.0  # generous: the suite runs under load
 
 
 @pytest.fixture
@@ -37,12 +36,6 @@ async def fake() -> AsyncIterator[FakeBinanceStream]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    msg = await ws.receive(timeout=WAIT)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def test_combined_and_raw_events(fake: FakeBinanceStream, http: aiohttp.ClientSession) -> None:

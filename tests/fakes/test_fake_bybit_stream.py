@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.fakes.bybit_stream import FakeBybitStream
+from tests.fakes.stream_testing import WAIT, receive_json
 
 T0 = 1_672_324_988_882
 # Bybit's own example (docs/v5/websocket/public/kline.mdx), key order included.
@@ -23,7 +23,6 @@ DOC_PUSH = (
 # trades, taker base, taker quote, ignore.
 DOC_ROW = [1672324800000, "16649.5", "16677", "16608", "16677", "2.081", 1672325099999, "34666.4005", 7, "1",
            "16000", "0"]  # fmt: skip
-WAIT = 5.0  # generous: the suite runs under load
 
 
 @pytest.fixture
@@ -36,12 +35,6 @@ async def fake() -> AsyncIterator[FakeBybitStream]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    msg = await ws.receive(timeout=WAIT)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def test_subscribe_and_push(fake: FakeBybitStream, http: aiohttp.ClientSession) -> None:

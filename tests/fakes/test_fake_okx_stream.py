@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.fakes.okx_stream import MIGRATED_MSG, FakeOkxStream
+from tests.fakes.stream_testing import WAIT, receive_json
 
 T0 = 1_597_026_383_085
 # OKX's documented push, with the confirm field of today's 9-field rows.
@@ -23,7 +23,6 @@ DOC_PUSH = (
 BINANCE_ROW = [1597026383085, "8533.02", "8553.74", "8527.17", "8548.26", "45247", 1597026443084, "529.5858061",
                10, "0", "0", "0"]  # fmt: skip
 BTC_1M = {"channel": "candle1m", "instId": "BTC-USDT"}
-WAIT = 5.0  # generous: the suite runs under load
 
 
 @pytest.fixture
@@ -36,12 +35,6 @@ async def fake() -> AsyncIterator[FakeOkxStream]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def receive_json(ws: aiohttp.ClientWebSocketResponse) -> Any:
-    msg = await ws.receive(timeout=WAIT)
-    assert msg.type is aiohttp.WSMsgType.TEXT, msg
-    return json.loads(msg.data)
 
 
 async def test_subscribe_answers_each_arg(fake: FakeOkxStream, http: aiohttp.ClientSession) -> None:
